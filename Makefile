@@ -1,0 +1,48 @@
+# distmon: the commands users, docs and CI rely on.
+#   make setup   create .venv and install everything (idempotent; seconds when done)
+#   make up      start the local stack (master, 3 minions, sshd storage host, dashboard)
+#   make demo    setup + up + sync + run sample_tests on every minion + summary
+#   make down    stop every process the stack started, by pid file
+#   make test    the whole suite (pytest's exit code passes through)
+#   make bench   the benchmarks, as ratios against a floor measured in the same run
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.distmon-installed
+REQS := requirements_minion.txt requirements_host.txt requirements_dev.txt constraints.txt
+
+.PHONY: setup up demo down status test test-faults bench lint
+
+setup: $(STAMP)
+
+$(STAMP): $(REQS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements_dev.txt -c constraints.txt
+	@touch $(STAMP)
+
+up: setup
+	$(PY) tools/stack.py up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) tools/stack.py down; else echo "no .venv: nothing was started"; fi
+
+status: setup
+	$(PY) tools/stack.py status
+
+demo: setup up
+	$(PY) tools/stack.py demo
+
+test: setup
+	$(PY) tools/system_deps.py --check-or-install
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-faults: setup
+	$(PY) tools/system_deps.py --check-or-install
+	$(PY) -m pytest tests -m faults $(PYTEST_ARGS)
+
+bench: setup up
+	$(PY) bench/run.py
+
+lint: setup
+	$(VENV)/bin/ruff check .

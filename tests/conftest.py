@@ -1,0 +1,145 @@
+"""The shared harness: a real salt-master, real minions and a real sshd storage host.
+
+Everything here is session-scoped so the suite starts each daemon once:
+
+- ``storage_host``: OpenSSH sshd on a loopback port, SFTP only, into an inbox
+  (tools/storage_host.py, the same code ``make up`` uses).
+- ``salt_master``: pytest-salt-factories master whose file_roots serve this repo's
+  ``states/``, ``_modules/``, ``_runners/``, ``_returners/`` and ``sample_tests/``,
+  as a real master would; runners are synced with ``saltutil.sync_runners``.
+- ``salt_minion`` (``web-1``) and ``salt_minion_2`` (``web-2``): real minions,
+  modules synced with ``saltutil.sync_all``, the distmon returner pointed at
+  ``storage_host`` with its pinned known_hosts.
+
+Tests that break daemons on purpose (faults) must start their own, with
+``start_minion()`` / ``make_storage_host()`` below, and never touch the shared ones.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tools.storage_host import StorageHost, free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# sshd's ChrootDirectory needs root-owned, non-world-writable parents: /tmp is not.
+HARNESS_ROOT = REPO_ROOT / ".run" / "pytest"
+SYNCED_DIRS = ("_modules", "_runners", "_returners", "sample_tests")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def harness_root():
+    root = HARNESS_ROOT / uuid.uuid4().hex[:8]
+    root.mkdir(parents=True)
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def make_storage_host(root: Path) -> StorageHost:
+    """Prepare and start an sshd storage host under ``root`` on a free port."""
+    host = StorageHost(root=root, port=free_port())
+    host.prepare()
+    host.start()
+    return host
+
+
+@pytest.fixture(scope="session")
+def storage_host(harness_root):
+    host = make_storage_host(harness_root / "host")
+    yield host
+    host.stop()
+
+
+@pytest.fixture(scope="session")
+def file_roots_dir(harness_root) -> Path:
+    """A file_roots entry serving the repo's loader modules and sample tests (symlinks).
+
+    Symlinks instead of the repo root itself, so the master never serves .run/ (keys) or .git/.
+    """
+    srv = harness_root / "srv"
+    srv.mkdir()
+    for name in SYNCED_DIRS:
+        (srv / name).symlink_to(REPO_ROOT / name, target_is_directory=True)
+    return srv
+
+
+@pytest.fixture(scope="session")
+def salt_factories_config():
+    return {"start_timeout": 120, "inject_sitecustomize": False}
+
+
+@pytest.fixture(scope="session")
+def salt_master(salt_factories, file_roots_dir):
+    overrides = {
+        "interface": "127.0.0.1",
+        "file_roots": {"base": [str(REPO_ROOT / "states"), str(file_roots_dir)]},
+        "fileserver_followsymlinks": True,
+        "log_level_logfile": "info",
+    }
+    master = salt_factories.salt_master_daemon("distmon-master", overrides=overrides)
+    with master.started():
+        ret = master.salt_run_cli().run("saltutil.sync_runners")
+        assert ret.returncode == 0, ret
+        yield master
+
+
+def minion_overrides(host: StorageHost | None, **extra) -> dict:
+    """Minion config that points the distmon returner at ``host``."""
+    overrides = {"log_level_logfile": "info"}
+    if host is not None:
+        for key, value in host.returner_config().items():
+            overrides[f"distmon.{key}"] = value
+    overrides.update(extra)
+    return overrides
+
+
+def start_minion(master, minion_id: str, host: StorageHost | None, **extra):
+    """A started-and-synced minion factory; use as a context manager's target."""
+    minion = master.salt_minion_daemon(minion_id, overrides=minion_overrides(host, **extra))
+    return minion
+
+
+def sync_minion(master, minion) -> None:
+    ret = master.salt_cli().run("saltutil.sync_all", minion_tgt=minion.id)
+    assert ret.returncode == 0, ret
+
+
+@pytest.fixture(scope="session")
+def salt_minion(salt_master, storage_host):
+    minion = start_minion(salt_master, "web-1", storage_host)
+    with minion.started():
+        sync_minion(salt_master, minion)
+        yield minion
+
+
+@pytest.fixture(scope="session")
+def salt_minion_2(salt_master, storage_host):
+    minion = start_minion(salt_master, "web-2", storage_host)
+    with minion.started():
+        sync_minion(salt_master, minion)
+        yield minion
+
+
+@pytest.fixture(scope="session")
+def salt_cli(salt_master):
+    return salt_master.salt_cli(timeout=180)
+
+
+@pytest.fixture(scope="session")
+def salt_run_cli(salt_master):
+    return salt_master.salt_run_cli(timeout=180)
+
+
+@pytest.fixture(scope="session")
+def salt_call_cli(salt_minion):
+    return salt_minion.salt_call_cli(timeout=180)
