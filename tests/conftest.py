@@ -79,8 +79,10 @@ def salt_factories_config():
 
 
 @pytest.fixture(scope="session")
-def salt_master(salt_factories, file_roots_dir):
+def salt_master(salt_factories, file_roots_dir, storage_host):
     overrides = {
+        # The runner reaches the storage host with the same options as the returner.
+        **{f"distmon.{key}": value for key, value in storage_host.returner_config().items()},
         "interface": "127.0.0.1",
         "file_roots": {"base": [str(REPO_ROOT / "states"), str(file_roots_dir)]},
         "fileserver_followsymlinks": True,
