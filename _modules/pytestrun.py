@@ -1,0 +1,936 @@
+"""Run pytest on the minion and return its results as data (distmon-result/1).
+
+``pytestrun.run`` starts pytest in a subprocess (argv list, no shell, its own
+session and process group), loads a small plugin of ours with ``-p`` and reads
+the results that plugin streams (one JSON line per report, flushed), never the
+terminal output. The return value is the ``result`` object of
+``docs/result-format.md``; the job's ``retcode`` is 0 only when status is
+``passed``.
+
+Needs: a POSIX minion, ``psutil`` (a Salt dependency), and pytest in the chosen
+interpreter (the minion's own Python by default, or ``python=`` a virtualenv's).
+
+Why the plugin source lives in this file: Salt's loader imports every ``.py`` in
+``_modules/`` as an execution module, so a plugin file next to this one would be
+loaded (and fail) as a module. The source below is written once into
+``<cachedir>/pytestrun/plugin/distmon_pytestrun_<sha>.py`` (the name carries a hash
+of the source, so an upgraded module never runs a stale plugin) and that
+directory is put first on the child's ``PYTHONPATH``.
+
+Configuration (minion config, grains or pillar, read with ``config.get``):
+
+.. code-block:: yaml
+
+    # Cap for each captured field (stdout, stderr, longrepr) of one test, in bytes
+    # of UTF-8; longer text is cut and "…[truncated N bytes]" appended.
+    pytestrun.max_output: 65536
+
+Exit status: ``passed`` gives retcode 0; everything else, ``no_tests`` included
+(pytest itself exits 5 when nothing ran, and a scheduled run that silently
+collects nothing is a failure worth seeing), gives retcode 1.
+
+Process cleanup: when pytest exits, whatever is left in its process group is
+killed; on ``timeout`` the group, every recorded descendant and every process
+carrying this run's environment marker (descendants that escaped into another
+session) get SIGTERM, then SIGKILL after a short grace.
+
+CLI Example:
+
+.. code-block:: bash
+
+    salt 'web-*' pytestrun.run /srv/tests/test_x.py
+    salt 'web-*' pytestrun.run salt://sample_tests args='-k "not slow"' timeout=60
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "pytestrun"
+
+STATUSES = ("passed", "failed", "no_tests", "usage_error", "internal_error", "interrupted", "timeout", "error")
+OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
+DEFAULT_MAX_OUTPUT = 64 * 1024
+# Seconds between SIGTERM and SIGKILL when a run times out.
+KILL_GRACE = 1.0
+MARKER_VAR = "DISTMON_PYTESTRUN_RUN"
+# pytest's exit codes (pytest.ExitCode) -> our status, for a session that finished.
+EXIT_STATUS = {0: "passed", 1: "failed", 2: "interrupted", 3: "internal_error", 4: "usage_error", 5: "no_tests"}
+
+PLUGIN_SOURCE = r'''
+"""distmon pytestrun plugin: streams every report as one JSON line (written by _modules/pytestrun.py)."""
+import json
+import os
+import platform
+import sys
+
+import pytest
+
+_OUT = os.environ.get("DISTMON_PYTESTRUN_OUT")
+_MAX = int(os.environ.get("DISTMON_PYTESTRUN_MAX_OUTPUT") or 65536)
+_COLLECT = os.environ.get("DISTMON_PYTESTRUN_COLLECT") == "1"
+_PID = os.getpid()
+_OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
+_state = {"config": None, "setup": {}, "markers": {}, "fh": None}
+
+
+def _emit(record):
+    fh = _state["fh"]
+    # A test that forks and lets the child carry on would otherwise report twice.
+    if fh is None or os.getpid() != _PID:
+        return
+    fh.write(json.dumps(record) + "\n")
+    fh.flush()
+
+
+def _text(value):
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        value = str(value)
+    # Lone surrogates cannot travel through msgpack/JSON as UTF-8: make them visible escapes.
+    data = value.encode("utf-8", "backslashreplace")
+    if len(data) > _MAX:
+        cut = len(data) - _MAX
+        return data[:_MAX].decode("utf-8", "ignore") + "\u2026[truncated %d bytes]" % cut
+    return data.decode("utf-8")
+
+
+if _OUT:
+    _state["fh"] = open(_OUT, "a", encoding="utf-8")
+    _emit({"k": "hello", "python_version": platform.python_version(),
+           "pytest_version": pytest.__version__, "python": sys.executable, "pid": _PID})
+
+
+def pytest_configure(config):
+    # Under pytest-xdist only the controller reports; workers stay silent.
+    if hasattr(config, "workerinput"):
+        _state["fh"] = None
+    _state["config"] = config
+
+
+def pytest_sessionstart(session):
+    _emit({"k": "start", "rootdir": str(session.config.rootpath)})
+
+
+def pytest_collection_finish(session):
+    record = {"k": "collected", "n": len(session.items)}
+    if _COLLECT:
+        record["ids"] = [_text(item.nodeid) for item in session.items]
+    _emit(record)
+
+
+def pytest_deselected(items):
+    _emit({"k": "other", "cat": "deselected", "n": len(items)})
+
+
+def pytest_warning_recorded(warning_message, when, nodeid, location):
+    _emit({"k": "other", "cat": "warnings", "n": 1})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    names = []
+    for mark in item.iter_markers():
+        if mark.name not in names:
+            names.append(mark.name)
+    _state["markers"][item.nodeid] = names
+
+
+def _message(report, category):
+    if category in ("xfailed", "xpassed"):
+        reason = getattr(report, "wasxfail", "") or ""
+        if reason:
+            return _text(reason.splitlines()[0])
+    longrepr = report.longrepr
+    if longrepr is None:
+        return None
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return _text(str(longrepr[2]).splitlines()[0] if longrepr[2] else "")
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None and crash.message:
+        return _text(crash.message.splitlines()[0])
+    text = str(longrepr)
+    lines = [line for line in text.splitlines() if line.strip()]
+    error_lines = [line[1:].strip() for line in lines if line.startswith("E ")]
+    if error_lines:
+        return _text(error_lines[-1])
+    return _text(lines[0].strip()) if lines else None
+
+
+def _sections(report, phase):
+    out, err = [], []
+    for title, content in report.sections:
+        if title == "Captured stdout " + phase:
+            out.append(content)
+        elif title == "Captured stderr " + phase:
+            err.append(content)
+    return "".join(out) or None, "".join(err) or None
+
+
+def _entry(report, category, when):
+    outcome = "error" if category == "error" else category
+    location = getattr(report, "location", None) or (None, None, None)
+    duration = float(getattr(report, "duration", 0.0) or 0.0)
+    if when == "call":
+        duration += _state["setup"].pop(report.nodeid, 0.0)
+    longrepr = None
+    if report.longrepr is not None and not (outcome == "skipped" and isinstance(report.longrepr, tuple)):
+        longrepr = _text(report.longreprtext)
+    if when == "collect":
+        file = report.nodeid.split("::")[0] or (str(report.fspath) if report.fspath else "")
+        line = None
+    else:
+        file = location[0]
+        line = location[1] + 1 if isinstance(location[1], int) else None
+    return {
+        "k": "entry",
+        "nodeid": _text(report.nodeid),
+        "outcome": outcome,
+        "when": when,
+        "duration": duration,
+        "file": _text(file),
+        "line": line,
+        "markers": _state["markers"].get(report.nodeid, []),
+        "message": _message(report, category),
+        "longrepr": longrepr,
+        "stdout": _text(report.capstdout or None) if when != "collect" else None,
+        "stderr": _text(report.capstderr or None) if when != "collect" else None,
+    }
+
+
+def _category(report):
+    config = _state["config"]
+    # The same hook the terminal reporter uses for its summary line, so our counts are its counts.
+    status = config.hook.pytest_report_teststatus(report=report, config=config)
+    return status[0] if status else ""
+
+
+def pytest_runtest_logreport(report):
+    if _state["fh"] is None:
+        return
+    category = _category(report)
+    counted = getattr(report, "count_towards_summary", True)
+    if category in _OUTCOMES:
+        if counted:
+            _emit(_entry(report, category, report.when))
+        return
+    if category:
+        if counted:
+            _emit({"k": "other", "cat": category, "n": 1})
+        return
+    if report.when == "setup":
+        _state["setup"][report.nodeid] = float(report.duration or 0.0)
+    elif report.when == "teardown":
+        out, err = _sections(report, "teardown")
+        _emit({"k": "teardown", "nodeid": _text(report.nodeid), "duration": float(report.duration or 0.0),
+               "stdout": _text(out), "stderr": _text(err)})
+
+
+def pytest_collectreport(report):
+    if _state["fh"] is None or not getattr(report, "count_towards_summary", True):
+        return
+    if report.failed:
+        _emit(_entry(report, "error", "collect"))
+    elif report.skipped:
+        _emit(_entry(report, "skipped", "collect"))
+
+
+def pytest_keyboard_interrupt(excinfo):
+    message = str(excinfo.value) or excinfo.typename
+    _emit({"k": "interrupt", "message": _text(message)})
+
+
+def pytest_internalerror(excrepr, excinfo):
+    _emit({"k": "internal", "message": _text(str(excrepr))})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _emit({"k": "finish", "exitstatus": int(exitstatus)})
+'''
+
+PLUGIN_DIGEST = hashlib.sha256(PLUGIN_SOURCE.encode("utf-8")).hexdigest()[:16]
+PLUGIN_MODULE = f"distmon_pytestrun_{PLUGIN_DIGEST}"
+
+
+def __virtual__():
+    if not hasattr(os, "killpg") or not hasattr(os, "waitid"):
+        return (False, "pytestrun needs a POSIX minion (process groups and waitid)")
+    try:
+        import psutil  # noqa: F401  (a Salt dependency; needed to kill a timed-out process tree)
+    except ImportError:
+        return (False, "pytestrun needs the psutil package in the minion's Python")
+    return __virtualname__
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _work_root() -> str:
+    return os.path.join(__opts__["cachedir"], "pytestrun")
+
+
+def _split_paths(path: Any) -> list[str]:
+    """A list, or a comma-separated string; commas inside [...] (parametrize ids) do not split."""
+    if isinstance(path, (list, tuple)):
+        items = []
+        for item in path:
+            if not isinstance(item, str):
+                raise SaltInvocationError(f"path entries must be strings, got {type(item).__name__}: {item!r}")
+            items.append(item)
+    elif isinstance(path, str):
+        items, depth, current = [], 0, []
+        for char in path:
+            if char == "[":
+                depth += 1
+            elif char == "]" and depth:
+                depth -= 1
+            if char == "," and depth == 0:
+                items.append("".join(current))
+                current = []
+            else:
+                current.append(char)
+        items.append("".join(current))
+    else:
+        raise SaltInvocationError(f"path must be a string or a list of strings, got {type(path).__name__}")
+    items = [item.strip() for item in items if item.strip()]
+    if not items:
+        raise SaltInvocationError("path is empty: give a test file, directory, node id or salt:// path")
+    return items
+
+
+def _split_args(args: Any) -> list[str]:
+    if args is None or args == "":
+        return []
+    if isinstance(args, str):
+        try:
+            return shlex.split(args)
+        except ValueError as err:
+            raise SaltInvocationError(f"args {args!r} cannot be split like a shell would: {err}") from err
+    if isinstance(args, (list, tuple)):
+        out = []
+        for item in args:
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                raise SaltInvocationError(f"args entries must be strings, got {type(item).__name__}: {item!r}")
+            out.append(str(item))
+        return out
+    raise SaltInvocationError(f"args must be a string or a list of strings, got {type(args).__name__}")
+
+
+def _check_env(env: Any) -> dict[str, str]:
+    if env is None or env == "":
+        return {}
+    if not isinstance(env, dict):
+        raise SaltInvocationError(f"env must be a mapping of variable names to values, got {type(env).__name__}")
+    out = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise SaltInvocationError(f"env has an invalid variable name: {key!r}")
+        text = "" if value is None else str(value)
+        if "\0" in text:
+            raise SaltInvocationError(f"env value of {key} contains a NUL byte")
+        out[key] = text
+    return out
+
+
+def _check_timeout(timeout: Any) -> float | None:
+    if timeout is None or timeout == 0:
+        return None
+    try:
+        value = float(timeout)
+    except (TypeError, ValueError) as err:
+        raise SaltInvocationError(f"timeout must be a number of seconds, got {timeout!r}") from err
+    if not value > 0:
+        raise SaltInvocationError(f"timeout must be positive (or 0 for none), got {timeout!r}")
+    return value
+
+
+def _max_output(max_output: Any) -> int:
+    if max_output is None:
+        max_output = __salt__["config.get"]("pytestrun.max_output", DEFAULT_MAX_OUTPUT)
+    try:
+        value = int(max_output)
+    except (TypeError, ValueError) as err:
+        raise SaltInvocationError(f"max_output must be a number of bytes, got {max_output!r}") from err
+    if value < 1:
+        raise SaltInvocationError(f"max_output must be at least 1 byte, got {max_output!r}")
+    return value
+
+
+def _cap(text: str | None, limit: int) -> str | None:
+    if text is None:
+        return None
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore") + f"\u2026[truncated {len(data) - limit} bytes]"
+
+
+def _resolve_python(python: str | None) -> str:
+    if python is None or python == "":
+        own = sys.executable or shutil.which("python3") or ""
+        import importlib.util
+
+        if not own or importlib.util.find_spec("pytest") is None:
+            raise CommandExecutionError(
+                f"pytest is not installed for the minion's Python ({own or 'unknown'}): install the "
+                "'pytest' package into it, or pass python=<a virtualenv's python that has pytest>"
+            )
+        return own
+    if not isinstance(python, str):
+        raise SaltInvocationError(f"python must be a path to an interpreter, got {type(python).__name__}")
+    candidate = python if os.sep in python else (shutil.which(python) or python)
+    if not os.path.isfile(candidate):
+        raise CommandExecutionError(f"the Python interpreter {python} does not exist on this minion")
+    if not os.access(candidate, os.X_OK):
+        raise CommandExecutionError(f"the Python interpreter {python} is not executable")
+    return os.path.abspath(candidate)
+
+
+def _fetch_salt_path(url: str, saltenv: str) -> str:
+    """Cache a salt:// file or directory from the master; return its local path (layout kept)."""
+    import salt.utils.url
+
+    rel, url_env = salt.utils.url.parse(url)
+    env = url_env or saltenv
+    rel = (rel or "").strip("/")
+    if not rel:
+        raise SaltInvocationError(f"{url}: name a file or directory under salt://, not the root")
+    top = rel.split("/", 1)[0]
+    served = __salt__["cp.list_master"](saltenv=env, prefix=top) or []
+    if rel in served:
+        local = __salt__["cp.cache_file"](f"salt://{rel}", saltenv=env)
+        if not local:
+            raise CommandExecutionError(f"{url}: the master lists it but the minion could not fetch it")
+        # conftest.py files of the directories above it still apply, as they would on the master.
+        parts = rel.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            conftest = "/".join(parts[:depth] + ["conftest.py"])
+            if conftest in served:
+                __salt__["cp.cache_file"](f"salt://{conftest}", saltenv=env)
+        return local
+    inside = [name for name in served if name.startswith(rel + "/")]
+    if not inside:
+        raise CommandExecutionError(f"{url} is not served by the master (saltenv {env})")
+    cached = __salt__["cp.cache_dir"](f"salt://{rel}", saltenv=env) or []
+    local_dir = os.path.join(__opts__["cachedir"], "files", env, *rel.split("/"))
+    if not cached or not os.path.isdir(local_dir):
+        raise CommandExecutionError(f"{url}: the minion could not fetch this directory from the master")
+    _prune_stale(local_dir, {os.path.normpath(path) for path in cached})
+    for depth in range(1, rel.count("/") + 1):
+        conftest = "/".join(rel.split("/")[:depth] + ["conftest.py"])
+        if conftest in served:
+            __salt__["cp.cache_file"](f"salt://{conftest}", saltenv=env)
+    return local_dir
+
+
+def _prune_stale(local_dir: str, keep: set[str]) -> None:
+    """Files the master no longer serves must not run again from the minion's cache."""
+    for root, dirs, files in os.walk(local_dir):
+        dirs[:] = [name for name in dirs if name not in ("__pycache__", ".pytest_cache")]
+        for name in files:
+            full = os.path.normpath(os.path.join(root, name))
+            if full not in keep:
+                try:
+                    os.unlink(full)
+                except OSError as err:
+                    log.warning("pytestrun: could not remove stale cached file %s: %s", full, err)
+
+
+def _resolve_paths(paths: list[str], cwd: str | None, saltenv: str, pyargs: bool) -> list[str]:
+    """Turn each given path into what pytest gets on its command line."""
+    resolved = []
+    for given in paths:
+        target, sep, node = given.partition("::")
+        if target.startswith("salt://"):
+            local = _fetch_salt_path(target, saltenv)
+        elif pyargs and not os.path.exists(target if os.path.isabs(target) else os.path.join(cwd or "", target)):
+            resolved.append(given)  # a module name for --pyargs
+            continue
+        else:
+            if not os.path.isabs(target):
+                if not cwd:
+                    raise SaltInvocationError(f"path {given} is relative: give an absolute path, or cwd=")
+                target = os.path.join(cwd, target)
+            if not os.path.exists(target):
+                raise CommandExecutionError(f"path {given} does not exist on this minion")
+            if not os.access(target, os.R_OK):
+                raise CommandExecutionError(f"path {given} is not readable on this minion")
+            if node and not os.path.isfile(target):
+                raise SaltInvocationError(f"node id {given}: the part before '::' must be a file")
+            local = os.path.abspath(target)
+        resolved.append(local + sep + node)
+    return resolved
+
+
+def _plugin_dir() -> str:
+    directory = os.path.join(_work_root(), "plugin")
+    target = os.path.join(directory, PLUGIN_MODULE + ".py")
+    if not os.path.exists(target):
+        os.makedirs(directory, exist_ok=True)
+        temp = f"{target}.{os.getpid()}.tmp"
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(PLUGIN_SOURCE)
+        os.replace(temp, target)
+    return directory
+
+
+def _signal_tree(pid: int, descendants: list, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for proc in descendants:
+        try:
+            proc.send_signal(sig)
+        except Exception as err:  # noqa: BLE001  (gone already, or never ours)
+            log.debug("pytestrun: could not signal pid %s: %s", proc.pid, err)
+
+
+def _marked_processes(marker: str) -> list:
+    import psutil
+
+    found = []
+    me = os.getpid()
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get(MARKER_VAR) == marker:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _kill_tree(pid: int, marker: str) -> int:
+    """SIGTERM then SIGKILL pytest's group, its recorded descendants and anything carrying our marker."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    descendants += [proc for proc in _marked_processes(marker) if proc not in descendants and proc.pid != pid]
+    _signal_tree(pid, descendants, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE
+    while time.monotonic() < deadline:
+        leader_done = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        if leader_done and not any(_alive(proc) for proc in descendants):
+            break
+        time.sleep(0.02)
+    _signal_tree(pid, descendants, signal.SIGKILL)
+    for proc in _marked_processes(marker):
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    return len(descendants) + 1
+
+
+def _alive(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _tail(path: str, limit: int = 4096) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            return handle.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _read_stream(path: str) -> list[dict]:
+    records = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue  # a line cut short by a kill
+    except FileNotFoundError:
+        pass
+    return records
+
+
+def _execute(argv: list[str], cwd: str, env: dict[str, str], timeout: float | None,
+             max_output: int, collect: bool) -> dict:
+    """Run pytest with our plugin; return the raw facts of the run."""
+    run_dir = os.path.join(_work_root(), "runs", uuid.uuid4().hex)
+    os.makedirs(run_dir)
+    stream = os.path.join(run_dir, "stream.jsonl")
+    marker = os.path.basename(run_dir)
+    child_env = dict(os.environ)
+    child_env.update(env)
+    plugin_dir = _plugin_dir()
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [plugin_dir, child_env.get("PYTHONPATH")]))
+    child_env["DISTMON_PYTESTRUN_OUT"] = stream
+    child_env["DISTMON_PYTESTRUN_MAX_OUTPUT"] = str(max_output)
+    child_env["DISTMON_PYTESTRUN_COLLECT"] = "1" if collect else "0"
+    child_env[MARKER_VAR] = marker
+    timed_out = threading.Event()
+    killed = [0]
+    try:
+        # Files, not pipes: a grandchild that keeps a pipe open would block us until the timeout.
+        with open(os.path.join(run_dir, "stdout"), "wb") as out, open(os.path.join(run_dir, "stderr"), "wb") as err:
+            started_at = _utc_now()
+            start = time.monotonic()
+            try:
+                proc = subprocess.Popen(argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
+                                        stdout=out, stderr=err, start_new_session=True, close_fds=True)
+            except OSError as exc:
+                raise CommandExecutionError(f"could not start {argv[0]}: {type(exc).__name__}: {exc}") from exc
+
+            def on_timeout():
+                timed_out.set()
+                killed[0] = _kill_tree(proc.pid, marker)
+
+            timer = None
+            if timeout is not None:
+                timer = threading.Timer(timeout, on_timeout)
+                timer.daemon = True
+                timer.start()
+            try:
+                # Wait without reaping, so the process group id cannot be reused before we clean it.
+                while True:
+                    try:
+                        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+                        break
+                    except InterruptedError:
+                        continue
+                    except ChildProcessError:
+                        break
+                duration = time.monotonic() - start
+                finished_at = _utc_now()
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                    if timed_out.is_set():
+                        timer.join()
+                # Whatever the tests left behind in pytest's process group goes with it.
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                returncode = proc.wait()
+        return {
+            "records": _read_stream(stream),
+            "returncode": returncode,
+            "timed_out": timed_out.is_set(),
+            "killed": killed[0],
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "duration": round(duration, 6),
+            "stderr_tail": _tail(os.path.join(run_dir, "stderr")),
+            "stdout_tail": _tail(os.path.join(run_dir, "stdout")),
+        }
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _pytest_missing(raw: dict, python: str) -> None:
+    """Raise the clear error when the interpreter could not even import pytest or our plugin."""
+    if any(rec.get("k") == "hello" for rec in raw["records"]):
+        return
+    if raw["timed_out"]:
+        raise CommandExecutionError(f"pytest did not start within the timeout with {python}")
+    stderr = raw["stderr_tail"]
+    if "No module named pytest" in stderr:
+        raise CommandExecutionError(
+            f"pytest is not installed for {python}: install the 'pytest' package "
+            f"({python} -m pip install pytest)"
+        )
+    detail = stderr.splitlines()[-1] if stderr else f"exit code {raw['returncode']}"
+    raise CommandExecutionError(f"could not start pytest with {python}: {detail}")
+
+
+def _build_result(raw: dict, max_output: int) -> dict:
+    counts = dict.fromkeys(("passed", "failed", "skipped", "xfailed", "xpassed", "errors"), 0)
+    other: dict[str, int] = {}
+    tests: list[dict] = []
+    primary: dict[str, dict] = {}
+    facts: dict[str, Any] = {}
+    for rec in raw["records"]:
+        kind = rec.pop("k", None)
+        if kind == "entry":
+            outcome = rec["outcome"]
+            if outcome not in OUTCOMES:
+                continue
+            counts["errors" if outcome == "error" else outcome] += 1
+            tests.append(rec)
+            nodeid = rec["nodeid"]
+            if rec["when"] == "call" or nodeid not in primary:
+                primary[nodeid] = rec
+        elif kind == "teardown":
+            entry = primary.get(rec.get("nodeid"))
+            if entry is not None:
+                entry["duration"] = entry["duration"] + rec.get("duration", 0.0)
+                for field in ("stdout", "stderr"):
+                    if rec.get(field):
+                        entry[field] = _cap((entry[field] or "") + rec[field], max_output)
+        elif kind == "other":
+            other[rec["cat"]] = other.get(rec["cat"], 0) + int(rec.get("n", 1))
+        elif kind in ("hello", "start", "collected", "finish", "interrupt", "internal"):
+            facts[kind] = rec
+    for entry in tests:
+        entry["duration"] = round(float(entry["duration"]), 6)
+    return {"counts": counts, "counts_other": other, "tests": tests, "facts": facts}
+
+
+def _status(raw: dict, facts: dict, timeout: float | None) -> tuple[str, str | None, int | None]:
+    """(status, message, exitcode) from how the process ended and what the plugin saw."""
+    returncode = raw["returncode"]
+    if raw["timed_out"]:
+        return ("timeout", f"pytest did not finish within {timeout:g} s: killed its process tree "
+                f"({raw['killed']} processes)", None)
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return ("error", f"pytest was killed by {name} before it finished", None)
+    finished = "finish" in facts
+    status = EXIT_STATUS.get(returncode)
+    if status == "usage_error":
+        return status, _last_lines(raw["stderr_tail"] or raw["stdout_tail"]) or "pytest usage error", returncode
+    if status == "internal_error":
+        message = facts.get("internal", {}).get("message") or _last_lines(raw["stdout_tail"])
+        return status, message or "pytest internal error", returncode
+    if status is None or not finished:
+        detail = _last_lines(raw["stderr_tail"])
+        message = f"pytest exited with code {returncode} before its session finished"
+        return "error", message + (f": {detail}" if detail else ""), returncode
+    if status == "interrupted":
+        message = facts.get("interrupt", {}).get("message") or "pytest was interrupted"
+        return status, message, returncode
+    if status == "no_tests":
+        return status, "no tests ran", returncode
+    return status, None, returncode
+
+
+def _last_lines(text: str, count: int = 12) -> str:
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return "\n".join(lines[-count:])
+
+
+def _save_last(result: dict) -> None:
+    path = os.path.join(_work_root(), "last.json")
+    temp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(_work_root(), exist_ok=True)
+        with open(temp, "w", encoding="utf-8") as handle:
+            json.dump(result, handle)
+        os.replace(temp, path)
+    except OSError as err:
+        log.warning("pytestrun: could not keep the last result in %s: %s", path, err)
+
+
+def _check_kwargs(kwargs: dict) -> None:
+    unknown = sorted(key for key in kwargs if not key.startswith("__"))
+    if unknown:
+        raise SaltInvocationError(f"unknown argument(s): {', '.join(unknown)}")
+
+
+def _prepare(path, args, python, cwd, env, saltenv):
+    paths = _split_paths(path)
+    extra = _split_args(args)
+    if cwd is not None and cwd != "":
+        if not isinstance(cwd, str) or not os.path.isabs(cwd):
+            raise SaltInvocationError(f"cwd must be an absolute directory path, got {cwd!r}")
+        if not os.path.isdir(cwd):
+            raise CommandExecutionError(f"cwd {cwd} is not a directory on this minion")
+    else:
+        cwd = None
+    env_vars = _check_env(env)
+    interpreter = _resolve_python(python)
+    pyargs = "--pyargs" in extra
+    targets = _resolve_paths(paths, cwd, saltenv or "base", pyargs)
+    if cwd is None:
+        first = targets[0].partition("::")[0]
+        if os.path.isdir(first):
+            cwd = first
+        elif os.path.isfile(first):
+            cwd = os.path.dirname(first)
+        else:
+            cwd = _work_root()
+            os.makedirs(cwd, exist_ok=True)
+    return paths, extra, interpreter, cwd, env_vars, targets
+
+
+# ---------------------------------------------------------------- public functions
+
+
+def run(path: str | list, args: str | list | None = None, timeout: float | None = 600,
+        python: str | None = None, cwd: str | None = None, env: dict | None = None,
+        max_output: int | None = None, saltenv: str = "base", **kwargs) -> dict:
+    """Run pytest on test files, directories, node ids or salt:// paths; return the results.
+
+    path
+        A test file, directory, node id (``file.py::TestX::test_y``), ``salt://``
+        file or directory (fetched from the master, layout kept), or several as a
+        list or comma-separated.
+    args
+        Extra pytest arguments, a list or a string split like a shell does.
+    timeout
+        Seconds before the whole process tree is killed (status ``timeout``); 0: none.
+    python
+        The interpreter that runs pytest (a virtualenv's python); default: the minion's own.
+    cwd
+        Working directory for pytest (relative paths are taken from it).
+    env
+        Extra environment variables for pytest, a mapping.
+    max_output
+        Cap in bytes for each captured field (default ``pytestrun.max_output`` or 64 KiB).
+    saltenv
+        The fileserver environment for ``salt://`` paths.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web-*' pytestrun.run /srv/tests/test_x.py
+        salt 'web-*' pytestrun.run salt://sample_tests args='-k "not slow" -q' timeout=120
+        salt 'web-*' pytestrun.run /srv/tests python=/srv/venv/bin/python
+    """
+    _check_kwargs(kwargs)
+    limit = _max_output(max_output)
+    seconds = _check_timeout(timeout)
+    paths, extra, interpreter, workdir, env_vars, targets = _prepare(path, args, python, cwd, env, saltenv)
+    argv = [interpreter, "-m", "pytest", "-p", PLUGIN_MODULE, *extra, *targets]
+    raw = _execute(argv, workdir, env_vars, seconds, limit, collect=False)
+    _pytest_missing(raw, interpreter)
+    built = _build_result(raw, limit)
+    facts = built["facts"]
+    status, message, exitcode = _status(raw, facts, seconds)
+    hello = facts.get("hello", {})
+    result = {
+        "status": status,
+        "exitcode": exitcode,
+        "counts": built["counts"],
+        "counts_other": built["counts_other"],
+        "tests": built["tests"],
+        "started_at": raw["started_at"],
+        "finished_at": raw["finished_at"],
+        "duration": raw["duration"],
+        "paths": paths,
+        "args": extra,
+        "python": interpreter,
+        "python_version": hello.get("python_version", ""),
+        "pytest_version": hello.get("pytest_version", ""),
+        "minion_id": __opts__.get("id", ""),
+        "rootdir": facts.get("start", {}).get("rootdir"),
+    }
+    if message:
+        result["message"] = message
+    _save_last(result)
+    __context__["retcode"] = 0 if status == "passed" else 1
+    return result
+
+
+def collect(path: str | list, args: str | list | None = None, timeout: float | None = 120,
+            python: str | None = None, cwd: str | None = None, env: dict | None = None,
+            saltenv: str = "base", **kwargs) -> list[str]:
+    """List the test node ids pytest would run for these paths, without running them.
+
+    Takes the same ``path``, ``args``, ``python``, ``cwd``, ``env`` and ``saltenv`` as
+    ``pytestrun.run``. Collection errors and usage errors raise a clear error.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web-*' pytestrun.collect salt://sample_tests
+        salt 'web-*' pytestrun.collect /srv/tests args='-m "not slow"'
+    """
+    _check_kwargs(kwargs)
+    seconds = _check_timeout(timeout)
+    _, extra, interpreter, workdir, env_vars, targets = _prepare(path, args, python, cwd, env, saltenv)
+    argv = [interpreter, "-m", "pytest", "-p", PLUGIN_MODULE, "--collect-only", "-q", *extra, *targets]
+    raw = _execute(argv, workdir, env_vars, seconds, DEFAULT_MAX_OUTPUT, collect=True)
+    _pytest_missing(raw, interpreter)
+    built = _build_result(raw, DEFAULT_MAX_OUTPUT)
+    status, message, _ = _status(raw, built["facts"], seconds)
+    errors = [entry for entry in built["tests"] if entry["outcome"] == "error"]
+    if errors:
+        listed = "; ".join(f"{entry['nodeid']}: {entry['message']}" for entry in errors[:10])
+        raise CommandExecutionError(f"pytest could not collect {len(errors)} item(s): {listed}")
+    if status not in ("passed", "no_tests"):
+        raise CommandExecutionError(f"collection ended with status {status}: {message}")
+    return list(built["facts"].get("collected", {}).get("ids", []))
+
+
+def version(python: str | None = None) -> dict:
+    """Report the pytest and Python versions of the minion (or of ``python=``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pytestrun.version
+        salt '*' pytestrun.version python=/srv/venv/bin/python
+    """
+    interpreter = _resolve_python(python)
+    probe = "import json, platform, pytest; print(json.dumps([platform.python_version(), pytest.__version__]))"
+    try:
+        done = subprocess.run([interpreter, "-c", probe], capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise CommandExecutionError(f"could not run {interpreter}: {type(err).__name__}: {err}") from err
+    if done.returncode != 0:
+        if "No module named" in done.stderr and "pytest" in done.stderr:
+            raise CommandExecutionError(
+                f"pytest is not installed for {interpreter}: install the 'pytest' package "
+                f"({interpreter} -m pip install pytest)"
+            )
+        raise CommandExecutionError(f"{interpreter} failed: {_last_lines(done.stderr, 3)}")
+    python_version, pytest_version = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"python": interpreter, "python_version": python_version, "pytest_version": pytest_version}
+
+
+def last() -> dict:
+    """Return the last result this minion's ``pytestrun.run`` produced (kept in its cache).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pytestrun.last
+    """
+    path = os.path.join(_work_root(), "last.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError as err:
+        raise CommandExecutionError("no pytestrun.run result on this minion yet") from err
+    except (OSError, ValueError) as err:
+        raise CommandExecutionError(f"the last result in {path} is unreadable: {err}") from err
