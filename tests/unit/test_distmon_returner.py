@@ -1,0 +1,307 @@
+"""_returners/distmon.py with loader mocks: which jobs, the document, its signature, option lookup.
+
+The returner's ``__salt__["distmon.store"]`` is the real execution module
+(``_modules/distmon.py``, loader-mocked too), pointed at a closed port, so what
+the returner produced is read back from the real spool on disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import logging
+import os
+import sys
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from tests.conftest import REPO_ROOT
+from tools.storage_host import free_port
+
+
+def _load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+returner_module = _load(REPO_ROOT / "_returners" / "distmon.py", "distmon_returner_under_test")
+execution_module = _load(REPO_ROOT / "_modules" / "distmon.py", "distmon_execution_module_for_returner")
+
+MINION_ID = "unit-ret-1"
+GRAINS = {
+    "os": "Debian",
+    "osrelease": "12",
+    "kernel": "Linux",
+    "kernelrelease": "6.1.0",
+    "num_cpus": 2,
+    "mem_total": 24000,
+    "saltversion": "3008.4",
+    "id": MINION_ID,
+    "fqdn": "not-selected.example",
+}
+
+
+def verify_per_spec(document: dict, public_key_pem: bytes) -> None:
+    """docs/result-format.md "Authenticity", written out independently of the returner's helpers."""
+    signature = document["signature"]
+    assert signature["alg"] == "rsa-pss-sha256"
+    unsigned = {key: value for key, value in document.items() if key != "signature"}
+    signed_bytes = json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    public_key = serialization.load_pem_public_key(public_key_pem)
+    public_key.verify(
+        base64.b64decode(signature["value"]),
+        signed_bytes,
+        padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH),
+        hashes.SHA256(),
+    )
+
+
+@pytest.fixture(scope="module")
+def rsa_key():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def pki_dir(tmp_path, rsa_key):
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    (pki / "minion.pem").write_bytes(
+        rsa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                              serialization.NoEncryption())
+    )
+    (pki / "minion.pub").write_bytes(
+        rsa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return pki
+
+
+@pytest.fixture
+def known_hosts(tmp_path):
+    path = tmp_path / "known_hosts"
+    path.write_text("")
+    key = tmp_path / "client_key"
+    key.write_text("not used: nothing listens on the port\n")
+    return path, key
+
+
+@pytest.fixture
+def minion_opts(tmp_path, pki_dir, known_hosts):
+    return {
+        "id": MINION_ID,
+        "pki_dir": str(pki_dir),
+        "cachedir": str(tmp_path / "cache"),
+        "grains": GRAINS,
+        "distmon.host": "127.0.0.1",
+        "distmon.port": free_port(),  # closed: results stay spooled, where the test reads them
+        "distmon.user": "distmon",
+        "distmon.key": str(known_hosts[1]),
+        "distmon.known_hosts": str(known_hosts[0]),
+        "distmon.remote_inbox": "/inbox",
+        "distmon.deadline": 5,
+    }
+
+
+@pytest.fixture
+def pillar():
+    return {}
+
+
+def config_option(opts, pillar):
+    def option(value, default=None, **_):
+        if value in opts:
+            return opts[value]
+        if value in pillar:
+            return pillar[value]
+        return "" if default is None else default
+
+    return option
+
+
+@pytest.fixture
+def configure_loader_modules(minion_opts, pillar):
+    option = config_option(minion_opts, pillar)
+    return {
+        execution_module: {"__opts__": minion_opts, "__salt__": {"config.option": option}, "__context__": {}},
+        returner_module: {
+            "__opts__": minion_opts,
+            "__grains__": GRAINS,
+            "__salt__": {"config.option": option, "distmon.store": execution_module.store},
+        },
+    }
+
+
+@pytest.fixture
+def spool_dir(minion_opts):
+    return os.path.join(minion_opts["cachedir"], "distmon", "spool")
+
+
+def spooled(spool_dir) -> dict:
+    if not os.path.isdir(spool_dir):
+        return {}
+    documents = {}
+    for name in os.listdir(spool_dir):
+        if name.endswith(".json") and not name.startswith("."):
+            with open(os.path.join(spool_dir, name), encoding="utf-8") as handle:
+                documents[name[:-5]] = json.load(handle)
+    return documents
+
+
+def job_return(fun="pytestrun.run", jid="20261128073000123456", **extra) -> dict:
+    ret = {
+        "id": MINION_ID,
+        "jid": jid,
+        "fun": fun,
+        "fun_args": ["salt://sample_tests", {"timeout": 60, "__kwarg__": True}],
+        "return": {"status": "passed", "counts": {"passed": 3}},
+        "retcode": 0,
+        "success": True,
+    }
+    ret.update(extra)
+    return ret
+
+
+# -- which jobs ------------------------------------------------------------------------------
+
+
+def test_pytestrun_job_is_documented_signed_and_spooled(spool_dir, pki_dir):
+    returner_module.returner(job_return())
+    documents = spooled(spool_dir)
+    assert list(documents) == ["20261128073000123456"]
+    doc = documents["20261128073000123456"]
+    assert doc["format"] == "distmon-result/1"
+    assert doc["jid"] == "20261128073000123456"
+    assert doc["minion_id"] == MINION_ID
+    assert doc["fun"] == "pytestrun.run"
+    assert doc["fun_args"] == ["salt://sample_tests", {"timeout": 60, "__kwarg__": True}]
+    assert doc["success"] is True and doc["retcode"] == 0
+    assert doc["returned_at"].endswith("Z") and "T" in doc["returned_at"]
+    assert doc["result"] == {"status": "passed", "counts": {"passed": 3}}
+    assert doc["grains"] == {k: GRAINS[k] for k in returner_module.DEFAULT_GRAINS}
+    verify_per_spec(doc, (pki_dir / "minion.pub").read_bytes())
+
+
+def test_other_jobs_are_ignored_by_default(spool_dir):
+    returner_module.returner(job_return(fun="test.arg", jid="20261128073000000001"))
+    assert spooled(spool_dir) == {}
+
+
+def test_failed_job_keeps_retcode_and_success(spool_dir):
+    returner_module.returner(job_return(retcode=1, success=False, **{"return": {"status": "failed"}}))
+    doc = spooled(spool_dir)["20261128073000123456"]
+    assert doc["retcode"] == 1 and doc["success"] is False
+
+
+# -- configuration, the Salt way ----------------------------------------------------------------
+
+
+def test_return_kwargs_enable_all_jobs_and_choose_grains(spool_dir):
+    ret = job_return(fun="test.arg", jid="20261128073000000002",
+                     ret_kwargs={"all_jobs": True, "grains": ["os", "num_cpus", "no_such_grain"]})
+    returner_module.returner(ret)
+    doc = spooled(spool_dir)["20261128073000000002"]
+    assert doc["fun"] == "test.arg"
+    assert doc["grains"] == {"os": "Debian", "num_cpus": 2}
+
+
+def test_return_config_selects_an_alternative_configuration(minion_opts, tmp_path):
+    alternative_spool = tmp_path / "alt-spool"
+    minion_opts["alternative.distmon.spool_dir"] = str(alternative_spool)
+    minion_opts["alternative.distmon.all_jobs"] = True
+    returner_module.returner(job_return(fun="test.ping", jid="20261128073000000003", ret_config="alternative"))
+    assert list(spooled(alternative_spool)) == ["20261128073000000003"]
+
+
+def test_pillar_can_turn_signing_off(pillar, spool_dir):
+    pillar["distmon"] = {"sign": False}
+    returner_module.returner(job_return())
+    assert "signature" not in spooled(spool_dir)["20261128073000123456"]
+
+
+def test_string_options_from_the_command_line_are_coerced(spool_dir):
+    returner_module.returner(job_return(ret_kwargs={"sign": "false", "grains": "os,kernel", "deadline": "3"}))
+    doc = spooled(spool_dir)["20261128073000123456"]
+    assert "signature" not in doc
+    assert doc["grains"] == {"os": "Debian", "kernel": "Linux"}
+
+
+# -- never raises into the minion -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ret_kwargs",
+    [{"sign": "perhaps"}, {"grains": 5}, {"colour": "blue"}, {"spool_dir": "relative"}],
+)
+def test_bad_options_are_logged_with_jid_and_minion_never_raised(ret_kwargs, spool_dir, caplog):
+    with caplog.at_level(logging.ERROR):
+        returner_module.returner(job_return(ret_kwargs=ret_kwargs))
+    assert "not handled" in caplog.text
+    assert "20261128073000123456" in caplog.text and MINION_ID in caplog.text
+    assert spooled(spool_dir) == {}
+
+
+def test_bad_delivery_option_still_spools_and_says_why(spool_dir, caplog):
+    with caplog.at_level(logging.WARNING):
+        returner_module.returner(job_return(ret_kwargs={"port": "ssh"}))
+    assert list(spooled(spool_dir)) == ["20261128073000123456"]
+    assert "distmon.port must be an integer" in caplog.text and MINION_ID in caplog.text
+
+
+@pytest.mark.parametrize("jid", ["../../etc/passwd", "a/b", "..", ""])
+def test_hostile_jid_is_refused_and_logged(jid, spool_dir, tmp_path, caplog):
+    with caplog.at_level(logging.ERROR):
+        returner_module.returner(job_return(jid=jid))
+    assert "not handled" in caplog.text
+    assert spooled(spool_dir) == {}
+    assert not (tmp_path / "etc").exists()
+
+
+def test_missing_minion_key_spools_unsigned_and_logs(pki_dir, spool_dir, caplog):
+    (pki_dir / "minion.pem").unlink()
+    with caplog.at_level(logging.ERROR):
+        returner_module.returner(job_return())
+    assert "cannot sign" in caplog.text and MINION_ID in caplog.text
+    assert "signature" not in spooled(spool_dir)["20261128073000123456"]
+
+
+def test_unsynced_execution_module_is_logged(spool_dir, caplog):
+    del returner_module.__salt__["distmon.store"]
+    with caplog.at_level(logging.ERROR):
+        returner_module.returner(job_return())
+    assert "saltutil.sync_all" in caplog.text
+
+
+def test_non_json_returns_are_documented_as_repr(spool_dir, pki_dir):
+    returner_module.returner(job_return(**{"return": {"raw": b"\x00\xff", "set": {1}, "tuple": (1, 2)}}))
+    doc = spooled(spool_dir)["20261128073000123456"]
+    assert doc["result"] == {"raw": repr(b"\x00\xff"), "set": repr({1}), "tuple": [1, 2]}
+    verify_per_spec(doc, (pki_dir / "minion.pub").read_bytes())
+
+
+# -- the signature spec, proven from this side ----------------------------------------------------------
+
+
+def test_signature_follows_the_documented_spec_with_a_fresh_key():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    doc = returner_module._build_document(job_return(**{"return": {"message": "naïve ✓", "n": 1.5}}), ["os"], GRAINS)
+    doc["signature"] = returner_module._sign_document(doc, pem)
+    verify_per_spec(doc, public_pem)
+    # The document a reader parses from the file verifies too (key order and whitespace do not matter).
+    reparsed = json.loads(json.dumps(doc, indent=2))
+    verify_per_spec(reparsed, public_pem)
+    # Any change to a signed field breaks it.
+    tampered = {**reparsed, "success": False}
+    with pytest.raises(InvalidSignature):
+        verify_per_spec(tampered, public_pem)
+    # Another key does not verify it.
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    with pytest.raises(InvalidSignature):
+        verify_per_spec(doc, other.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
