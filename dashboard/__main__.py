@@ -1,0 +1,245 @@
+"""The admin CLI of the storage host: users, tokens, pruning, ingesting, seeding.
+
+It acts on the same database as the running app (``DISTMON_DB``; from the repo root, the
+local stack's ``.run/host/distmon.sqlite`` via ``.run/stack.env``). Writes use their own
+``BEGIN IMMEDIATE`` transactions, so running it next to the app is safe.
+
+CLI Example:
+
+.. code-block:: bash
+
+    echo 's3cret-passw0rd' | python -m dashboard user create alice --admin --password-stdin
+    echo 'new-passw0rd!' | python -m dashboard user reset-password alice --password-stdin
+    python -m dashboard user list
+    python -m dashboard user approve bob
+    python -m dashboard token create alice          # the token is the last line printed
+    python -m dashboard prune --older-than 90d
+    python -m dashboard ingest                      # run the ingester alone (Ctrl-C stops it)
+    python -m dashboard ingest --once
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from dashboard import security, users
+from dashboard.config import Settings
+
+
+class CliError(Exception):
+    """A refusal with a message for stderr (exit code 2)."""
+
+
+def _read_password(args) -> str:
+    if not args.password_stdin:
+        raise CliError("Give the password on stdin with --password-stdin (never on the command line).")
+    line = sys.stdin.readline()
+    password = line.rstrip("\r\n")
+    if not password:
+        raise CliError("No password on stdin.")
+    return password
+
+
+def _connect(settings: Settings):
+    from dashboard.db import connect_sync
+
+    return connect_sync(settings.db_path)
+
+
+def cmd_user_create(args, settings: Settings) -> int:
+    """Create an active user (an admin with --admin)."""
+    username = users.check_username(args.name)
+    password_hash = security.hash_password_sync(_read_password(args))
+    conn = _connect(settings)
+    try:
+        outcome = users.run_tx(conn, users.create_user_tx, username, password_hash, admin=args.admin, status="active")
+    finally:
+        conn.close()
+    if not outcome["created"]:
+        raise CliError(f"User {username!r} already exists (use reset-password).")
+    role = "admin" if outcome["is_admin"] else "user"
+    print(f"created {role} {username}")
+    return 0
+
+
+def cmd_user_reset_password(args, settings: Settings) -> int:
+    """Set a new password; every session of the user ends."""
+    password_hash = security.hash_password_sync(_read_password(args))
+    conn = _connect(settings)
+    try:
+        user = users.find_user_sync(conn, args.name)
+        if user is None:
+            raise CliError(f"No user {args.name!r}.")
+        users.run_tx(conn, users.set_password_tx, user["id"], password_hash, None)
+    finally:
+        conn.close()
+    print(f"password reset for {user['username']}; their sessions ended")
+    return 0
+
+
+def cmd_user_list(args, settings: Settings) -> int:
+    """Print every user: name, status, admin flag, creation time."""
+    conn = _connect(settings)
+    try:
+        rows = conn.execute("SELECT username, status, is_admin, created_at FROM users ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    print(f"{'USERNAME':<32} {'STATUS':<9} {'ADMIN':<5} CREATED")
+    for row in rows:
+        print(f"{row[0]:<32} {row[1]:<9} {'yes' if row[2] else 'no':<5} {row[3]}")
+    return 0
+
+
+def _set_status(status: str):
+    def command(args, settings: Settings) -> int:
+        conn = _connect(settings)
+        try:
+            user = users.find_user_sync(conn, args.name)
+            if user is None:
+                raise CliError(f"No user {args.name!r}.")
+            users.run_tx(conn, users.set_status_tx, user["id"], status)
+        finally:
+            conn.close()
+        print(f"{user['username']}: {status}")
+        return 0
+
+    return command
+
+
+def cmd_token_create(args, settings: Settings) -> int:
+    """Create an API token for a user; the token itself is the last line printed."""
+    token = security.new_api_token()
+    conn = _connect(settings)
+    try:
+        user = users.find_user_sync(conn, args.name)
+        if user is None:
+            raise CliError(f"No user {args.name!r}.")
+        users.run_tx(conn, users.create_token_tx, user["id"], security.sha256_hex(token), args.label)
+    finally:
+        conn.close()
+    print(f"token {args.label!r} for {user['username']} (shown once; send it as 'Authorization: Bearer <token>'):")
+    print(token)
+    return 0
+
+
+def cmd_prune(args, settings: Settings) -> int:
+    """Delete runs (and their results) older than --older-than, e.g. 90d."""
+    from dashboard.db import Database
+    from dashboard.retention import parse_age, prune
+
+    try:
+        age = parse_age(args.older_than)
+    except ValueError as err:
+        raise CliError(str(err)) from err
+
+    async def run() -> int:
+        async with Database(settings.db_path) as db:
+            return await prune(db, age)
+
+    removed = asyncio.run(run())
+    print(f"pruned {removed} runs older than {args.older_than}")
+    return 0
+
+
+def cmd_ingest(args, settings: Settings) -> int:
+    """Run the ingester alone (until SIGINT/SIGTERM), or one pass with --once."""
+    from dashboard.db import Database
+    from dashboard.ingest import ingest_pending, run_ingester
+
+    async def run() -> int:
+        async with Database(settings.db_path) as db:
+            if args.once:
+                report = await ingest_pending(db, settings)
+                print(f"ingested {report.ingested} ({report.results} results), {report.duplicates} duplicates, "
+                      f"{report.quarantined} quarantined")
+                return 0
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            print(f"ingesting {settings.inbox} into {settings.db_path} (Ctrl-C stops)", flush=True)
+            await run_ingester(db, settings, stop)
+            return 0
+
+    return asyncio.run(run())
+
+
+def cmd_seed(args, settings: Settings) -> int:
+    """Fill the database with deterministic synthetic runs (benchmarks, demos)."""
+    from dashboard.seed import seed
+
+    conn = _connect(settings)
+    try:
+        summary = seed(conn, runs=args.runs, tests=args.tests, minions=args.minions, prefix=args.prefix)
+    finally:
+        conn.close()
+    print(f"seeded {summary['runs']} runs, {summary['results']} results over {summary['minions']} minions")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__.split("\n")[0])
+    parser.add_argument("--db", help="database file (default: DISTMON_DB or the local stack's)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True)
+    create = user.add_parser("create", help="create an active user")
+    create.add_argument("name")
+    create.add_argument("--admin", action="store_true")
+    create.add_argument("--password-stdin", action="store_true", help="read the password from stdin's first line")
+    create.set_defaults(func=cmd_user_create)
+    reset = user.add_parser("reset-password", help="set a user's password")
+    reset.add_argument("name")
+    reset.add_argument("--password-stdin", action="store_true")
+    reset.set_defaults(func=cmd_user_reset_password)
+    user.add_parser("list", help="list users").set_defaults(func=cmd_user_list)
+    for name, status in (("approve", "active"), ("enable", "active"), ("disable", "disabled")):
+        action = user.add_parser(name, help=f"set a user {status}")
+        action.add_argument("name")
+        action.set_defaults(func=_set_status(status))
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
+    token_create = token.add_parser("create", help="create an API token for a user")
+    token_create.add_argument("name")
+    token_create.add_argument("--label", default="cli", help="a name for the token")
+    token_create.set_defaults(func=cmd_token_create)
+
+    prune = sub.add_parser("prune", help="delete old runs")
+    prune.add_argument("--older-than", required=True, help="e.g. 90d, 12h")
+    prune.set_defaults(func=cmd_prune)
+
+    ingest = sub.add_parser("ingest", help="run the ingester alone")
+    ingest.add_argument("--once", action="store_true", help="one pass over the inbox, then exit")
+    ingest.set_defaults(func=cmd_ingest)
+
+    seed = sub.add_parser("seed", help="insert synthetic runs (benchmarks)")
+    seed.add_argument("--runs", type=int, default=20_000)
+    seed.add_argument("--tests", type=int, default=50)
+    seed.add_argument("--minions", type=int, default=50)
+    seed.add_argument("--prefix", default="")
+    seed.set_defaults(func=cmd_seed)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the arguments and run one command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        environ = None
+        if args.db:
+            import os
+
+            environ = {**os.environ, "DISTMON_DB": args.db}
+        settings = Settings.from_env(environ)
+        return args.func(args, settings)
+    except (CliError, users.UserError, security.PasswordPolicyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

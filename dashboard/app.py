@@ -1,0 +1,142 @@
+"""The distmon dashboard: a FastAPI app over the SQLite database the ingester fills.
+
+Run it with ``uvicorn dashboard.app:app`` (settings from ``DISTMON_*``, see dashboard/config.py);
+tests build their own with :func:`create_app`. The lifespan opens the database and, when
+``DISTMON_INGEST`` is on, runs the ingester as a background task in the same process.
+
+Every route but ``/login``, ``/register`` and ``/static`` needs a session cookie or an API
+token (``Authorization: Bearer ...``). The JSON API lives under ``/api``; its OpenAPI schema is
+``/api/openapi.json`` (behind login too; no CDN-hosted docs UI, the CSP would refuse it anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dashboard import security
+from dashboard.config import Settings
+from dashboard.db import Database, QueryTimeout
+from dashboard.deps import CsrfError, NotAuthenticated, login_url, make_templates
+from dashboard.queries import InputError
+from dashboard.routes import admin, api, auth, pages
+from dashboard.routes.common import render
+
+log = logging.getLogger("distmon.dashboard")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def is_api(request: Request) -> bool:
+    return request.url.path == "/api" or request.url.path.startswith("/api/")
+
+
+def _error(request: Request, status: int, message: str, headers: dict | None = None):
+    if is_api(request):
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
+    return render(request, "error.html", {"status": status, "message": message}, status_code=status, headers=headers)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for ``settings`` (default: from the environment)."""
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        db = Database(settings.db_path)
+        await db.open()
+        app.state.db = db
+        stop = asyncio.Event()
+        ingester = None
+        if settings.ingest:
+            from dashboard.ingest import run_ingester
+
+            ingester = asyncio.create_task(run_ingester(db, settings, stop), name="distmon-ingester")
+        try:
+            yield
+        finally:
+            stop.set()
+            if ingester is not None:
+                try:
+                    await asyncio.wait_for(ingester, timeout=10)
+                except TimeoutError:
+                    ingester.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ingester
+                except Exception:  # the ingester logs its own failures; shutdown must go on
+                    log.exception("ingester stopped with an error")
+            await db.close()
+
+    app = FastAPI(
+        title="distmon",
+        summary="Salt-native distributed test monitoring: results of pytest runs across minions.",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.settings = settings
+    app.state.templates = make_templates()
+    app.state.login_limiter = security.LoginRateLimiter()
+    app.add_middleware(security.SecurityHeadersMiddleware)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(auth.router)
+    app.include_router(admin.router)
+    app.include_router(pages.router)
+    app.include_router(api.router)
+
+    @app.exception_handler(NotAuthenticated)
+    async def not_authenticated(request: Request, exc: NotAuthenticated):
+        if is_api(request):
+            return JSONResponse(
+                {"detail": "Authentication required: log in or send Authorization: Bearer <token>."},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return RedirectResponse(login_url(request), status_code=303)
+
+    @app.exception_handler(CsrfError)
+    async def csrf_error(request: Request, exc: CsrfError):
+        return _error(request, 403, str(exc))
+
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, exc: InputError):
+        return _error(request, 400, str(exc))
+
+    @app.exception_handler(QueryTimeout)
+    async def query_timeout(request: Request, exc: QueryTimeout):
+        log.warning("query timeout on %s: %s", request.url.path, exc)
+        return _error(request, 503, "The query took too long. Narrow the filters and try again.")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err.get("loc", ()) if part not in ("query", "path", "body"))
+            problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return _error(request, 400, "Invalid request. " + "; ".join(problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _error(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    return app
+
+
+def __getattr__(name: str):
+    # `uvicorn dashboard.app:app` builds the app on first access, so importing this module
+    # (tests, the CLI) never reads the environment or touches a database.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,200 @@
+"""FastAPI dependencies: the database, the settings, who is asking, CSRF-checked forms, templates.
+
+Authentication: a ``distmon_session`` cookie (server-side session) or ``Authorization: Bearer
+<token>`` (API token). Without either, :class:`NotAuthenticated` is raised and the app answers
+an HTML route with a redirect to the login page and an API route (``/api/...``) with 401.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.templating import Jinja2Templates
+from starlette.datastructures import FormData
+
+from dashboard import security, users
+from dashboard.config import Settings
+from dashboard.db import Database
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+
+
+class NotAuthenticated(Exception):
+    """No valid session or token: redirect (HTML) or 401 (API)."""
+
+
+class CsrfError(Exception):
+    """A form POST without a valid CSRF token, or from another site: 403."""
+
+
+@dataclass
+class Auth:
+    user: dict[str, Any]
+    via: str  # "session" | "token"
+    csrf_token: str | None = None
+    session_hash: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return bool(self.user.get("is_admin"))
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+DbDep = Annotated[Database, Depends(get_db)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+async def optional_auth(request: Request) -> Auth | None:
+    """Who is asking (cached on the request), or None."""
+    if "auth" in request.state._state:
+        return request.state.auth
+    db: Database = request.app.state.db
+    auth = None
+    token = bearer_token(request)
+    if token is not None:
+        user = await users.user_for_token(db, token)
+        # A bad bearer token never falls back to the cookie: the client asked for token auth.
+        auth = Auth(user=user, via="token") if user else None
+    else:
+        cookie = request.cookies.get(security.SESSION_COOKIE)
+        if cookie:
+            user = await users.user_for_session(db, cookie)
+            if user:
+                auth = Auth(user=user, via="session", csrf_token=user["csrf_token"], session_hash=user["id_hash"])
+    request.state.auth = auth
+    return auth
+
+
+async def require_auth(auth: Annotated[Auth | None, Depends(optional_auth)]) -> Auth:
+    if auth is None:
+        raise NotAuthenticated()
+    return auth
+
+
+async def require_admin(auth: Annotated[Auth, Depends(require_auth)]) -> Auth:
+    if not auth.is_admin:
+        raise HTTPException(status_code=403, detail="Admins only.")
+    return auth
+
+
+AuthDep = Annotated[Auth, Depends(require_auth)]
+AdminDep = Annotated[Auth, Depends(require_admin)]
+OptionalAuthDep = Annotated[Auth | None, Depends(optional_auth)]
+
+
+async def csrf_form(request: Request, auth: OptionalAuthDep) -> FormData:
+    """The POSTed form after the CSRF check (raises CsrfError → 403)."""
+    if security.cross_site_request(request.headers, request.headers.get("host")):
+        raise CsrfError("Cross-site request refused.")
+    form = await request.form()
+    if auth is not None and auth.via == "token":
+        # Browsers never attach an Authorization header on their own: no CSRF possible.
+        return form
+    sent = form.get("csrf_token")
+    sent = sent if isinstance(sent, str) else None
+    expected = [auth.csrf_token] if auth is not None else []
+    expected.append(request.cookies.get(security.CSRF_COOKIE))
+    if not any(security.tokens_equal(sent, token) for token in expected if token):
+        raise CsrfError("Missing or invalid CSRF token. Reload the page and try again.")
+    return form
+
+
+CsrfFormDep = Annotated[FormData, Depends(csrf_form)]
+
+
+def secure_cookies(request: Request) -> bool:
+    mode = request.app.state.settings.secure_cookies
+    if mode in {"1", "true", "yes", "on"}:
+        return True
+    if mode in {"0", "false", "no", "off"}:
+        return False
+    return request.url.scheme == "https"
+
+
+def anonymous_csrf_token(request: Request) -> tuple[str, bool]:
+    """The double-submit token for login/register forms; (token, needs to be set as a cookie)."""
+    existing = request.cookies.get(security.CSRF_COOKIE)
+    if existing and 20 <= len(existing) <= 100:
+        return existing, False
+    return security.new_secret(), True
+
+
+def set_csrf_cookie(request: Request, response, token: str) -> None:
+    response.set_cookie(
+        security.CSRF_COOKIE, token, httponly=True, samesite="lax", secure=secure_cookies(request), path="/"
+    )
+
+
+def set_session_cookie(request: Request, response, cookie: str) -> None:
+    response.set_cookie(
+        security.SESSION_COOKIE,
+        cookie,
+        max_age=security.SESSION_TTL_SECONDS,
+        httponly=True,
+        samesite="lax",
+        secure=secure_cookies(request),
+        path="/",
+    )
+
+
+def login_url(request: Request) -> str:
+    target = request.url.path
+    if request.url.query:
+        target += "?" + request.url.query
+    return "/login?next=" + quote(security.safe_next_url(target), safe="")
+
+
+def make_templates() -> Jinja2Templates:
+    templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+    env = templates.env
+    env.autoescape = True  # every template, whatever its extension
+    env.filters["q"] = lambda value: quote(str(value), safe="")
+    env.filters["duration"] = format_duration
+    env.filters["percent"] = format_percent
+    env.filters["when"] = format_when
+    from dashboard.routes.charts import series
+
+    env.globals["series"] = series
+    return templates
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.2f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 120:
+        return f"{minutes} min {secs} s"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
+def format_percent(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f} %"
+
+
+def format_when(value: str | None) -> str:
+    if not value:
+        return "–"
+    return value.replace("T", " ").replace("Z", " UTC")

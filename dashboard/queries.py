@@ -1,0 +1,564 @@
+"""Every read query behind the dashboard's pages and JSON API.
+
+Rules that keep each page within ~100 ms on a million results:
+
+- Lists use keyset (cursor) pagination on an index (``runs_started``, ``runs_minion_started``,
+  ``runs_status_started``, ``results_test``), never OFFSET, and always a LIMIT.
+- Aggregates come from the summary tables (``minions``, ``test_status``, ``counters``);
+  nothing counts over ``results``.
+- Charts and timelines read a bounded window (the latest ``CHART_WINDOW`` runs).
+
+Functions return plain dicts/lists ready for both the templates and the API.
+Bad input (a malformed cursor, date or id) raises :class:`InputError`, which the app turns into a 400.
+"""
+
+# SQL here is built only from constant column lists and '?' placeholders; values are always bound.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "errors")
+RUN_STATUSES = ("passed", "failed", "no_tests", "usage_error", "internal_error", "interrupted", "timeout", "error")
+FAILING = ("failed", "error")
+CHART_WINDOW = 200
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+DETAIL_RESULTS_LIMIT = 5000
+COMPARE_RESULTS_LIMIT = 20000
+# A text search on test ids looks at most this many matching tests (each is one index probe per run).
+SEARCH_TESTS_LIMIT = 50
+
+RUN_COLUMNS = (
+    "r.id, r.jid, r.fun, r.source, r.status, r.exitcode, r.passed, r.failed, r.skipped, r.xfailed, "
+    "r.xpassed, r.errors, r.started_at, r.finished_at, r.duration, r.returned_at, r.ingested_at, "
+    "r.signed, m.name AS minion"
+)
+
+
+class InputError(ValueError):
+    """Bad user input in a query (shown as a 400 with this message)."""
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def parse_iso(value: str | None) -> datetime | None:
+    """Parse our ISO 8601 timestamps (with Z) into aware datetimes; None when absent or bad."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_date_filter(value: str | None, *, end: bool = False) -> str | None:
+    """A date (YYYY-MM-DD) or ISO timestamp from a filter, as an ISO string comparable with started_at.
+
+    With ``end`` a bare date means the end of that day (exclusive bound: the next midnight).
+    """
+    value = (value or "").strip()
+    if not value:
+        return None
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        try:
+            day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError as err:
+            raise InputError(f"Not a valid date: {value!r} (use YYYY-MM-DD).") from err
+        return iso(day + timedelta(days=1) if end else day)
+    moment = parse_iso(value)
+    if moment is None:
+        raise InputError(f"Not a valid date: {value!r} (use YYYY-MM-DD or an ISO 8601 time).")
+    return iso(moment)
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, with LIKE's metacharacters escaped (ESCAPE '\\')."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def encode_cursor(*values: Any) -> str:
+    raw = json.dumps(list(values), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, types: tuple[type, ...]) -> list | None:
+    """Decode an opaque cursor into values of the given types, or raise InputError."""
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError) as err:
+        raise InputError("Invalid cursor.") from err
+    if not isinstance(values, list) or len(values) != len(types):
+        raise InputError("Invalid cursor.")
+    for value, kind in zip(values, types, strict=True):
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InputError("Invalid cursor.")
+    return values
+
+
+def clamp_limit(limit: int | None, default: int = PAGE_SIZE) -> int:
+    if limit is None:
+        return default
+    return max(1, min(int(limit), MAX_PAGE_SIZE))
+
+
+def loads(text: str | None, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
+def run_summary(row: dict) -> dict[str, Any]:
+    """A runs row (RUN_COLUMNS) as the API's run object."""
+    return {
+        "id": row["id"],
+        "jid": row["jid"],
+        "minion": row["minion"],
+        "fun": row["fun"],
+        "source": row["source"],
+        "status": row["status"],
+        "exitcode": row["exitcode"],
+        "counts": {key: row[key] or 0 for key in OUTCOMES},
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "duration": row["duration"],
+        "returned_at": row["returned_at"],
+        "ingested_at": row["ingested_at"],
+        "signed": bool(row["signed"]),
+    }
+
+
+def pass_rate(counts: dict) -> float | None:
+    """passed / (passed + failed + errors), None when nothing ran that counts."""
+    judged = counts.get("passed", 0) + counts.get("failed", 0) + counts.get("errors", 0)
+    return None if judged == 0 else counts.get("passed", 0) / judged
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+
+async def list_runs(
+    db,
+    *,
+    minion: str | None = None,
+    jid: str | None = None,
+    status: str | None = None,
+    path: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    q: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Runs newest first with filters; returns {"runs": [...], "next": cursor or None}."""
+    limit = clamp_limit(limit)
+    where, params = [], []
+    if minion:
+        where.append("r.minion_id = (SELECT id FROM minions WHERE name = ?)")
+        params.append(minion)
+    if jid:
+        where.append("r.jid = ?")
+        params.append(jid)
+    if status:
+        if status not in RUN_STATUSES:
+            raise InputError(f"Unknown status {status!r}; one of: {', '.join(RUN_STATUSES)}.")
+        where.append("r.status = ?")
+        params.append(status)
+    if path:
+        where.append("r.paths LIKE ? ESCAPE '\\'")
+        params.append(like_pattern(path))
+    since_iso = parse_date_filter(since)
+    until_iso = parse_date_filter(until, end=True)
+    if since_iso:
+        where.append("r.started_at >= ?")
+        params.append(since_iso)
+    if until_iso:
+        where.append("r.started_at < ?")
+        params.append(until_iso)
+    if q:
+        test_ids = [
+            row["id"]
+            for row in await db.fetchall(
+                "SELECT id FROM tests WHERE nodeid LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
+                (like_pattern(q), SEARCH_TESTS_LIMIT),
+            )
+        ]
+        if not test_ids:
+            return {"runs": [], "next": None}
+        marks = ",".join("?" * len(test_ids))
+        where.append(f"EXISTS (SELECT 1 FROM results x WHERE x.test_id IN ({marks}) AND x.run_id = r.id)")
+        params.extend(test_ids)
+    after = decode_cursor(cursor, (str, int))
+    if after:
+        where.append("(r.started_at, r.id) < (?, ?)")
+        params.extend(after)
+    sql = f"SELECT {RUN_COLUMNS} FROM runs r JOIN minions m ON m.id = r.minion_id"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY r.started_at DESC, r.id DESC LIMIT ?"
+    rows = await db.fetchall(sql, (*params, limit + 1))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1]["started_at"], rows[-1]["id"])
+    return {"runs": [run_summary(row) for row in rows], "next": next_cursor}
+
+
+async def runs_after(db, after_id: int, limit: int = 50) -> list[dict[str, Any]]:
+    """Runs ingested after run id ``after_id`` (live updates), oldest first."""
+    rows = await db.fetchall(
+        f"SELECT {RUN_COLUMNS} FROM runs r JOIN minions m ON m.id = r.minion_id "
+        "WHERE r.id > ? ORDER BY r.id LIMIT ?",
+        (after_id, clamp_limit(limit)),
+    )
+    return [run_summary(row) for row in rows]
+
+
+async def latest_run_id(db) -> int:
+    return await db.fetchval("SELECT MAX(id) FROM runs", default=0)
+
+
+async def get_run(db, run_id: int) -> dict[str, Any] | None:
+    """One run with its grains, paths, args, failures (full detail) and every result (bounded)."""
+    row = await db.fetchone(
+        f"SELECT {RUN_COLUMNS}, r.paths, r.args, r.python_version, r.pytest_version, r.grains, r.message "
+        "FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.id = ?",
+        (run_id,),
+    )
+    if row is None:
+        return None
+    run = run_summary(row)
+    run.update(
+        paths=loads(row["paths"], []),
+        args=loads(row["args"], []),
+        python_version=row["python_version"],
+        pytest_version=row["pytest_version"],
+        grains=loads(row["grains"], {}),
+        message=row["message"],
+        pass_rate=pass_rate(run["counts"]),
+    )
+    results = await db.fetchall(
+        "SELECT x.id, t.nodeid, t.file, t.line, x.phase, x.outcome, x.duration, x.message, x.markers "
+        "FROM results x JOIN tests t ON t.id = x.test_id WHERE x.run_id = ? ORDER BY x.id LIMIT ?",
+        (run_id, DETAIL_RESULTS_LIMIT + 1),
+    )
+    run["results_truncated"] = len(results) > DETAIL_RESULTS_LIMIT
+    for result in results[:DETAIL_RESULTS_LIMIT]:
+        result["markers"] = loads(result["markers"], [])
+    run["results"] = results[:DETAIL_RESULTS_LIMIT]
+    run["failures"] = await db.fetchall(
+        "SELECT x.id, t.nodeid, t.file, t.line, x.phase, x.outcome, x.duration, x.message, x.longrepr, "
+        "x.stdout, x.stderr FROM results x JOIN tests t ON t.id = x.test_id "
+        "WHERE x.run_id = ? AND x.outcome IN ('failed', 'error') ORDER BY x.id LIMIT 500",
+        (run_id,),
+    )
+    return run
+
+
+async def run_export(db, run_id: int) -> dict[str, Any] | None:
+    """A run with every result in full (JUnit XML and JSON export)."""
+    run = await get_run(db, run_id)
+    if run is None:
+        return None
+    run["tests"] = await db.fetchall(
+        "SELECT t.nodeid, t.file, t.line, x.phase AS \"when\", x.outcome, x.duration, x.message, x.longrepr, "
+        "x.stdout, x.stderr, x.markers FROM results x JOIN tests t ON t.id = x.test_id "
+        "WHERE x.run_id = ? ORDER BY x.id LIMIT ?",
+        (run_id, COMPARE_RESULTS_LIMIT),
+    )
+    for test in run["tests"]:
+        test["markers"] = loads(test["markers"], [])
+    del run["results"], run["failures"]
+    return run
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+async def get_job(db, jid: str) -> dict[str, Any] | None:
+    """One salt job across minions: its runs, the targeted minions that never returned."""
+    manifest = await db.fetchone("SELECT jid, fun, tgt, tgt_type, targeted, started_at FROM jobs WHERE jid = ?", (jid,))
+    rows = await db.fetchall(
+        f"SELECT {RUN_COLUMNS} FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.jid = ? "
+        "ORDER BY m.name LIMIT 5000",
+        (jid,),
+    )
+    if manifest is None and not rows:
+        return None
+    runs = [run_summary(row) for row in rows]
+    targeted = loads(manifest["targeted"], []) if manifest else []
+    returned = {run["minion"] for run in runs}
+    totals = {key: sum(run["counts"][key] for run in runs) for key in OUTCOMES}
+    durations = [run["duration"] for run in runs if run["duration"] is not None]
+    return {
+        "jid": jid,
+        "fun": manifest["fun"] if manifest else (runs[0]["fun"] if runs else None),
+        "tgt": manifest["tgt"] if manifest else None,
+        "tgt_type": manifest["tgt_type"] if manifest else None,
+        "started_at": manifest["started_at"] if manifest else (min(r["started_at"] for r in runs) if runs else None),
+        "targeted": [str(name) for name in targeted if isinstance(name, str | int)],
+        "missing": sorted(str(name) for name in targeted if isinstance(name, str | int) and str(name) not in returned),
+        "runs": runs,
+        "counts": totals,
+        "max_duration": max(durations) if durations else None,
+    }
+
+
+# -- minions and the fleet -----------------------------------------------------------------
+
+
+def _learned_interval(row: dict) -> float | None:
+    """Expected seconds between runs: configured, else the average gap over the minion's history."""
+    if row.get("expected_interval"):
+        return float(row["expected_interval"])
+    first, last = parse_iso(row["first_seen"]), parse_iso(row["last_seen"])
+    if not first or not last or (row["runs"] or 0) < 3:
+        return None
+    gap = (last - first).total_seconds() / (row["runs"] - 1)
+    return gap if gap > 0 else None
+
+
+def _minion_state(row: dict, now: datetime) -> dict[str, Any]:
+    interval = _learned_interval(row)
+    last = parse_iso(row["last_seen"])
+    age = (now - last).total_seconds() if last else None
+    # Late when silent for twice the usual gap (and at least a minute more): one slow run is not an alarm.
+    late = bool(interval and age is not None and age > max(2 * interval, interval + 60))
+    counts = {key: row.get(key) or 0 for key in OUTCOMES}
+    return {
+        "name": row["name"],
+        "first_seen": row["first_seen"],
+        "last_seen": row["last_seen"],
+        "runs": row["runs"],
+        "last_run_id": row["last_run_id"],
+        "last_status": row.get("status"),
+        "last_counts": counts,
+        "pass_rate": pass_rate(counts) if row.get("status") else None,
+        "expected_interval": interval,
+        "silent_for": age,
+        "late": late,
+    }
+
+
+_MINION_SQL = (
+    "SELECT m.id, m.name, m.first_seen, m.last_seen, m.last_run_id, m.runs, m.expected_interval, "
+    "r.status, r.passed, r.failed, r.skipped, r.xfailed, r.xpassed, r.errors "
+    "FROM minions m LEFT JOIN runs r ON r.id = m.last_run_id"
+)
+
+
+async def list_minions(db, limit: int = 1000) -> list[dict[str, Any]]:
+    now = datetime.now(UTC)
+    rows = await db.fetchall(f"{_MINION_SQL} ORDER BY m.name LIMIT ?", (limit,))
+    return [_minion_state(row, now) | {"id": row["id"]} for row in rows]
+
+
+async def fleet(db, *, max_files: int = 60) -> dict[str, Any]:
+    """The fleet overview: minions, the minion x test file matrix of latest outcomes, late minions."""
+    minions = await list_minions(db, limit=500)
+    cells = await db.fetchall(
+        "SELECT ts.minion_id, t.file, COUNT(*) AS tests, "
+        "SUM(ts.last_outcome IN ('failed', 'error')) AS failing, "
+        "SUM(ts.last_outcome IN ('passed', 'xpassed', 'xfailed')) AS passing, MAX(ts.last_started_at) AS last_started_at "
+        "FROM test_status ts JOIN tests t ON t.id = ts.test_id GROUP BY ts.minion_id, t.file LIMIT 100000"
+    )
+    files: dict[str, int] = {}
+    matrix: dict[int, dict[str, dict]] = {}
+    totals = {"tests": 0, "failing": 0, "passing": 0}
+    for cell in cells:
+        files[cell["file"]] = files.get(cell["file"], 0) + cell["tests"]
+        state = "fail" if cell["failing"] else ("pass" if cell["passing"] else "skip")
+        matrix.setdefault(cell["minion_id"], {})[cell["file"]] = {**cell, "state": state}
+        for key in totals:
+            totals[key] += cell[key] or 0
+    shown_files = sorted(files)[:max_files]
+    judged = totals["passing"] + totals["failing"]
+    counters = {row["name"]: row["value"] for row in await db.fetchall("SELECT name, value FROM counters LIMIT 100")}
+    recent = await list_runs(db, limit=15)
+    return {
+        "minions": minions,
+        "files": shown_files,
+        "files_hidden": max(0, len(files) - len(shown_files)),
+        "matrix": {m["name"]: matrix.get(m["id"], {}) for m in minions},
+        "pass_rate": totals["passing"] / judged if judged else None,
+        "tests_tracked": totals["tests"],
+        "failing": totals["failing"],
+        "late": [m["name"] for m in minions if m["late"]],
+        "counters": counters,
+        "recent_runs": recent["runs"],
+        "latest_run_id": max((run["id"] for run in recent["runs"]), default=0),
+    }
+
+
+async def get_minion(db, name: str, window: int = CHART_WINDOW) -> dict[str, Any] | None:
+    """A minion: state, grains, its latest ``window`` runs (chronological, for charts)."""
+    row = await db.fetchone(f"{_MINION_SQL} WHERE m.name = ?", (name,))
+    if row is None:
+        return None
+    minion = _minion_state(row, datetime.now(UTC))
+    grains_row = await db.fetchone("SELECT grains FROM minions WHERE id = ?", (row["id"],))
+    minion["grains"] = loads(grains_row["grains"] if grains_row else None, {})
+    rows = await db.fetchall(
+        f"SELECT {RUN_COLUMNS} FROM runs r JOIN minions m ON m.id = r.minion_id "
+        "WHERE r.minion_id = ? ORDER BY r.started_at DESC, r.id DESC LIMIT ?",
+        (row["id"], window),
+    )
+    runs = [run_summary(r) for r in rows]
+    minion["runs_recent"] = runs
+    minion["chart"] = [
+        {"id": run["id"], "started_at": run["started_at"], "pass_rate": pass_rate(run["counts"]),
+         "duration": run["duration"], "status": run["status"]}
+        for run in reversed(runs)
+    ]
+    minion["failing_tests"] = await db.fetchall(
+        "SELECT t.nodeid, ts.last_outcome, ts.first_fail_at, ts.last_run_id FROM test_status ts "
+        "JOIN tests t ON t.id = ts.test_id WHERE ts.minion_id = ? AND ts.last_outcome IN ('failed', 'error') "
+        "ORDER BY t.nodeid LIMIT 200",
+        (row["id"],),
+    )
+    return minion
+
+
+# -- tests ---------------------------------------------------------------------------------
+
+
+async def search_tests(db, q: str, limit: int = 100) -> list[dict[str, Any]]:
+    return await db.fetchall(
+        "SELECT id, nodeid, file, line FROM tests WHERE nodeid LIKE ? ESCAPE '\\' ORDER BY nodeid LIMIT ?",
+        (like_pattern(q or ""), clamp_limit(limit)),
+    )
+
+
+async def get_test(db, nodeid: str, window: int = CHART_WINDOW) -> dict[str, Any] | None:
+    """One test id across minions and time: per-minion status, flakiness, outcome timeline."""
+    test = await db.fetchone("SELECT id, nodeid, file, line FROM tests WHERE nodeid = ?", (nodeid,))
+    if test is None:
+        return None
+    per_minion = await db.fetchall(
+        "SELECT m.name AS minion, ts.last_run_id, ts.last_outcome, ts.last_started_at, ts.runs, ts.fails, "
+        "ts.flips, ts.first_fail_at, ts.last_pass_at, ts.total_duration FROM test_status ts "
+        "JOIN minions m ON m.id = ts.minion_id WHERE ts.test_id = ? ORDER BY m.name LIMIT 1000",
+        (test["id"],),
+    )
+    for row in per_minion:
+        row["avg_duration"] = row["total_duration"] / row["runs"] if row["runs"] else None
+        row["flip_rate"] = row["flips"] / (row["runs"] - 1) if row["runs"] and row["runs"] > 1 else 0.0
+    timeline = await db.fetchall(
+        "SELECT x.run_id, x.phase, x.outcome, x.duration, x.message, r.started_at, r.jid, m.name AS minion "
+        "FROM results x JOIN runs r ON r.id = x.run_id JOIN minions m ON m.id = r.minion_id "
+        "WHERE x.test_id = ? ORDER BY x.run_id DESC LIMIT ?",
+        (test["id"], window),
+    )
+    timeline.reverse()
+    runs = sum(row["runs"] for row in per_minion)
+    flips = sum(row["flips"] for row in per_minion)
+    fail_starts = [row["first_fail_at"] for row in per_minion if row["first_fail_at"]]
+    passes = [row["last_pass_at"] for row in per_minion if row["last_pass_at"]]
+    window_failures = [row for row in timeline if row["outcome"] in FAILING]
+    return {
+        **test,
+        "minions": per_minion,
+        "timeline": timeline,
+        "runs": runs,
+        "fails": sum(row["fails"] for row in per_minion),
+        "flips": flips,
+        "flakiness": flips / max(1, runs - len(per_minion)),
+        "first_failure": min(fail_starts) if fail_starts else (
+            window_failures[0]["started_at"] if window_failures else None),
+        "last_pass": max(passes) if passes else None,
+    }
+
+
+async def flaky_tests(db, limit: int = 50) -> list[dict[str, Any]]:
+    """Test/minion pairs with the most pass<->fail flips (index test_status_flips)."""
+    rows = await db.fetchall(
+        "SELECT t.nodeid, m.name AS minion, ts.flips, ts.runs, ts.fails, ts.last_outcome, ts.last_started_at "
+        "FROM test_status ts JOIN tests t ON t.id = ts.test_id JOIN minions m ON m.id = ts.minion_id "
+        "WHERE ts.flips > 0 ORDER BY ts.flips DESC LIMIT ?",
+        (clamp_limit(limit),),
+    )
+    for row in rows:
+        row["flip_rate"] = row["flips"] / (row["runs"] - 1) if row["runs"] > 1 else 0.0
+    return rows
+
+
+async def slowest_tests(db, limit: int = 50) -> list[dict[str, Any]]:
+    """Tests by mean duration over every run on every minion (from test_status)."""
+    return await db.fetchall(
+        "SELECT t.nodeid, SUM(ts.total_duration) / SUM(ts.runs) AS avg_duration, SUM(ts.runs) AS runs, "
+        "COUNT(*) AS minions FROM test_status ts JOIN tests t ON t.id = ts.test_id "
+        "GROUP BY ts.test_id HAVING SUM(ts.runs) > 0 ORDER BY avg_duration DESC LIMIT ?",
+        (clamp_limit(limit),),
+    )
+
+
+# -- compare -------------------------------------------------------------------------------
+
+_SEVERITY = {"error": 5, "failed": 4, "xpassed": 3, "passed": 2, "xfailed": 1, "skipped": 0}
+
+
+async def _outcomes(db, run_id: int) -> dict[str, str]:
+    rows = await db.fetchall(
+        "SELECT t.nodeid, x.outcome FROM results x JOIN tests t ON t.id = x.test_id WHERE x.run_id = ? LIMIT ?",
+        (run_id, COMPARE_RESULTS_LIMIT),
+    )
+    outcomes: dict[str, str] = {}
+    for row in rows:
+        # A test that passed in call and errored in teardown counts as its worst outcome.
+        current = outcomes.get(row["nodeid"])
+        if current is None or _SEVERITY.get(row["outcome"], 0) > _SEVERITY.get(current, 0):
+            outcomes[row["nodeid"]] = row["outcome"]
+    return outcomes
+
+
+async def compare_runs(db, base_id: int, head_id: int) -> dict[str, Any] | None:
+    """What changed from run ``base_id`` to run ``head_id``."""
+    base = await get_run_summary(db, base_id)
+    head = await get_run_summary(db, head_id)
+    if base is None or head is None:
+        return None
+    old, new = await _outcomes(db, base_id), await _outcomes(db, head_id)
+
+    def failing(outcome):
+        return outcome in FAILING
+
+    common = old.keys() & new.keys()
+    return {
+        "base": base,
+        "head": head,
+        "new_failures": sorted(n for n in new if failing(new[n]) and not failing(old.get(n))),
+        "fixed": sorted(n for n in common if failing(old[n]) and not failing(new[n])),
+        "still_failing": sorted(n for n in common if failing(old[n]) and failing(new[n])),
+        "added": sorted(new.keys() - old.keys()),
+        "removed": sorted(old.keys() - new.keys()),
+    }
+
+
+async def get_run_summary(db, run_id: int) -> dict[str, Any] | None:
+    row = await db.fetchone(
+        f"SELECT {RUN_COLUMNS} FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.id = ?", (run_id,)
+    )
+    return run_summary(row) if row else None
+
+
+async def minion_names(db, limit: int = 1000) -> list[str]:
+    return [row["name"] for row in await db.fetchall("SELECT name FROM minions ORDER BY name LIMIT ?", (limit,))]

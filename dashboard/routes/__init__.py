@@ -1,0 +1,1 @@
+"""One router per area: auth (login, register, account), admin (users), pages (HTML), api (JSON)."""

@@ -1,0 +1,136 @@
+"""The HTML pages: fleet, runs, one run (+ exports), one job, minion, test, flaky, slowest, compare."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from dashboard import queries
+from dashboard.deps import DbDep, require_auth
+from dashboard.routes.common import render
+from dashboard.routes.export import run_to_json, run_to_junit
+
+router = APIRouter(dependencies=[Depends(require_auth)], include_in_schema=False)
+
+
+def _filters(request: Request) -> dict[str, str]:
+    keys = ("minion", "jid", "status", "path", "since", "until", "q")
+    return {key: request.query_params.get(key, "").strip()[:500] for key in keys}
+
+
+@router.get("/")
+async def fleet_page(request: Request, db: DbDep):
+    return render(request, "fleet.html", {"fleet": await queries.fleet(db)})
+
+
+@router.get("/runs")
+async def runs_page(request: Request, db: DbDep, cursor: str = "", limit: int = Query(50, ge=1, le=500)):
+    filters = _filters(request)
+    page = await queries.list_runs(db, **{k: v or None for k, v in filters.items()}, limit=limit,
+                                   cursor=cursor or None)
+    next_params = {k: v for k, v in filters.items() if v}
+    if page["next"]:
+        next_params["cursor"] = page["next"]
+    return render(request, "runs.html", {
+        "page": page,
+        "filters": filters,
+        "minions": await queries.minion_names(db),
+        "statuses": queries.RUN_STATUSES,
+        "next_params": next_params if page["next"] else None,
+        "paged": bool(cursor),
+        "filter_params": {k: v for k, v in filters.items() if v},
+        # Live updates only make sense on the unfiltered first page.
+        "live_after": (await queries.latest_run_id(db)) if not cursor and not any(filters.values()) else None,
+    })
+
+
+async def _run_or_404(db, run_id: int) -> dict:
+    run = await queries.get_run(db, run_id)
+    if run is None:
+        raise HTTPException(status_code=404, detail=f"No run {run_id}.")
+    return run
+
+
+@router.get("/runs/{run_id}")
+async def run_page(request: Request, run_id: int, db: DbDep):
+    run = await _run_or_404(db, run_id)
+    return render(request, "run.html", {"run": run})
+
+
+@router.get("/runs/{run_id}/junit.xml")
+async def run_junit(run_id: int, db: DbDep):
+    run = await queries.run_export(db, run_id)
+    if run is None:
+        raise HTTPException(status_code=404, detail=f"No run {run_id}.")
+    return Response(run_to_junit(run), media_type="application/xml", headers={
+        "Content-Disposition": f'attachment; filename="run-{run_id}.xml"'})
+
+
+@router.get("/runs/{run_id}/export.json")
+async def run_json(run_id: int, db: DbDep):
+    run = await queries.run_export(db, run_id)
+    if run is None:
+        raise HTTPException(status_code=404, detail=f"No run {run_id}.")
+    return JSONResponse(run_to_json(run), headers={
+        "Content-Disposition": f'attachment; filename="run-{run_id}.json"'})
+
+
+@router.get("/jobs/{jid}")
+async def job_page(request: Request, jid: str, db: DbDep):
+    job = await queries.get_job(db, jid)
+    if job is None:
+        raise HTTPException(status_code=404, detail="No such job.")
+    return render(request, "job.html", {"job": job})
+
+
+@router.get("/minions/{name}")
+async def minion_page(request: Request, name: str, db: DbDep):
+    minion = await queries.get_minion(db, name)
+    if minion is None:
+        raise HTTPException(status_code=404, detail="No such minion.")
+    return render(request, "minion.html", {"minion": minion})
+
+
+@router.get("/tests")
+async def tests_page(request: Request, db: DbDep, nodeid: str = "", q: str = ""):
+    if nodeid:
+        test = await queries.get_test(db, nodeid)
+        if test is None:
+            raise HTTPException(status_code=404, detail="No such test.")
+        return render(request, "test.html", {"test": test})
+    found = await queries.search_tests(db, q) if q else []
+    return render(request, "tests.html", {"q": q, "tests": found})
+
+
+@router.get("/flaky")
+async def flaky_page(request: Request, db: DbDep):
+    return render(request, "flaky.html", {"rows": await queries.flaky_tests(db)})
+
+
+@router.get("/slowest")
+async def slowest_page(request: Request, db: DbDep):
+    return render(request, "slowest.html", {"rows": await queries.slowest_tests(db)})
+
+
+def _run_id(value: str, name: str) -> int | None:
+    value = value.strip()
+    if not value:
+        return None
+    # Accept a bare id or a pasted /runs/<id> URL.
+    match = re.fullmatch(r"(?:.*/runs/)?(\d{1,18})/?", value)
+    if not match:
+        raise queries.InputError(f"{name}: give a run id (a number) or a /runs/<id> link.")
+    return int(match.group(1))
+
+
+@router.get("/compare")
+async def compare_page(request: Request, db: DbDep, a: str = "", b: str = ""):
+    base, head = _run_id(a, "a"), _run_id(b, "b")
+    diff = None
+    if base is not None and head is not None:
+        diff = await queries.compare_runs(db, base, head)
+        if diff is None:
+            raise HTTPException(status_code=404, detail="No such run.")
+    return render(request, "compare.html", {"a": a, "b": b, "diff": diff})

@@ -1,0 +1,239 @@
+"""Security primitives of the dashboard: passwords, session ids, CSRF, login rate limit, headers.
+
+Configuration (environment):
+
+.. code-block:: yaml
+
+    DISTMON_BCRYPT_ROUNDS: 12      # bcrypt cost; tests lower it (4) to stay fast. Never below 4.
+    DISTMON_SECURE_COOKIES: auto   # (config.py) auto: Secure when the request is https; 1; 0
+
+- Passwords: bcrypt called directly (passlib breaks with bcrypt 5), hashed and checked in a
+  worker thread so the event loop never blocks for the ~250 ms a cost-12 hash takes.
+  8 characters minimum, 72 bytes (UTF-8) maximum: bcrypt ignores or refuses the rest, so the
+  form refuses it with a clear message instead of silently truncating.
+- Sessions: the cookie ``distmon_session`` holds 32 random bytes; the database stores only
+  their sha256 (a leaked database row cannot be replayed as a cookie).
+- CSRF: every form POST carries ``csrf_token``. Logged in, it must equal the session's token;
+  anonymous (login, register), it must equal the ``distmon_csrf`` cookie (double submit; the
+  cookie is SameSite=Lax so a cross-site POST never carries it). A request whose ``Origin``
+  names another host, or whose ``Sec-Fetch-Site`` is ``cross-site``, is refused too.
+- Login rate limit: in memory, per process (restarting the app forgets it; several workers
+  would each count separately): 5 failures per username+IP in 5 minutes, or 30 per IP, → 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections import OrderedDict, deque
+from urllib.parse import urlsplit
+
+import bcrypt
+
+SESSION_COOKIE = "distmon_session"
+CSRF_COOKIE = "distmon_csrf"
+SESSION_TTL_SECONDS = 7 * 24 * 3600
+PASSWORD_MIN_CHARS = 8
+PASSWORD_MAX_BYTES = 72
+TOKEN_PREFIX = "dm_"  # noqa: S105 (a prefix, not a secret)
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+]
+
+
+class PasswordPolicyError(ValueError):
+    """The password is refused before hashing; the message is shown to the user."""
+
+
+def bcrypt_rounds() -> int:
+    """The bcrypt cost: DISTMON_BCRYPT_ROUNDS or 12, clamped to bcrypt's 4..31."""
+    try:
+        rounds = int(os.environ.get("DISTMON_BCRYPT_ROUNDS") or 12)
+    except ValueError:
+        rounds = 12
+    return min(max(rounds, 4), 31)
+
+
+def check_password_policy(password: str) -> bytes:
+    """Return the password's UTF-8 bytes, or raise PasswordPolicyError with a message for the form."""
+    if len(password) < PASSWORD_MIN_CHARS:
+        raise PasswordPolicyError(f"The password must be at least {PASSWORD_MIN_CHARS} characters long.")
+    encoded = password.encode("utf-8")
+    if len(encoded) > PASSWORD_MAX_BYTES:
+        raise PasswordPolicyError(
+            f"The password is too long: at most {PASSWORD_MAX_BYTES} bytes in UTF-8 "
+            f"(this one has {len(encoded)}). Accented letters and emoji take 2-4 bytes each."
+        )
+    return encoded
+
+
+def hash_password_sync(password: str) -> bytes:
+    """bcrypt hash of a password that passed the policy (raises PasswordPolicyError)."""
+    encoded = check_password_policy(password)
+    return bcrypt.hashpw(encoded, bcrypt.gensalt(rounds=bcrypt_rounds()))
+
+
+async def hash_password(password: str) -> bytes:
+    """hash_password_sync in a worker thread."""
+    return await asyncio.to_thread(hash_password_sync, password)
+
+
+_dummy_hashes: dict[int, bytes] = {}
+
+
+def _dummy_hash() -> bytes:
+    # A hash at the current cost, so checking an unknown user costs what checking a known one does.
+    rounds = bcrypt_rounds()
+    if rounds not in _dummy_hashes:
+        _dummy_hashes[rounds] = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=rounds))
+    return _dummy_hashes[rounds]
+
+
+def verify_password_sync(password: str, stored_hash: bytes | str | None) -> bool:
+    """True when password matches stored_hash; with no hash, burns the same time and returns False."""
+    encoded = password.encode("utf-8")
+    if len(encoded) > PASSWORD_MAX_BYTES:
+        # Could never have been set; still spend the time of a check.
+        encoded = encoded[:PASSWORD_MAX_BYTES]
+        stored_hash, real = None, False
+    else:
+        real = stored_hash is not None
+    if isinstance(stored_hash, str):
+        stored_hash = stored_hash.encode()
+    try:
+        matched = bcrypt.checkpw(encoded, stored_hash if real else _dummy_hash())
+    except ValueError:
+        return False
+    return matched and real
+
+
+async def verify_password(password: str, stored_hash: bytes | str | None) -> bool:
+    """verify_password_sync in a worker thread."""
+    return await asyncio.to_thread(verify_password_sync, password, stored_hash)
+
+
+def new_secret() -> str:
+    """32 random bytes, URL-safe: session ids and CSRF tokens."""
+    return secrets.token_urlsafe(32)
+
+
+def new_api_token() -> str:
+    """A fresh API token (shown once; only its sha256 is stored)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def sha256_hex(value: str) -> str:
+    """sha256 of a secret, as stored in the database."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def tokens_equal(a: str | None, b: str | None) -> bool:
+    """Constant-time comparison; False when either side is empty."""
+    if not a or not b:
+        return False
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+def cross_site_request(headers, host: str | None) -> bool:
+    """True when the browser says the request comes from another site (Origin / Sec-Fetch-Site)."""
+    if headers.get("sec-fetch-site", "").lower() == "cross-site":
+        return True
+    origin = headers.get("origin")
+    if origin and host:
+        if origin == "null":
+            return True
+        if urlsplit(origin).netloc.lower() != host.lower():
+            return True
+    return False
+
+
+def safe_next_url(value: str | None, default: str = "/") -> str:
+    """A local redirect target: a path on this site, never another host or a javascript: URL."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return default
+    if any(ord(ch) < 32 for ch in value):
+        return default
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return default
+    return value
+
+
+class LoginRateLimiter:
+    """Counts failed logins per (username, ip) and per ip in a sliding window (in memory)."""
+
+    def __init__(self, per_user: int = 5, per_ip: int = 30, window: float = 300.0, max_keys: int = 100_000):
+        self.per_user = per_user
+        self.per_ip = per_ip
+        self.window = window
+        self.max_keys = max_keys
+        self._failures: OrderedDict[tuple, deque] = OrderedDict()
+
+    def _recent(self, key: tuple, now: float) -> deque:
+        stamps = self._failures.get(key)
+        if stamps is None:
+            return deque()
+        while stamps and now - stamps[0] > self.window:
+            stamps.popleft()
+        if not stamps:
+            del self._failures[key]
+        return stamps
+
+    def blocked(self, username: str, ip: str, now: float | None = None) -> bool:
+        """True when this username+ip (or this ip) has failed too often lately."""
+        now = time.monotonic() if now is None else now
+        return (
+            len(self._recent(("u", username.casefold(), ip), now)) >= self.per_user
+            or len(self._recent(("ip", ip), now)) >= self.per_ip
+        )
+
+    def record_failure(self, username: str, ip: str, now: float | None = None) -> None:
+        """Remember one failed attempt."""
+        now = time.monotonic() if now is None else now
+        for key in (("u", username.casefold(), ip), ("ip", ip)):
+            stamps = self._failures.setdefault(key, deque())
+            stamps.append(now)
+            self._failures.move_to_end(key)
+        while len(self._failures) > self.max_keys:
+            self._failures.popitem(last=False)
+
+    def reset(self, username: str, ip: str) -> None:
+        """Forget the username+ip failures after a successful login."""
+        self._failures.pop(("u", username.casefold(), ip), None)
+
+
+class SecurityHeadersMiddleware:
+    """Pure ASGI middleware adding the security headers to every HTTP response."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(item for item in SECURITY_HEADERS if item[0] not in present)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

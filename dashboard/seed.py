@@ -1,0 +1,234 @@
+"""Deterministic bulk test data: N runs x M tests over K minions, inserted directly with executemany.
+
+For benchmarks and query-plan checks, not for production. Summary tables (``minions``,
+``test_status``, ``counters``, ``jobs``) are filled consistently with what the ingester would
+have built from the same runs (same pass/fail verdicts, flips and streak rules), so every
+page shows the same numbers it would after a real ingest.
+
+.. code-block:: python
+
+    from dashboard.db import connect_sync
+    from dashboard.seed import seed
+    conn = connect_sync("/tmp/bench.sqlite")
+    seed(conn, runs=20_000, tests=50, minions=50)   # 1,000,000 results, ~10 s
+
+CLI Example:
+
+.. code-block:: bash
+
+    python -m dashboard seed --runs 20000 --tests 50 --minions 50
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+FAIL = frozenset({"failed", "error"})
+PASS = frozenset({"passed", "xpassed", "xfailed"})
+PRECEDENCE = {"failed": 0, "error": 1, "passed": 2, "xpassed": 3, "xfailed": 4, "skipped": 5}
+BATCH_RUNS = 1000
+LONGREPR = (
+    "def test_it():\n>       assert response.status == 200\nE       assert 503 == 200\n"
+    "E        +  where 503 = <Response 503>.status\n\ntests/test_x.py:42: AssertionError"
+)
+
+
+def _ts(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _behaviour(test_index: int) -> str:
+    """A fixed character per test: most pass, some flaky, some broken on a few minions, some skipped."""
+    if test_index % 10 == 9:
+        return "flaky"
+    if test_index % 25 == 7:
+        return "broken"
+    if test_index % 17 == 3:
+        return "skipped"
+    if test_index % 23 == 11:
+        return "xfail"
+    return "pass"
+
+
+def _outcome(rng: random.Random, behaviour: str, minion_index: int) -> str:
+    if behaviour == "flaky":
+        return "failed" if rng.random() < 0.15 else "passed"
+    if behaviour == "broken":
+        return ("error" if rng.random() < 0.3 else "failed") if minion_index % 7 == 0 else "passed"
+    if behaviour == "skipped":
+        return "skipped"
+    if behaviour == "xfail":
+        return "xfailed"
+    return "passed"
+
+
+def _fold(row: dict | None, run_id: int, started_at: str, outcome: str, duration: float) -> dict:
+    # The ingester's rules (dashboard/ingest.py): verdicts pass/fail/none, flips between verdicts.
+    if row is None:
+        row = {"runs": 0, "fails": 0, "flips": 0, "first_fail_at": None, "last_pass_at": None,
+               "total_duration": 0.0}
+    previous = "fail" if row["first_fail_at"] else ("pass" if row["last_pass_at"] else None)
+    verdict = "fail" if outcome in FAIL else ("pass" if outcome in PASS else None)
+    row["runs"] += 1
+    row["total_duration"] += duration
+    if verdict == "fail":
+        row["fails"] += 1
+        row["first_fail_at"] = row["first_fail_at"] or started_at
+    elif verdict == "pass":
+        row["first_fail_at"] = None
+        row["last_pass_at"] = started_at
+    if previous and verdict and previous != verdict:
+        row["flips"] += 1
+    row.update(last_run_id=run_id, last_outcome=outcome, last_started_at=started_at)
+    return row
+
+
+def seed(
+    conn: sqlite3.Connection,
+    *,
+    runs: int = 20_000,
+    tests: int = 50,
+    minions: int = 50,
+    files: int = 10,
+    seed: int = 1,
+    start: datetime | None = None,
+    interval: timedelta = timedelta(hours=1),
+    prefix: str = "",
+) -> dict[str, Any]:
+    """Insert ``runs`` runs (jobs of ``minions`` minions each) x ``tests`` results into a migrated DB.
+
+    Deterministic for a given ``seed``. Meant for an empty database (``prefix`` keeps minion
+    names apart when seeding twice). Returns {"runs", "results", "minions", "tests", "jobs"}.
+    """
+    rng = random.Random(seed)
+    start = start or datetime(2026, 1, 1, tzinfo=UTC)
+    now_text = _ts(datetime.now(UTC))
+    minion_names = [f"{prefix}minion-{i:03d}" for i in range(minions)]
+    nodeids = [
+        f"tests/test_area_{i % files:02d}.py::TestCase{i // files}::test_case_{i:04d}" for i in range(tests)
+    ]
+    behaviours = [_behaviour(i) for i in range(tests)]
+    base_durations = [0.002 + (i * 37 % 100) / 200 for i in range(tests)]
+    grains_by_minion = [
+        json.dumps({"os": "Debian", "osrelease": "12", "kernel": "Linux", "num_cpus": 2 + i % 4,
+                    "mem_total": 4096 * (1 + i % 3), "saltversion": "3008.4", "id": name}, sort_keys=True)
+        for i, name in enumerate(minion_names)
+    ]
+
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        minion_ids = []
+        for name, grains in zip(minion_names, grains_by_minion, strict=True):
+            first = _ts(start)
+            cur = conn.execute(
+                "INSERT INTO minions (name, first_seen, last_seen, grains) VALUES (?, ?, ?, ?)",
+                (name, first, first, grains),
+            )
+            minion_ids.append(cur.lastrowid)
+        test_ids = []
+        for i, nodeid in enumerate(nodeids):
+            cur = conn.execute(
+                "INSERT INTO tests (nodeid, file, line) VALUES (?, ?, ?)",
+                (nodeid, nodeid.split("::")[0], 10 + i),
+            )
+            test_ids.append(cur.lastrowid)
+        next_run_id = (conn.execute("SELECT MAX(id) FROM runs").fetchone()[0] or 0) + 1
+        status: dict[tuple[int, int], dict] = {}
+        minion_state: dict[int, dict] = {}
+        jobs = []
+        run_rows, result_rows = [], []
+        made = 0
+        job_index = 0
+        while made < runs:
+            job_time = start + job_index * interval
+            jid = job_time.strftime("%Y%m%d%H%M%S") + f"{job_index % 1_000_000:06d}"
+            jobs.append((jid, "pytestrun.run", "*", "glob", json.dumps(minion_names), _ts(job_time)))
+            for m_index, minion_id in enumerate(minion_ids):
+                if made >= runs:
+                    break
+                run_id = next_run_id + made
+                started = job_time + timedelta(seconds=m_index % 30)
+                started_at = _ts(started)
+                counts = dict.fromkeys(("passed", "failed", "skipped", "xfailed", "xpassed", "error"), 0)
+                total = 0.0
+                for t_index, test_id in enumerate(test_ids):
+                    outcome = _outcome(rng, behaviours[t_index], m_index)
+                    duration = round(base_durations[t_index] * (0.8 + 0.4 * rng.random()), 4)
+                    total += duration
+                    counts[outcome] += 1
+                    failing = outcome in FAIL
+                    result_rows.append((
+                        run_id, test_id, "setup" if outcome == "error" else "call", outcome, duration,
+                        "assert 503 == 200" if failing else None, LONGREPR if failing else None,
+                        "captured output\n" if failing else None, None, "[]",
+                    ))  # fmt: skip
+                    key = (minion_id, test_id)
+                    status[key] = _fold(status.get(key), run_id, started_at, outcome, duration)
+                finished = started + timedelta(seconds=total)
+                run_status = "failed" if counts["failed"] or counts["error"] else "passed"
+                run_rows.append((
+                    run_id, minion_id, jid, "pytestrun.run", "distmon", run_status, 0 if run_status == "passed" else 1,
+                    counts["passed"], counts["failed"], counts["skipped"], counts["xfailed"], counts["xpassed"],
+                    counts["error"], started_at, _ts(finished), round(total, 3), _ts(finished), now_text,
+                    '["salt://sample_tests"]', "[]", "3.11.2", "9.2.0", grains_by_minion[m_index], None, 1,
+                ))  # fmt: skip
+                state = minion_state.setdefault(minion_id, {"runs": 0, "first_seen": _ts(finished)})
+                state["runs"] += 1
+                state["last_seen"] = _ts(finished)
+                state["last_run_id"] = run_id
+                made += 1
+                if len(run_rows) >= BATCH_RUNS:
+                    _flush(conn, run_rows, result_rows)
+            job_index += 1
+        _flush(conn, run_rows, result_rows)
+        conn.executemany(
+            "INSERT OR REPLACE INTO jobs (jid, fun, tgt, tgt_type, targeted, started_at) VALUES (?, ?, ?, ?, ?, ?)",
+            jobs,
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO test_status (minion_id, test_id, last_run_id, last_outcome, last_started_at, runs, "
+            "fails, flips, first_fail_at, last_pass_at, total_duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (m, t, s["last_run_id"], s["last_outcome"], s["last_started_at"], s["runs"], s["fails"], s["flips"],
+                 s["first_fail_at"], s["last_pass_at"], s["total_duration"])
+                for (m, t), s in status.items()
+            ],
+        )
+        conn.executemany(
+            "UPDATE minions SET runs = runs + ?, first_seen = ?, last_seen = ?, last_run_id = ? WHERE id = ?",
+            [(s["runs"], s["first_seen"], s["last_seen"], s["last_run_id"], m) for m, s in minion_state.items()],
+        )
+        results = runs * tests
+        conn.executemany(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            [("runs", runs), ("results", results), ("tests", tests)],
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("PRAGMA optimize")
+    return {"runs": runs, "results": results, "minions": minions, "tests": tests, "jobs": len(jobs)}
+
+
+def _flush(conn: sqlite3.Connection, run_rows: list, result_rows: list) -> None:
+    conn.executemany(
+        "INSERT INTO runs (id, minion_id, jid, fun, source, status, exitcode, passed, failed, skipped, xfailed, "
+        "xpassed, errors, started_at, finished_at, duration, returned_at, ingested_at, paths, args, "
+        "python_version, pytest_version, grains, message, signed) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        run_rows,
+    )
+    conn.executemany(
+        "INSERT INTO results (run_id, test_id, phase, outcome, duration, message, longrepr, stdout, stderr, markers) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        result_rows,
+    )
+    run_rows.clear()
+    result_rows.clear()
