@@ -691,6 +691,9 @@ def _build_result(raw: dict, max_output: int) -> dict:
             nodeid = rec["nodeid"]
             if rec["when"] == "call" or nodeid not in primary:
                 primary[nodeid] = rec
+            elif rec["when"] == "teardown":
+                # The test's own entry carries setup + call + teardown, a failed teardown too.
+                primary[nodeid]["duration"] += rec["duration"]
         elif kind == "teardown":
             entry = primary.get(rec.get("nodeid"))
             if entry is not None:
@@ -724,8 +727,11 @@ def _status(raw: dict, facts: dict, timeout: float | None) -> tuple[str, str | N
     if status == "usage_error":
         return status, _last_lines(raw["stderr_tail"] or raw["stdout_tail"]) or "pytest usage error", returncode
     if status == "internal_error":
-        message = facts.get("internal", {}).get("message") or _last_lines(raw["stdout_tail"])
-        return status, message or "pytest internal error", returncode
+        # The traceback's last line names the exception; the whole of it is in the minion's log.
+        text = facts.get("internal", {}).get("message") or raw["stdout_tail"]
+        if text:
+            log.info("pytestrun: pytest internal error:\n%s", text)
+        return status, "INTERNALERROR " + (_last_lines(text, 1) or "(no detail)"), returncode
     if status is None or not finished:
         detail = _last_lines(raw["stderr_tail"])
         message = f"pytest exited with code {returncode} before its session finished"
