@@ -1,0 +1,231 @@
+"""The distmon returner and spool module in real minions, against real sshd storage hosts.
+
+Normal delivery uses the shared session host. Faults (host down, a blackhole)
+use a storage host and a spool directory of their own, chosen per job with
+``--return_kwargs``, so the shared minion and host stay healthy.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from tests.conftest import make_storage_host
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def inbox_documents(inbox: Path) -> dict[str, dict]:
+    if not inbox.exists():
+        return {}
+    return {path.stem: json.loads(path.read_text("utf-8")) for path in inbox.glob("*.json") if not path.name.startswith(".")}
+
+
+def documents_with(inbox: Path, marker: str) -> dict[str, dict]:
+    return {jid: doc for jid, doc in inbox_documents(inbox).items() if marker in json.dumps(doc["fun_args"])}
+
+
+def verify_signature(document: dict, public_key_pem: bytes) -> None:
+    """docs/result-format.md "Authenticity", as the storage host does it."""
+    unsigned = {key: value for key, value in document.items() if key != "signature"}
+    signed = json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    assert document["signature"]["alg"] == "rsa-pss-sha256"
+    serialization.load_pem_public_key(public_key_pem).verify(
+        base64.b64decode(document["signature"]["value"]),
+        signed,
+        padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH),
+        hashes.SHA256(),
+    )
+
+
+def cli_kwargs(options: dict) -> list[str]:
+    return [f"{key}={value}" for key, value in options.items()]
+
+
+# -- normal delivery --------------------------------------------------------------------------------
+
+
+def test_pytestrun_result_arrives_signed_under_its_jid(salt_cli, salt_master, salt_minion, storage_host):
+    inbox = storage_host.inbox / salt_minion.id
+    before = set(inbox_documents(inbox))
+    ret = salt_cli.run("pytestrun.run", "salt://sample_tests/test_passing.py", "--return", "distmon",
+                       minion_tgt=salt_minion.id)
+    assert ret.returncode == 0, ret
+    new = wait_for(lambda: set(inbox_documents(inbox)) - before, timeout=60)
+    assert len(new) == 1, new
+    jid = new.pop()
+    doc = inbox_documents(inbox)[jid]
+    assert re.fullmatch(r"\d{20}", jid) and doc["jid"] == jid
+    assert doc["format"] == "distmon-result/1"
+    assert doc["minion_id"] == salt_minion.id
+    assert doc["fun"] == "pytestrun.run"
+    assert doc["fun_args"] == ["salt://sample_tests/test_passing.py"]
+    assert doc["success"] is True and doc["retcode"] == 0
+    assert doc["result"]["status"] == "passed"
+    assert doc["result"]["counts"] == ret.data["counts"]
+    assert set(doc["grains"]) == {"os", "osrelease", "kernel", "kernelrelease", "num_cpus", "mem_total", "saltversion"}
+    # Signed with the minion's own key, the one the master accepted.
+    minion_pub = (Path(salt_minion.config["pki_dir"]) / "minion.pub").read_bytes()
+    accepted_pub = (Path(salt_master.config["pki_dir"]) / "minions" / salt_minion.id).read_bytes()
+    assert minion_pub.strip() == accepted_pub.strip()
+    verify_signature(doc, accepted_pub)
+    assert not [p.name for p in inbox.iterdir() if p.name.endswith(".part")]
+
+
+def test_any_job_with_all_jobs_through_return_kwargs(salt_cli, salt_minion, storage_host):
+    marker = f"marker-{uuid.uuid4().hex}"
+    ret = salt_cli.run("test.arg", marker, "--return", "distmon", "--return_kwargs", '{"all_jobs": true}',
+                       minion_tgt=salt_minion.id)
+    assert ret.returncode == 0, ret
+    inbox = storage_host.inbox / salt_minion.id
+    found = wait_for(lambda: documents_with(inbox, marker), timeout=60)
+    assert len(found) == 1, found
+    (doc,) = found.values()
+    assert doc["fun"] == "test.arg" and doc["result"]["args"] == [marker]
+
+
+def test_other_jobs_are_not_returned_without_all_jobs(salt_cli, salt_minion, storage_host):
+    marker = f"marker-{uuid.uuid4().hex}"
+    ret = salt_cli.run("test.arg", marker, "--return", "distmon", minion_tgt=salt_minion.id)
+    assert ret.returncode == 0, ret
+    time.sleep(2)  # the returner runs after the return: give it the time it would need
+    assert documents_with(storage_host.inbox / salt_minion.id, marker) == {}
+
+
+# -- host down during the job, then up ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_host(harness_root):
+    host = make_storage_host(harness_root / f"returner-host-{uuid.uuid4().hex[:6]}")
+    yield host
+    host.stop()
+
+
+@pytest.mark.faults
+def test_results_spooled_while_host_down_arrive_later_once(salt_cli, salt_minion, own_host, tmp_path):
+    spool_dir = str(Path(salt_minion.config["cachedir"]) / "distmon" / f"spool-{uuid.uuid4().hex[:6]}")
+    options = {**own_host.returner_config(), "spool_dir": spool_dir, "deadline": 10}
+    return_kwargs = json.dumps({**options, "all_jobs": True})
+    inbox = own_host.inbox / salt_minion.id
+    markers = [f"down-{uuid.uuid4().hex}" for _ in range(2)]
+
+    own_host.stop()
+    try:
+        for marker in markers:
+            ret = salt_cli.run("test.arg", marker, "--return", "distmon", "--return_kwargs", return_kwargs,
+                               minion_tgt=salt_minion.id)
+            assert ret.returncode == 0, ret
+
+        def waiting():
+            listing = salt_cli.run("distmon.spool", f"spool_dir={spool_dir}", minion_tgt=salt_minion.id).data
+            return listing if len(listing) == 2 and all(item["last_error"] for item in listing) else None
+
+        listing = wait_for(waiting, timeout=60, interval=0.5)
+        assert listing, "both results should be spooled with the reason they wait"
+        assert "cannot reach" in listing[0]["last_error"]
+        spooled_jids = [item["jid"] for item in listing]
+    finally:
+        own_host.start()
+
+    # Up again, but presented with a key it does not know: refused, nothing lost.
+    empty_known_hosts = tmp_path / "known_hosts"
+    empty_known_hosts.write_text("")
+    refused = salt_cli.run("distmon.flush", *cli_kwargs({**options, "known_hosts": str(empty_known_hosts)}),
+                           minion_tgt=salt_minion.id)
+    assert refused.returncode != 0
+    assert refused.data["delivered"] == []
+    assert "not in known_hosts" in refused.data["waiting"][0]["reason"]
+    assert inbox_documents(inbox) == {}
+
+    flushed = salt_cli.run("distmon.flush", *cli_kwargs(options), minion_tgt=salt_minion.id)
+    assert flushed.returncode == 0, flushed
+    assert flushed.data["delivered"] == spooled_jids and flushed.data["connections"] == 1
+    delivered = inbox_documents(inbox)
+    assert sorted(delivered) == sorted(spooled_jids)  # zero loss, zero duplicates
+    assert sorted(marker for doc in delivered.values() for marker in doc["result"]["args"]) == sorted(markers)
+
+    again = salt_cli.run("distmon.flush", *cli_kwargs(options), minion_tgt=salt_minion.id)
+    assert again.data == {**again.data, "delivered": [], "waiting": []}
+    assert sorted(inbox_documents(inbox)) == sorted(spooled_jids)
+    assert salt_cli.run("distmon.spool", f"spool_dir={spool_dir}", minion_tgt=salt_minion.id).data == []
+
+
+# -- a blackholed host ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def blackhole():
+    """A port that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held, stop = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1], held
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+@pytest.mark.faults
+def test_blackholed_host_never_holds_the_minion(salt_cli, salt_minion, storage_host, blackhole):
+    port, held_connections = blackhole
+    deadline = 12
+    spool_dir = str(Path(salt_minion.config["cachedir"]) / "distmon" / f"spool-{uuid.uuid4().hex[:6]}")
+    return_kwargs = json.dumps({"port": port, "deadline": deadline, "spool_dir": spool_dir, "all_jobs": True})
+    marker = f"blackhole-{uuid.uuid4().hex}"
+    ret = salt_cli.run("test.arg", marker, "--return", "distmon", "--return_kwargs", return_kwargs,
+                       minion_tgt=salt_minion.id)
+    assert ret.returncode == 0, ret
+
+    def spool_listing():
+        return salt_cli.run("distmon.spool", f"spool_dir={spool_dir}", minion_tgt=salt_minion.id).data
+
+    # The returner has spooled the result and is now stuck on the blackhole...
+    assert wait_for(lambda: held_connections, timeout=30, interval=0.1), "the returner never connected"
+    assert [item["last_error"] for item in spool_listing()] == [None]
+    # ...and the minion answers and runs jobs meanwhile.
+    ping = salt_cli.run("test.ping", minion_tgt=salt_minion.id)
+    assert ping.returncode == 0 and ping.data is True
+    assert [item["last_error"] for item in spool_listing()] == [None], "the returner gave up before the ping"
+    # It gives up at its deadline (a generous bound for a loaded machine) and keeps the result.
+    listing = wait_for(lambda: [i for i in spool_listing() if i["last_error"]], timeout=deadline + 30, interval=1.0)
+    assert len(listing) == 1 and "deadline" in listing[0]["last_error"], listing
+
+    # The minion's configured (shared) host gets it with a plain flush of that spool.
+    flushed = salt_cli.run("distmon.flush", f"spool_dir={spool_dir}", minion_tgt=salt_minion.id)
+    assert flushed.returncode == 0, flushed
+    assert documents_with(storage_host.inbox / salt_minion.id, marker)
