@@ -305,3 +305,20 @@ def test_signature_follows_the_documented_spec_with_a_fresh_key():
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
     with pytest.raises(InvalidSignature):
         verify_per_spec(doc, other.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def test_pillar_example_is_valid_returner_configuration(pillar):
+    """Every key in pillar.example's distmon section is one the returner knows and accepts."""
+    import yaml
+
+    example = yaml.safe_load((REPO_ROOT / "pillar.example").read_text())
+    returner_keys = set(returner_module.RETURNER_KEYS + returner_module.TRANSPORT_KEYS)
+    documented = {key for key in example["distmon"] if key in returner_keys}
+    assert documented | {"spool_dir"} == returner_keys  # spool_dir is shown commented out: its default is per minion
+    pillar["distmon"] = {key: example["distmon"][key] for key in documented}
+    options = returner_module._get_options(job_return())
+    assert options["grains"] == returner_module.DEFAULT_GRAINS
+    assert options["sign"] is True and options["all_jobs"] is False
+    assert options["transport"]["host"] == "storage.example.com"
+    for key in returner_module.RETURNER_KEYS + returner_module.TRANSPORT_KEYS:
+        assert f"distmon.{key}" in returner_module.__doc__, f"{key} undocumented in the module docstring"
