@@ -193,7 +193,9 @@ def _build_document(ret: dict, grain_names: list[str], grains: dict) -> dict:
         "minion_id": str(ret.get("id", "")),
         "fun": str(ret.get("fun", "")),
         "fun_args": list(ret.get("fun_args") or []),
-        "success": bool(ret.get("success", retcode == 0)),
+        # As the minion reports it: salt-call and the scheduler set success=True even when
+        # the retcode says the job failed.
+        "success": bool(ret.get("success", True)) and retcode == 0,
         "retcode": retcode,
         "returned_at": _utc_now(),
         "grains": {name: grains.get(name) for name in grain_names if name in grains},

@@ -112,6 +112,31 @@ def test_other_jobs_are_not_returned_without_all_jobs(salt_cli, salt_minion, sto
     assert documents_with(storage_host.inbox / salt_minion.id, marker) == {}
 
 
+def test_salt_call_and_schedule_use_the_returner(salt_cli, salt_call_cli, salt_minion, storage_host):
+    """The cron job runs salt-call --return distmon; a schedule names the returner."""
+    inbox = storage_host.inbox / salt_minion.id
+    before = set(inbox_documents(inbox))
+    called = salt_call_cli.run("pytestrun.run", "salt://sample_tests/test_passing.py", "--return", "distmon")
+    assert called.returncode == 0, called
+    new = set(inbox_documents(inbox)) - before  # salt-call runs the returner before it exits
+    assert len(new) == 1, new
+    doc = inbox_documents(inbox)[new.pop()]
+    assert doc["fun"] == "pytestrun.run" and doc["result"]["status"] == "passed" and doc["success"] is True
+
+    marker = f"scheduled-{uuid.uuid4().hex}"
+    name = f"distmon-{marker}"
+    added = salt_cli.run("schedule.add", name, "function=test.arg", f"job_args=['{marker}']", "seconds=3600",
+                         "returner=distmon", 'return_kwargs={"all_jobs": true}', minion_tgt=salt_minion.id)
+    assert added.returncode == 0, added
+    try:
+        assert salt_cli.run("schedule.run_job", name, minion_tgt=salt_minion.id).returncode == 0
+        found = wait_for(lambda: documents_with(inbox, marker), timeout=60)
+        assert len(found) == 1, found
+        assert next(iter(found.values()))["fun"] == "test.arg"
+    finally:
+        salt_cli.run("schedule.delete", name, minion_tgt=salt_minion.id)
+
+
 # -- host down during the job, then up ----------------------------------------------------------------
 
 
