@@ -197,4 +197,7 @@ def format_percent(value: float | None) -> str:
 def format_when(value: str | None) -> str:
     if not value:
         return "–"
-    return value.replace("T", " ").replace("Z", " UTC")
+    from dashboard.queries import parse_iso
+
+    moment = parse_iso(value)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else value

@@ -60,8 +60,10 @@ def parse_iso(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def iso_bound(moment: datetime) -> str:
+    """A comparison bound for stored timestamps (``...T12:00:00.000000Z``): no fraction, no Z,
+    so it sorts before every stored value of that same second."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def parse_date_filter(value: str | None, *, end: bool = False) -> str | None:
@@ -77,11 +79,11 @@ def parse_date_filter(value: str | None, *, end: bool = False) -> str | None:
             day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
         except ValueError as err:
             raise InputError(f"Not a valid date: {value!r} (use YYYY-MM-DD).") from err
-        return iso(day + timedelta(days=1) if end else day)
+        return iso_bound(day + timedelta(days=1) if end else day)
     moment = parse_iso(value)
     if moment is None:
         raise InputError(f"Not a valid date: {value!r} (use YYYY-MM-DD or an ISO 8601 time).")
-    return iso(moment)
+    return iso_bound(moment)
 
 
 def like_pattern(text: str) -> str:

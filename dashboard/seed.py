@@ -38,7 +38,8 @@ LONGREPR = (
 
 
 def _ts(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # The ingester's stored form (dashboard/models.format_timestamp): microseconds and Z.
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _behaviour(test_index: int) -> str:

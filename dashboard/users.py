@@ -164,7 +164,8 @@ async def register(db, username: str, password: str, registration: str) -> dict[
 
 
 def _register_tx(conn, username, password_hash, status, registration):
-    if registration == "closed" and conn.execute("SELECT 1 FROM users LIMIT 1").fetchone():
+    # Closed means closed, even on an empty database: the first admin then comes from the CLI.
+    if registration == "closed":
         raise UserError("Registration is closed. Ask an admin to create your account.")
     return create_user_tx(conn, username, password_hash, status=status)
 

@@ -77,7 +77,7 @@ async def login(request: Request, form: CsrfFormDep, db: DbDep):
 
 
 @router.post("/logout", include_in_schema=False)
-async def logout(request: Request, form: CsrfFormDep, db: DbDep):
+async def logout(request: Request, auth: AuthDep, form: CsrfFormDep, db: DbDep):
     cookie = request.cookies.get(security.SESSION_COOKIE)
     if cookie:
         await users.end_session(db, cookie)

@@ -57,7 +57,7 @@
     cell(tr, (td) => td.appendChild(link("/jobs/" + encodeURIComponent(run.jid), run.jid)));
     cell(tr, (td) => td.appendChild(badge("s", run.status)));
     cell(tr, (td) => td.appendChild(countsNode(run.counts)));
-    cell(tr, (td) => { td.textContent = String(run.started_at).replace("T", " ").replace("Z", " UTC"); });
+    cell(tr, (td) => { td.textContent = String(run.started_at).replace(/\.\d+Z$/, "Z").replace("T", " ").replace("Z", " UTC"); });
     cell(tr, (td) => { td.className = "num"; td.textContent = fmtDuration(run.duration); });
     return tr;
   }
