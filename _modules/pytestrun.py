@@ -474,9 +474,9 @@ def _resolve_paths(paths: list[str], cwd: str | None, saltenv: str, pyargs: bool
                     raise SaltInvocationError(f"path {given} is relative: give an absolute path, or cwd=")
                 target = os.path.join(cwd, target)
             if not os.path.exists(target):
-                raise CommandExecutionError(f"path {given} does not exist on this minion")
+                raise CommandExecutionError(f"path {target} does not exist on this minion")
             if not os.access(target, os.R_OK):
-                raise CommandExecutionError(f"path {given} is not readable on this minion")
+                raise CommandExecutionError(f"path {target} is not readable on this minion")
             if node and not os.path.isfile(target):
                 raise SaltInvocationError(f"node id {given}: the part before '::' must be a file")
             local = os.path.abspath(target)

@@ -1,0 +1,326 @@
+"""Unit tests for _modules/pytestrun.py: parsing, mapping and error paths, with the loader dunders faked."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+MODULE_PATH = Path(__file__).resolve().parents[2] / "_modules" / "pytestrun.py"
+
+
+@pytest.fixture
+def pytestrun(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("distmon_unit_pytestrun", MODULE_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = {}
+    monkeypatch.setattr(module, "__opts__", {"cachedir": str(tmp_path / "cache"), "id": "unit-minion"}, raising=False)
+    monkeypatch.setattr(module, "__salt__", {"config.get": lambda key, default=None: config.get(key, default)},
+                        raising=False)
+    monkeypatch.setattr(module, "__context__", {}, raising=False)
+    module._test_config = config
+    return module
+
+
+@pytest.fixture
+def suite(tmp_path) -> Path:
+    root = tmp_path / "suite"
+    root.mkdir()
+    (root / "pytest.ini").write_text("[pytest]\n")
+    (root / "test_small.py").write_text(
+        "import pytest\n\n"
+        "def test_ok():\n    print('hello')\n\n"
+        "def test_bad():\n    assert 1 == 2\n\n"
+        "@pytest.mark.skip(reason='not today')\ndef test_skip():\n    pass\n"
+    )
+    return root
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def test_paths_split_on_commas_but_not_inside_parameter_ids(pytestrun):
+    assert pytestrun._split_paths("a.py, b/ ,c.py::test_x[1,2]") == ["a.py", "b/", "c.py::test_x[1,2]"]
+    assert pytestrun._split_paths(["x.py", "salt://t"]) == ["x.py", "salt://t"]
+
+
+@pytest.mark.parametrize("bad", ["", " , ", [], [1], 3, None])
+def test_bad_paths_are_invocation_errors(pytestrun, bad):
+    with pytest.raises(SaltInvocationError, match="path"):
+        pytestrun._split_paths(bad)
+
+
+def test_args_split_like_a_shell(pytestrun):
+    assert pytestrun._split_args("-k 'not slow' -x") == ["-k", "not slow", "-x"]
+    assert pytestrun._split_args(["-m", "smoke", 3]) == ["-m", "smoke", "3"]
+    assert pytestrun._split_args(None) == []
+
+
+@pytest.mark.parametrize("bad", ["-k 'open", {"k": 1}, [None], [True]])
+def test_bad_args_are_invocation_errors(pytestrun, bad):
+    with pytest.raises(SaltInvocationError, match="args"):
+        pytestrun._split_args(bad)
+
+
+def test_env_timeout_and_max_output_validation(pytestrun):
+    assert pytestrun._check_env({"A": 1, "B": None}) == {"A": "1", "B": ""}
+    for bad_env in ("A=1", {"": "x"}, {"A=B": "x"}, {"A": "nul\0"}):
+        with pytest.raises(SaltInvocationError, match="env"):
+            pytestrun._check_env(bad_env)
+    assert pytestrun._check_timeout("2.5") == 2.5
+    assert pytestrun._check_timeout(0) is None
+    for bad_timeout in ("soon", -1, [1]):
+        with pytest.raises(SaltInvocationError, match="timeout"):
+            pytestrun._check_timeout(bad_timeout)
+    assert pytestrun._max_output(None) == 64 * 1024
+    pytestrun._test_config["pytestrun.max_output"] = 1234
+    assert pytestrun._max_output(None) == 1234
+    assert pytestrun._max_output("99") == 99
+    with pytest.raises(SaltInvocationError, match="max_output"):
+        pytestrun._max_output(0)
+
+
+def test_cap_cuts_on_utf8_bytes_and_says_how_much(pytestrun):
+    assert pytestrun._cap("short", 10) == "short"
+    capped = pytestrun._cap("ü" * 10, 5)  # 20 bytes; the cut falls inside a character
+    assert capped == "üü…[truncated 15 bytes]"
+    assert pytestrun._cap(None, 5) is None
+
+
+def test_unknown_keyword_arguments_are_refused_but_salt_pub_ones_pass(pytestrun):
+    pytestrun._check_kwargs({"__pub_jid": "1", "__pub_fun": "x"})
+    with pytest.raises(SaltInvocationError, match="colour"):
+        pytestrun._check_kwargs({"colour": "blue"})
+
+
+# ---------------------------------------------------------------- mapping
+
+
+def raw(returncode=0, records=(), timed_out=False, stderr="", stdout=""):
+    return {"returncode": returncode, "records": [dict(r) for r in records], "timed_out": timed_out,
+            "killed": 3, "stderr_tail": stderr, "stdout_tail": stdout}
+
+
+FINISH = {"k": "finish", "exitstatus": 0}
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [(0, "passed"), (1, "failed"), (2, "interrupted"), (3, "internal_error"), (4, "usage_error"), (5, "no_tests")],
+)
+def test_exit_codes_map_to_statuses(pytestrun, code, status):
+    facts = {"finish": FINISH}
+    got, message, exitcode = pytestrun._status(raw(code), facts, 10)
+    assert (got, exitcode) == (status, code)
+    assert (message is None) == (status in ("passed", "failed"))
+
+
+def test_timeout_signal_and_unfinished_sessions_map_to_timeout_or_error(pytestrun):
+    status, message, exitcode = pytestrun._status(raw(-15, timed_out=True), {}, 7)
+    assert (status, exitcode) == ("timeout", None) and "7 s" in message and "3 processes" in message
+    status, message, exitcode = pytestrun._status(raw(-9), {}, None)
+    assert (status, exitcode) == ("error", None) and "SIGKILL" in message
+    # Exit code 1 but the session never finished: a test called os._exit(1).
+    status, message, _ = pytestrun._status(raw(1, stderr="boom"), {}, None)
+    assert status == "error" and "before its session finished: boom" in message
+    status, _, _ = pytestrun._status(raw(77), {"finish": FINISH}, None)
+    assert status == "error"
+
+
+def test_usage_and_internal_errors_carry_pytest_words(pytestrun):
+    _, message, _ = pytestrun._status(raw(4, stderr="ERROR: usage: ...\nerror: unrecognized arguments: --zz"), {}, None)
+    assert "--zz" in message
+    facts = {"internal": {"message": "Traceback...\n  File x\nRuntimeError: broken"}}
+    _, message, _ = pytestrun._status(raw(3), facts, None)
+    assert message == "INTERNALERROR RuntimeError: broken"
+
+
+def entry(nodeid, outcome, when="call", duration=1.0, **extra):
+    base = {"k": "entry", "nodeid": nodeid, "outcome": outcome, "when": when, "duration": duration,
+            "file": "t.py", "line": 1, "markers": [], "message": None, "longrepr": None,
+            "stdout": None, "stderr": None}
+    base.update(extra)
+    return base
+
+
+def test_build_result_counts_entries_and_folds_teardown_into_the_test(pytestrun):
+    records = [
+        {"k": "hello", "python_version": "3.11.7", "pytest_version": "9.2.0"},
+        entry("t.py::a", "passed", stdout="call out\n"),
+        {"k": "teardown", "nodeid": "t.py::a", "duration": 0.5, "stdout": "teardown out\n", "stderr": None},
+        entry("t.py::b", "passed", duration=2.0),
+        entry("t.py::b", "error", when="teardown", duration=0.25),
+        entry("t.py::c", "skipped", when="setup", duration=0.1),
+        entry("t.py::d", "xfailed"),
+        entry("t.py::e", "xpassed"),
+        entry("t.py::f", "failed"),
+        entry("t.py", "error", when="collect", duration=0.0, line=None),
+        {"k": "other", "cat": "warnings", "n": 1},
+        {"k": "other", "cat": "warnings", "n": 1},
+        {"k": "other", "cat": "subtests passed", "n": 1},
+        entry("t.py::g", "weird"),
+    ]
+    built = pytestrun._build_result(raw(records=records), 1000)
+    assert built["counts"] == {"passed": 2, "failed": 1, "skipped": 1, "xfailed": 1, "xpassed": 1, "errors": 2}
+    assert built["counts_other"] == {"warnings": 2, "subtests passed": 1}
+    first = built["tests"][0]
+    assert first["duration"] == 1.5 and first["stdout"] == "call out\nteardown out\n"
+    b_call, b_teardown = built["tests"][1], built["tests"][2]
+    assert b_call["duration"] == 2.25 and b_teardown["duration"] == 0.25
+    assert all("k" not in test for test in built["tests"])
+    assert built["facts"]["hello"]["pytest_version"] == "9.2.0"
+
+
+# ---------------------------------------------------------------- paths and interpreters
+
+
+def test_local_path_errors_name_the_path(pytestrun, tmp_path):
+    with pytest.raises(CommandExecutionError, match="/no/such/test_x.py does not exist"):
+        pytestrun._resolve_paths(["/no/such/test_x.py::test_y"], None, "base", False)
+    with pytest.raises(SaltInvocationError, match="relative"):
+        pytestrun._resolve_paths(["tests/test_x.py"], None, "base", False)
+    with pytest.raises(SaltInvocationError, match="must be a file"):
+        pytestrun._resolve_paths([f"{tmp_path}::test_y"], None, "base", False)
+    test_file = tmp_path / "test_x.py"
+    test_file.write_text("")
+    assert pytestrun._resolve_paths(["test_x.py::T::t[a]"], str(tmp_path), "base", False) == [f"{test_file}::T::t[a]"]
+    # With --pyargs, a name that is not a path is a module name for pytest to resolve.
+    assert pytestrun._resolve_paths(["croniter.tests"], None, "base", True) == ["croniter.tests"]
+
+
+def test_interpreter_errors(pytestrun, tmp_path, monkeypatch):
+    with pytest.raises(CommandExecutionError, match="/opt/nope/python does not exist"):
+        pytestrun._resolve_python("/opt/nope/python")
+    not_executable = tmp_path / "python"
+    not_executable.write_text("")
+    not_executable.chmod(0o644)
+    with pytest.raises(CommandExecutionError, match="not executable"):
+        pytestrun._resolve_python(str(not_executable))
+    assert pytestrun._resolve_python(None) == sys.executable
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(CommandExecutionError, match="install the 'pytest' package"):
+        pytestrun._resolve_python(None)
+
+
+def test_missing_pytest_in_the_child_names_the_package(pytestrun):
+    with pytest.raises(CommandExecutionError, match="pytest is not installed for /v/bin/python"):
+        pytestrun._pytest_missing(raw(1, stderr="/v/bin/python: No module named pytest"), "/v/bin/python")
+    pytestrun._pytest_missing(raw(0, records=[{"k": "hello"}]), "/v/bin/python")
+
+
+class FakeFileServer:
+    """cp.* as the minion's file client answers them, over a dict of served files."""
+
+    def __init__(self, cachedir: Path, served: dict[str, str]):
+        self.cachedir, self.served, self.calls = cachedir, served, []
+
+    def _local(self, rel, saltenv):
+        return self.cachedir / "files" / saltenv / rel
+
+    def list_master(self, saltenv="base", prefix=""):
+        return [name for name in self.served if name.startswith(prefix)]
+
+    def cache_file(self, url, saltenv="base"):
+        rel = url.removeprefix("salt://")
+        self.calls.append(rel)
+        if rel not in self.served:
+            return ""
+        local = self._local(rel, saltenv)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(self.served[rel])
+        return str(local)
+
+    def cache_dir(self, url, saltenv="base"):
+        rel = url.removeprefix("salt://")
+        return [self.cache_file(f"salt://{name}", saltenv) for name in self.served if name.startswith(rel + "/")]
+
+
+@pytest.fixture
+def fileserver(pytestrun, monkeypatch):
+    server = FakeFileServer(Path(pytestrun.__opts__["cachedir"]), {
+        "suite/conftest.py": "", "suite/sub/test_a.py": "", "suite/sub/test_b.py": "", "other/x.py": "",
+    })
+    pytestrun.__salt__.update({"cp.list_master": server.list_master, "cp.cache_file": server.cache_file,
+                               "cp.cache_dir": server.cache_dir})
+    return server
+
+
+def test_salt_file_node_id_maps_onto_the_cached_file_with_its_conftest(pytestrun, fileserver):
+    [target] = pytestrun._resolve_paths(["salt://suite/sub/test_a.py::test_y"], None, "base", False)
+    cached = Path(pytestrun.__opts__["cachedir"]) / "files" / "base" / "suite"
+    assert target == f"{cached}/sub/test_a.py::test_y"
+    assert "suite/conftest.py" in fileserver.calls and (cached / "conftest.py").exists()
+
+
+def test_salt_directory_is_cached_and_stale_files_pruned(pytestrun, fileserver):
+    cached = Path(pytestrun.__opts__["cachedir"]) / "files" / "base" / "suite"
+    (cached / "sub").mkdir(parents=True)
+    (cached / "sub" / "test_removed_on_master.py").write_text("")
+    [target] = pytestrun._resolve_paths(["salt://suite/sub?saltenv=base"], None, "base", False)
+    assert target == str(cached / "sub")
+    assert sorted(p.name for p in (cached / "sub").iterdir()) == ["test_a.py", "test_b.py"]
+    assert (cached / "conftest.py").exists()
+
+
+@pytest.mark.parametrize("url", ["salt://suite/nothing.py", "salt://missing", "salt://suite/su"])
+def test_salt_path_not_served_names_it(pytestrun, fileserver, url):
+    with pytest.raises(CommandExecutionError, match=f"{url} is not served by the master"):
+        pytestrun._resolve_paths([url], None, "base", False)
+
+
+# ---------------------------------------------------------------- real runs (a subprocess, dunders faked)
+
+
+def test_run_returns_the_documented_result_and_sets_retcode(pytestrun, suite):
+    result = pytestrun.run(str(suite))
+    assert result["status"] == "failed" and result["exitcode"] == 1
+    assert result["counts"] == {"passed": 1, "failed": 1, "skipped": 1, "xfailed": 0, "xpassed": 0, "errors": 0}
+    assert pytestrun.__context__["retcode"] == 1
+    assert result["minion_id"] == "unit-minion" and result["python"] == sys.executable
+    assert result["rootdir"] == str(suite)
+    ok = next(t for t in result["tests"] if t["nodeid"] == "test_small.py::test_ok")
+    assert ok["stdout"] == "hello\n" and ok["line"] == 3 and ok["file"] == "test_small.py"
+    assert pytestrun.last() == json.loads(json.dumps(result))
+    plugin_files = os.listdir(Path(pytestrun.__opts__["cachedir"]) / "pytestrun" / "plugin")
+    assert plugin_files == [pytestrun.PLUGIN_MODULE + ".py"]
+    assert not os.listdir(Path(pytestrun.__opts__["cachedir"]) / "pytestrun" / "runs")
+
+
+def test_run_passing_node_id_gives_retcode_zero(pytestrun, suite):
+    result = pytestrun.run(f"{suite}/test_small.py::test_ok", args="-q")
+    assert result["status"] == "passed" and result["args"] == ["-q"]
+    assert pytestrun.__context__["retcode"] == 0
+
+
+def test_collect_lists_node_ids(pytestrun, suite):
+    assert pytestrun.collect(str(suite), args="-k 'not bad'") == ["test_small.py::test_ok", "test_small.py::test_skip"]
+
+
+def test_last_without_a_run_is_a_clear_error(pytestrun):
+    with pytest.raises(CommandExecutionError, match="no pytestrun.run result"):
+        pytestrun.last()
+
+
+def test_version_reports_this_interpreter(pytestrun):
+    got = pytestrun.version()
+    assert got["pytest_version"] == pytest.__version__ and got["python"] == sys.executable
+
+
+# ---------------------------------------------------------------- loader conventions
+
+
+def test_virtual_and_cli_examples(pytestrun):
+    assert pytestrun.__virtual__() == "pytestrun"
+    public = [name for name, fn in inspect.getmembers(pytestrun, inspect.isfunction)
+              if not name.startswith("_") and fn.__module__ == pytestrun.__name__]
+    assert sorted(public) == ["collect", "last", "run", "version"]
+    for name in public:
+        doc = getattr(pytestrun, name).__doc__
+        assert "CLI Example:" in doc and f"pytestrun.{name}" in doc, name
