@@ -116,6 +116,7 @@ LOCK_NAME = ".flush.lock"
 ERROR_SUFFIX = ".err"
 STALE_TEMP_SECONDS = 3600
 LOCK_POLL_SECONDS = 0.05
+SOCKET_GRACE_SECONDS = 1.0
 
 
 def __virtual__():
@@ -437,6 +438,11 @@ class _Delivery:
     def _remaining(self) -> float:
         return self.deadline_at - time.monotonic()
 
+    def _socket_budget(self) -> float:
+        # Slightly past the deadline: the caller's join() expires first and reports
+        # "deadline reached"; these timeouts are the backstop if closing fails.
+        return max(self._remaining(), 0.0) + SOCKET_GRACE_SECONDS
+
     def abort(self, reason: str) -> None:
         self._cancelled.set()
         with self._lock:
@@ -455,7 +461,7 @@ class _Delivery:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         with self._lock:
             self._client = client
-        budget = max(self._remaining(), 0.1)
+        budget = self._socket_budget()
         client.connect(
             transport["host"],
             port=transport["port"],
@@ -501,13 +507,19 @@ class _Delivery:
             client = self._connect()
             self.connected = True
             sftp = client.open_sftp()
-            sftp.get_channel().settimeout(max(self._remaining(), 0.1))
-            self._ensure_remote_dir(sftp)
+            sftp.get_channel().settimeout(self._socket_budget())
+            try:
+                self._ensure_remote_dir(sftp)
+            except OSError as err:
+                self._set_connection_error(
+                    f"cannot create {self.remote_dir} on {self._address()}: {type(err).__name__}: {err}"
+                )
+                return
             for entry in self.entries:
                 if self._cancelled.is_set() or self._remaining() <= 0:
                     break
                 # A read that never completes (blackhole, stalled host) fails at the deadline.
-                sftp.get_channel().settimeout(max(self._remaining(), 0.1))
+                sftp.get_channel().settimeout(self._socket_budget())
                 try:
                     self._upload(sftp, entry)
                 except (OSError, paramiko.SSHException, EOFError) as err:
@@ -650,13 +662,14 @@ def store(document: dict, **kwargs) -> dict:
 
         salt '*' distmon.store '{"format": "distmon-result/1", "jid": "manual-1", "minion_id": "web-1"}'
     """
-    started = time.monotonic()
     if not isinstance(document, dict):
         raise SaltInvocationError(f"distmon.store: document must be a dict, not {type(document).__name__}")
     raw = _lookup_options(salt.utils.args.clean_kwargs(**kwargs))
     spool = _spool_options(raw)
     minion_id = _own_minion_id()
     jid, dropped = _spool_document(spool, minion_id, document)
+    # The deadline covers delivery (lock, connect, transfer), not the local write above.
+    started = time.monotonic()
     report = _flush(raw, spool, minion_id, started)
     report.update({"spooled": jid, "dropped": dropped, "elapsed": round(time.monotonic() - started, 3)})
     return report

@@ -446,3 +446,11 @@ def test_spool_write_is_atomic_and_cleans_stale_temp_files(spool_dir):
     assert not os.path.exists(stale) and os.path.exists(fresh)
     with open(os.path.join(spool_dir, f"{jid}.json")) as handle:
         assert json.load(handle)["jid"] == jid
+
+
+def test_missing_remote_inbox_is_reported_and_result_stays_spooled(spool_dir):
+    jid = new_jid()
+    report = distmon.store(document(jid), remote_inbox="/no-such-inbox")
+    assert report["delivered"] == []
+    assert "cannot create /no-such-inbox/unit-1" in report["waiting"][0]["reason"]
+    assert spooled_jids(spool_dir) == [jid]
