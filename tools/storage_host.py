@@ -104,6 +104,7 @@ class StorageHost:
     port: int
     user: str = ""
     chroot: bool = True
+    pid_file: Path | None = None  # default: <root>/sshd.pid
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -131,7 +132,7 @@ class StorageHost:
 
     @property
     def pid_path(self) -> Path:
-        return self.root / "sshd.pid"
+        return Path(self.pid_file) if self.pid_file else self.root / "sshd.pid"
 
     @property
     def log_path(self) -> Path:
