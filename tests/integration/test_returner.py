@@ -20,6 +20,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from dashboard import signing
+from dashboard.models import ResultDocument
 from tests.conftest import make_storage_host
 
 pytestmark = pytest.mark.integration
@@ -90,6 +92,10 @@ def test_pytestrun_result_arrives_signed_under_its_jid(salt_cli, salt_master, sa
     assert minion_pub.strip() == accepted_pub.strip()
     verify_signature(doc, accepted_pub)
     assert not [p.name for p in inbox.iterdir() if p.name.endswith(".part")]
+    # The storage host's own reader accepts it: the contract holds from both sides.
+    keys = signing.KeyStore(Path(salt_master.config["pki_dir"]) / "minions")
+    assert signing.verify(doc, keys.public_key(salt_minion.id)) is None
+    ResultDocument.model_validate(doc)
 
 
 def test_any_job_with_all_jobs_through_return_kwargs(salt_cli, salt_minion, storage_host):

@@ -294,6 +294,10 @@ def test_signature_follows_the_documented_spec_with_a_fresh_key():
     doc = returner_module._build_document(job_return(**{"return": {"message": "naïve ✓", "n": 1.5}}), ["os"], GRAINS)
     doc["signature"] = returner_module._sign_document(doc, pem)
     verify_per_spec(doc, public_pem)
+    # The storage host's verifier (dashboard/signing.py, written from the same spec) agrees.
+    from dashboard import signing
+
+    assert signing.verify(doc, key.public_key()) is None
     # The document a reader parses from the file verifies too (key order and whitespace do not matter).
     reparsed = json.loads(json.dumps(doc, indent=2))
     verify_per_spec(reparsed, public_pem)
