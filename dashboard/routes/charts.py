@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-CHART_WIDTH = 640
+CHART_WIDTH = 960
 CHART_HEIGHT = 120
 PAD = 6
+PASSING = frozenset({"passed", "xpassed", "xfailed", "skipped", "no_tests"})
 
 
 def series(points: list[dict[str, Any]], key: str, *, max_value: float | None = None,
@@ -27,7 +28,12 @@ def series(points: list[dict[str, Any]], key: str, *, max_value: float | None = 
             continue
         x = PAD + index * step if n > 1 else width / 2
         y = height - PAD - (value / top) * (height - 2 * PAD)
-        dots.append({"x": round(x, 1), "y": round(y, 1), "value": value, "point": point})
+        state = point.get("status") or point.get("outcome")
+        dots.append({
+            "x": round(x, 1), "y": round(y, 1), "value": value, "point": point,
+            "run_id": point.get("run_id", point.get("id")),
+            "ok": state in PASSING,
+        })
         line.append(f"{x:.1f},{y:.1f}")
     return {"width": width, "height": height, "points": " ".join(line), "dots": dots, "max": top,
             "count": len(known)}

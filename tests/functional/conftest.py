@@ -39,11 +39,21 @@ def anyio_backend():
 
 
 def make_settings(root: Path, **overrides) -> Settings:
+    # Every setting explicit: run from the repo root, Settings.from_env also reads the local
+    # stack's .run/stack.env (signatures required, its pubkeys), which must not leak in here.
     env = {
         "DISTMON_DB": str(root / "distmon.sqlite"),
         "DISTMON_INBOX": str(root / "inbox"),
+        "DISTMON_ARCHIVE": str(root / "archive"),
+        "DISTMON_ARCHIVE_MODE": "archive",
+        "DISTMON_QUARANTINE": str(root / "quarantine"),
+        "DISTMON_PUBKEYS_DIR": "",
+        "DISTMON_REQUIRE_SIGNATURE": "0",
+        "DISTMON_ACCEPT_JUNIT": "1",
+        "DISTMON_JUNIT_SOURCES": "",
         "DISTMON_INGEST": "0",
         "DISTMON_REGISTRATION": "approval",
+        "DISTMON_SECURE_COOKIES": "auto",
     }
     env.update({f"DISTMON_{key.upper()}": str(value) for key, value in overrides.items()})
     (root / "inbox").mkdir(parents=True, exist_ok=True)

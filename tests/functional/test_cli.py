@@ -1,0 +1,124 @@
+"""`python -m dashboard`: users, tokens, prune, ingest — real subprocesses on a real database file,
+checked against a running app over the same file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.functional.conftest import make_settings, result_document, write_inbox
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(root: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    settings = make_settings(root)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "DISTMON_DB": str(settings.db_path),
+        "DISTMON_INBOX": str(settings.inbox),
+        "DISTMON_BCRYPT_ROUNDS": "4",
+    }
+    # cwd is the tmp dir, so a developer's .run/stack.env never leaks into the test.
+    return subprocess.run([sys.executable, "-m", "dashboard", *args], input=stdin, capture_output=True, text=True,
+                          env=env, cwd=root, timeout=120)
+
+
+def test_user_commands(tmp_path):
+    created = cli(tmp_path, "user", "create", "alice", "--admin", "--password-stdin", stdin="alice-password\n")
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == "created admin alice"
+    bob = cli(tmp_path, "user", "create", "bob", "--password-stdin", stdin="bob-password\n")
+    assert bob.stdout.strip() == "created user bob"
+    again = cli(tmp_path, "user", "create", "alice", "--password-stdin", stdin="alice-password\n")
+    assert again.returncode == 2 and "already exists" in again.stderr
+    no_stdin = cli(tmp_path, "user", "create", "carol")
+    assert no_stdin.returncode == 2 and "--password-stdin" in no_stdin.stderr
+    short = cli(tmp_path, "user", "create", "carol", "--password-stdin", stdin="short\n")
+    assert short.returncode == 2 and "at least 8" in short.stderr
+    long = cli(tmp_path, "user", "create", "carol", "--password-stdin", stdin="x" * 73 + "\n")
+    assert long.returncode == 2 and "72 bytes" in long.stderr
+    listing = cli(tmp_path, "user", "list")
+    lines = listing.stdout.splitlines()
+    assert lines[0].split() == ["USERNAME", "STATUS", "ADMIN", "CREATED"]
+    assert lines[1].split()[:3] == ["alice", "active", "yes"]
+    assert lines[2].split()[:3] == ["bob", "active", "no"]
+    assert len(lines) == 3
+    disabled = cli(tmp_path, "user", "disable", "bob")
+    assert disabled.returncode == 0 and "disabled" in cli(tmp_path, "user", "list").stdout
+    missing = cli(tmp_path, "user", "reset-password", "nobody", "--password-stdin", stdin="whatever-123\n")
+    assert missing.returncode == 2 and "No user" in missing.stderr
+
+
+@pytest.mark.anyio
+async def test_cli_acts_on_the_running_apps_database(make_app, tmp_path):
+    async with make_app(tmp_path) as app:
+        created = cli(tmp_path, "user", "create", "ops", "--admin", "--password-stdin", stdin="ops-password-1\n")
+        assert created.returncode == 0, created.stderr
+        assert (await app.login("ops", "ops-password-1")).status_code == 303
+        assert (await app.http.get("/api/me")).json()["username"] == "ops"
+        # A reset ends the user's sessions in the running app at once.
+        reset = cli(tmp_path, "user", "reset-password", "ops", "--password-stdin", stdin="ops-password-2\n")
+        assert reset.returncode == 0, reset.stderr
+        assert (await app.http.get("/api/me")).status_code == 401
+        assert (await app.login("ops", "ops-password-1")).status_code == 401
+        assert (await app.login("ops", "ops-password-2")).status_code == 303
+        # A CLI token: its last line is the token, and it authenticates API calls.
+        made = cli(tmp_path, "token", "create", "ops", "--label", "deploy")
+        assert made.returncode == 0, made.stderr
+        token = made.stdout.strip().splitlines()[-1]
+        async with app.new_client() as bot:
+            me = await bot.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+            assert me.status_code == 200 and me.json()["via"] == "token"
+        assert cli(tmp_path, "token", "create", "nobody").returncode == 2
+
+
+def test_ingest_once_and_prune(tmp_path):
+    pytest.importorskip("dashboard.retention")
+    settings = make_settings(tmp_path)
+    now = datetime.now(UTC).replace(microsecond=0)
+    old, recent = now - timedelta(days=200), now - timedelta(days=1)
+    for jid, started in (("20250101000000000001", old), ("20261127000000000002", recent)):
+        write_inbox(settings.inbox, result_document("web-1", jid, started,
+                                                    [{"nodeid": "t.py::test_a", "outcome": "passed"}]))
+    ingested = cli(tmp_path, "ingest", "--once")
+    assert ingested.returncode == 0, ingested.stderr
+    assert ingested.stdout.startswith("ingested 2 (2 results)")
+    assert not list(settings.inbox.glob("web-1/*.json"))
+    pruned = cli(tmp_path, "prune", "--older-than", "90d")
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.strip() == "pruned 1 runs older than 90d"
+    bad = cli(tmp_path, "prune", "--older-than", "soon")
+    assert bad.returncode == 2 and bad.stderr.startswith("error:")
+
+
+def test_ingest_runs_until_signalled(tmp_path):
+    settings = make_settings(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "DISTMON_DB": str(settings.db_path),
+           "DISTMON_INBOX": str(settings.inbox), "DISTMON_SCAN_INTERVAL": "0.05"}
+    proc = subprocess.Popen([sys.executable, "-m", "dashboard", "ingest"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "ingesting" in proc.stdout.readline()
+        write_inbox(settings.inbox, result_document("web-2", "20261127000000000003", datetime.now(UTC),
+                                                    [{"nodeid": "t.py::test_b", "outcome": "failed"}]))
+        import sqlite3
+        import time
+
+        deadline = time.monotonic() + 30
+        count = 0
+        while time.monotonic() < deadline and not count:
+            time.sleep(0.1)
+            with sqlite3.connect(settings.db_path) as conn:
+                count = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        assert count == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, proc.stderr.read()
