@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
@@ -21,6 +22,12 @@ from dashboard.config import Settings
 from dashboard.db import Database
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+
+
+INT64_MAX = 2**63 - 1
+# Ids from URLs: SQLite integers are 64-bit; a larger number is a 400, never an OverflowError.
+RowId = Annotated[int, PathParam(ge=0, le=INT64_MAX)]
+QueryRowId = Annotated[int, Query(ge=0, le=INT64_MAX)]
 
 
 class NotAuthenticated(Exception):

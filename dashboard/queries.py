@@ -111,6 +111,8 @@ def decode_cursor(cursor: str | None, types: tuple[type, ...]) -> list | None:
     for value, kind in zip(values, types, strict=True):
         if not isinstance(value, kind) or isinstance(value, bool):
             raise InputError("Invalid cursor.")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise InputError("Invalid cursor.")
     return values
 
 
@@ -242,13 +244,19 @@ async def latest_run_id(db) -> int:
 async def get_run(db, run_id: int) -> dict[str, Any] | None:
     """One run with its grains, paths, args, failures (full detail) and every result (bounded)."""
     row = await db.fetchone(
-        f"SELECT {RUN_COLUMNS}, r.paths, r.args, r.python_version, r.pytest_version, r.grains, r.message "
-        "FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.id = ?",
+        f"SELECT {RUN_COLUMNS}, r.minion_id, r.paths, r.args, r.python_version, r.pytest_version, r.grains, "
+        "r.message FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.id = ?",
         (run_id,),
     )
     if row is None:
         return None
     run = run_summary(row)
+    # The same minion's run before this one (index runs_minion_started): "compare with previous".
+    run["previous_id"] = await db.fetchval(
+        "SELECT id FROM runs WHERE minion_id = ? AND (started_at, id) < (?, ?) "
+        "ORDER BY started_at DESC, id DESC LIMIT 1",
+        (row["minion_id"], row["started_at"], row["id"]),
+    )
     run.update(
         paths=loads(row["paths"], []),
         args=loads(row["args"], []),

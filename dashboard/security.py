@@ -42,7 +42,7 @@ PASSWORD_MAX_BYTES = 72
 TOKEN_PREFIX = "dm_"  # noqa: S105 (a prefix, not a secret)
 
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import RedirectResponse
 
 from dashboard import users
-from dashboard.deps import AdminDep, CsrfFormDep, DbDep
+from dashboard.deps import AdminDep, CsrfFormDep, DbDep, RowId
 from dashboard.routes.common import render
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -27,7 +27,7 @@ async def users_page(request: Request, auth: AdminDep, db: DbDep, error: str = "
 
 
 @router.post("/users/{user_id}/{action}", include_in_schema=False)
-async def user_action(request: Request, user_id: int, action: str, auth: AdminDep, form: CsrfFormDep, db: DbDep):
+async def user_action(request: Request, user_id: RowId, action: str, auth: AdminDep, form: CsrfFormDep, db: DbDep):
     if action not in ACTIONS:
         raise HTTPException(status_code=404, detail="Unknown action.")
     if user_id == auth.user["id"] and action in {"disable", "delete", "drop-admin"}:

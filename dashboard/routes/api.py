@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from dashboard import queries
-from dashboard.deps import AuthDep, DbDep, require_auth
+from dashboard.deps import INT64_MAX, AuthDep, DbDep, RowId, require_auth
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_auth)], tags=["api"])
 
@@ -81,7 +81,7 @@ async def api_runs(
 
 
 @router.get("/runs/{run_id}", summary="One run: counts, grains, every result, failures in full")
-async def api_run(run_id: int, db: DbDep) -> dict[str, Any]:
+async def api_run(run_id: RowId, db: DbDep) -> dict[str, Any]:
     run = await queries.get_run(db, run_id)
     if run is None:
         raise HTTPException(status_code=404, detail=f"No run {run_id}.")
@@ -89,7 +89,7 @@ async def api_run(run_id: int, db: DbDep) -> dict[str, Any]:
 
 
 @router.get("/live", summary="Runs ingested after run id `after` (for live updates)")
-async def api_live(db: DbDep, after: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
+async def api_live(db: DbDep, after: int = Query(0, ge=0, le=INT64_MAX), limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
     runs = await queries.runs_after(db, after, limit)
     return {"runs": runs, "latest": runs[-1]["id"] if runs else after}
 
@@ -143,7 +143,7 @@ async def api_slowest(db: DbDep, limit: int = Query(50, ge=1, le=500)) -> dict[s
 
 
 @router.get("/compare", summary="Compare run a (base) with run b: new failures, fixed, still failing, added, removed")
-async def api_compare(db: DbDep, a: int = Query(..., ge=1), b: int = Query(..., ge=1)) -> dict[str, Any]:
+async def api_compare(db: DbDep, a: int = Query(..., ge=1, le=INT64_MAX), b: int = Query(..., ge=1, le=INT64_MAX)) -> dict[str, Any]:
     diff = await queries.compare_runs(db, a, b)
     if diff is None:
         raise HTTPException(status_code=404, detail="No such run.")

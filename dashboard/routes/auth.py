@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 
 from dashboard import deps, security, users
-from dashboard.deps import AuthDep, CsrfFormDep, DbDep, OptionalAuthDep, SettingsDep
+from dashboard.deps import AuthDep, CsrfFormDep, DbDep, OptionalAuthDep, RowId, SettingsDep
 from dashboard.routes.common import render
 
 router = APIRouter(tags=["account"])
@@ -146,6 +146,6 @@ async def create_token(request: Request, auth: AuthDep, form: CsrfFormDep, db: D
 
 
 @router.post("/account/tokens/{token_id}/delete", include_in_schema=False)
-async def delete_token(request: Request, token_id: int, auth: AuthDep, form: CsrfFormDep, db: DbDep):
+async def delete_token(request: Request, token_id: RowId, auth: AuthDep, form: CsrfFormDep, db: DbDep):
     await db.write(users.delete_token_tx, auth.user["id"], token_id)
     return RedirectResponse("/account", status_code=303)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from dashboard import queries
-from dashboard.deps import DbDep, require_auth
+from dashboard.deps import DbDep, RowId, require_auth
 from dashboard.routes.common import render
 from dashboard.routes.export import run_to_json, run_to_junit
 
@@ -54,13 +54,13 @@ async def _run_or_404(db, run_id: int) -> dict:
 
 
 @router.get("/runs/{run_id}")
-async def run_page(request: Request, run_id: int, db: DbDep):
+async def run_page(request: Request, run_id: RowId, db: DbDep):
     run = await _run_or_404(db, run_id)
     return render(request, "run.html", {"run": run})
 
 
 @router.get("/runs/{run_id}/junit.xml")
-async def run_junit(run_id: int, db: DbDep):
+async def run_junit(run_id: RowId, db: DbDep):
     run = await queries.run_export(db, run_id)
     if run is None:
         raise HTTPException(status_code=404, detail=f"No run {run_id}.")
@@ -69,7 +69,7 @@ async def run_junit(run_id: int, db: DbDep):
 
 
 @router.get("/runs/{run_id}/export.json")
-async def run_json(run_id: int, db: DbDep):
+async def run_json(run_id: RowId, db: DbDep):
     run = await queries.run_export(db, run_id)
     if run is None:
         raise HTTPException(status_code=404, detail=f"No run {run_id}.")

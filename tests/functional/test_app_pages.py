@@ -76,6 +76,8 @@ async def test_run_page_failures_collapsed_with_traceback_and_history_links(seed
     assert f'href="/jobs/{SEED.jids[2]}"' in html
     assert "JUnit XML" in html and "osrelease" not in html  # grains of this run: os, evil, url
     assert "Debian" in html
+    previous = (await run_ids(seeded_app, "web-1"))[-2]
+    assert f'href="/compare?a={previous}&amp;b={run_id}"' in html
 
 
 async def test_job_page_lists_minions_and_the_one_that_never_returned(seeded_app):

@@ -431,3 +431,18 @@ async def test_sql_metacharacters_in_every_filter(seeded_app):
     # Still all there.
     assert len((await get("/api/runs")).json()["runs"]) == total
     assert await seeded_app.db.fetchval("SELECT COUNT(*) FROM users") >= 1
+
+
+async def test_out_of_range_numbers_and_odd_strings_are_4xx(seeded_app):
+    huge = "9" * 25
+    cursor_with_huge_id = "WyJ4IiwgMTAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMF0"  # ["x", 10**30]
+    for path in (f"/runs/{huge}", f"/api/runs/{huge}", f"/runs/{huge}/export.json", f"/api/live?after={huge}",
+                 f"/api/compare?a={huge}&b=1", f"/api/runs?cursor={cursor_with_huge_id}", "/runs?since=9999-99-99",
+                 "/api/runs?limit=" + huge, "/runs/-1"):
+        response = await seeded_app.http.get(path)
+        assert response.status_code == 400, (path, response.status_code)
+    for path in ("/runs?q=%00", "/runs?minion=%00", "/api/runs?jid=%00", "/api/tests?q=" + "a" * 5000):
+        response = await seeded_app.http.get(path)
+        assert response.status_code == 200, path
+    for path in ("/tests?nodeid=%00", "/minions/%00", "/jobs/%00"):
+        assert (await seeded_app.http.get(path)).status_code == 404, path
