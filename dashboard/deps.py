@@ -178,9 +178,11 @@ def make_templates() -> Jinja2Templates:
     env.filters["duration"] = format_duration
     env.filters["percent"] = format_percent
     env.filters["when"] = format_when
-    from dashboard.routes.charts import series
+    from dashboard.routes.charts import fleet_matrix_cells, line_chart, outcome_timeline
 
-    env.globals["series"] = series
+    env.globals["line_chart"] = line_chart
+    env.globals["outcome_timeline"] = outcome_timeline
+    env.globals["fleet_matrix_cells"] = fleet_matrix_cells
     return templates
 
 

@@ -115,6 +115,7 @@ async def test_hostile_strings_are_rendered_escaped(seeded_app):
         "runs (minion id)": "/runs",
         "minion (id, grains)": "/minions/" + quote(XSS_MINION, safe=""),
         "test (test id)": "/tests?nodeid=" + quote(SEED.xss_test, safe=""),
+        "test (minion id in the SVG timeline and chart)": "/tests?nodeid=" + quote(SEED.stable, safe=""),
         "flaky": "/flaky",
         "compare": f"/compare?a=1&b={web1_last}",
         "job (minion id)": f"/jobs/{SEED.jids[2]}",
