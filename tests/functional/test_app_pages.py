@@ -165,3 +165,17 @@ async def test_hostile_minion_name_page(seeded_app):
     page = await seeded_app.http.get("/minions/" + quote(XSS_MINION, safe=""))
     assert page.status_code == 200
     assert "<img src=x" not in page.text
+
+
+async def test_empty_database_pages(make_app):
+    async with make_app() as app:
+        await app.register("first", "first-password")
+        await app.login("first", "first-password")
+        for path in ("/", "/runs", "/tests", "/tests?q=x", "/flaky", "/slowest", "/compare", "/account",
+                     "/admin/users", "/api/runs", "/api/minions", "/api/fleet", "/api/flaky", "/api/slowest",
+                     "/api/live"):
+            response = await app.http.get(path)
+            assert response.status_code == 200, (path, response.status_code)
+        runs = await app.http.get("/runs")
+        assert "data-live-after=\"0\"" in runs.text and "No runs yet" in runs.text
+        assert (await app.http.get("/api/runs")).json() == {"runs": [], "next": None}
