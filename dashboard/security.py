@@ -17,8 +17,11 @@ Configuration (environment):
   anonymous (login, register), it must equal the ``distmon_csrf`` cookie (double submit; the
   cookie is SameSite=Lax so a cross-site POST never carries it). A request whose ``Origin``
   names another host, or whose ``Sec-Fetch-Site`` is ``cross-site``, is refused too.
+  Behind a reverse proxy, pass the browser's Host through (nginx: ``proxy_set_header Host $host``)
+  and run uvicorn with ``--proxy-headers`` so https is seen (Secure cookies) and Origin matches.
 - Login rate limit: in memory, per process (restarting the app forgets it; several workers
   would each count separately): 5 failures per username+IP in 5 minutes, or 30 per IP, → 429.
+  The IP is the direct peer's (X-Forwarded-For is not trusted unless uvicorn is told to).
 """
 
 from __future__ import annotations
