@@ -59,7 +59,8 @@ def pytest_summary(target: str, args: list[str], cwd: Path, env: dict | None = N
 
 def collect_ids(target: str, args: list[str], cwd: Path) -> list[str]:
     done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args, target],
-                          cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+                          cwd=cwd, env={**os.environ, **NO_AUTOLOAD},
+                          capture_output=True, text=True, timeout=120, check=False)
     return [line for line in done.stdout.splitlines() if "::" in line]
 
 
@@ -172,8 +173,8 @@ def test_megabytes_of_output_are_capped(salt_cli, web1, suites):
 
 
 def test_salt_directory_runs_like_the_local_copy(salt_cli, web1):
-    expected, _ = pytest_summary(str(SAMPLES), ["-p", "no:cacheprovider"], SAMPLES)
-    ret = run(salt_cli, web1, "salt://sample_tests")
+    expected, _ = pytest_summary(str(SAMPLES), ["-p", "no:cacheprovider"], SAMPLES, NO_AUTOLOAD)
+    ret = run(salt_cli, web1, "salt://sample_tests", f"env={json.dumps(NO_AUTOLOAD)}")
     assert ret.data["counts"] == expected
     assert ret.data["paths"] == ["salt://sample_tests"]
     assert ret.data["status"] == "failed" and ret.returncode != 0
@@ -182,7 +183,7 @@ def test_salt_directory_runs_like_the_local_copy(salt_cli, web1):
 
 def test_salt_file_gets_its_conftest_and_node_id_passes(salt_cli, web1):
     # test_inventory_fixture needs the `inventory` fixture from sample_tests/conftest.py.
-    ret = run(salt_cli, web1, "salt://sample_tests/test_passing.py::test_inventory_fixture")
+    ret = run(salt_cli, web1, "salt://sample_tests/test_passing.py::test_inventory_fixture", f"env={json.dumps(NO_AUTOLOAD)}")
     assert ret.data["status"] == "passed", ret.data
     assert ret.data["counts"]["passed"] == 1
     assert ret.returncode == 0
@@ -190,7 +191,7 @@ def test_salt_file_gets_its_conftest_and_node_id_passes(salt_cli, web1):
 
 def test_several_paths_comma_separated(salt_cli, web1, suites):
     paths = f"salt://sample_tests/test_passing.py,{suites}/mixed/check_mixed.py::test_fail"
-    ret = run(salt_cli, web1, paths)
+    ret = run(salt_cli, web1, paths, f"env={json.dumps(NO_AUTOLOAD)}")
     assert ret.data["paths"] == ["salt://sample_tests/test_passing.py", f"{suites}/mixed/check_mixed.py::test_fail"]
     assert ret.data["counts"]["passed"] == 4 and ret.data["counts"]["failed"] == 1
     assert ret.returncode != 0
@@ -198,21 +199,22 @@ def test_several_paths_comma_separated(salt_cli, web1, suites):
 
 def test_python_argument_and_version(salt_cli, web1, suites):
     interpreter = str(Path(sys.executable).with_name("python3"))
-    ret = run(salt_cli, web1, f"{SAMPLES}/test_passing.py", f"python={interpreter}")
+    ret = run(salt_cli, web1, f"{SAMPLES}/test_passing.py", f"python={interpreter}", f"env={json.dumps(NO_AUTOLOAD)}")
     assert ret.data["status"] == "passed" and ret.data["python"] == interpreter
     version = salt_cli.run("pytestrun.version", f"python={interpreter}", minion_tgt=web1.id).data
     assert version["pytest_version"] == pytest.__version__
 
 
 def test_collect_lists_what_pytest_would_run(salt_cli, web1):
-    ret = salt_cli.run("pytestrun.collect", "salt://sample_tests", "args=-k 'not slow'", minion_tgt=web1.id)
+    ret = salt_cli.run("pytestrun.collect", "salt://sample_tests", "args=-k 'not slow'",
+                      f"env={json.dumps(NO_AUTOLOAD)}", minion_tgt=web1.id)
     assert ret.returncode == 0, ret
     expected = collect_ids(str(SAMPLES), ["-p", "no:cacheprovider", "-k", "not slow"], SAMPLES)
     assert ret.data == [nodeid.removeprefix("sample_tests/") for nodeid in expected]
 
 
 def test_last_returns_the_previous_result(salt_cli, web1):
-    first = run(salt_cli, web1, f"{SAMPLES}/test_passing.py::test_addition").data
+    first = run(salt_cli, web1, f"{SAMPLES}/test_passing.py::test_addition", f"env={json.dumps(NO_AUTOLOAD)}").data
     ret = salt_cli.run("pytestrun.last", minion_tgt=web1.id)
     assert ret.data == first
 
