@@ -1,0 +1,337 @@
+"""The dashboard at scale: seeding, page times, result latency, memory.
+
+1. ``seed_1m``: dashboard/seed.py fills a fresh database in a temp dir with 20,000 runs x 50
+   tests over 50 minions (1,000,000 results). Informational (no target).
+2. ``page_p95_<route>`` / ``page_p50_<route>``: server time of every page and API route in
+   :data:`ROUTES`, in-process through the ASGI app (``httpx.ASGITransport``, lifespan run,
+   ingester off), authenticated with an API token. Requests go round-robin over the routes
+   (``WARMUP`` rounds discarded, then ``ROUNDS``), so a noisy phase of the machine hits every
+   route alike. The floor of each is the same percentile of ``/api/me``: authenticated, no
+   data query (the app has no /healthz; /api/me pays the same middleware and token lookup as
+   every route, which /login or /static would not). Target: p95 <= 100 ms.
+3. ``result_latency_p95`` / ``_p50``: a uvicorn dashboard with its ingester (scan interval
+   0.2 s, as the stack) on the seeded database. ``LATENCY_SAMPLES`` times: a 50-result file is
+   written under a temporary dot-name in the inbox, then renamed to its final name; the clock
+   starts after the rename and stops when ``/api/runs?jid=`` lists the run (polled every
+   10 ms over keep-alive HTTP). A random pause before each sample spreads the samples over the
+   scan cycle. Floor: the scan interval. Target: p95 <= 1 s.
+4. ``dashboard_rss``: that uvicorn process's RSS after the latency samples and
+   ``RSS_REQUESTS`` requests of every route over HTTP. Floor: its RSS right after start-up.
+   Target: <= 300 MB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import REPO, Figure, median, percentile, say
+
+SEED_RUNS, SEED_TESTS, SEED_MINIONS = 20_000, 50, 50
+WARMUP, ROUNDS = 5, 60
+ROUTE_BUDGET_SECONDS = 300  # stop sampling early (after at least 20 rounds) if the pages are very slow
+LATENCY_SAMPLES = 50
+RSS_REQUESTS = 10
+SCAN_INTERVAL = 0.2
+FLOOR_ROUTE = "api_me"
+
+
+def seed_database(path: Path) -> float:
+    from dashboard.db import connect_sync
+    from dashboard.seed import seed
+
+    conn = connect_sync(path)
+    try:
+        started = time.perf_counter()
+        seed(conn, runs=SEED_RUNS, tests=SEED_TESTS, minions=SEED_MINIONS)
+        return time.perf_counter() - started
+    finally:
+        conn.close()
+
+
+def bench_token(path: Path) -> str:
+    """An active admin and an API token, written straight into the seeded database."""
+    from dashboard import security, users
+    from dashboard.db import connect_sync
+
+    conn = connect_sync(path)
+    try:
+        existing = users.find_user_sync(conn, "bench")
+        if existing is None:
+            password_hash = security.hash_password_sync("bench-password-not-secret")
+            created = users.run_tx(conn, users.create_user_tx, "bench", password_hash, admin=True, status="active")
+            user_id = created["id"]
+        else:
+            user_id = existing["id"]
+        token = security.new_api_token()
+        users.run_tx(conn, users.create_token_tx, user_id, security.sha256_hex(token), "bench")
+        return token
+    finally:
+        conn.close()
+
+
+def route_table(path: Path) -> dict[str, str]:
+    """The fixed list of routes, with real ids from the seeded data (a mid-history failing run)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        run_id, jid, minion = conn.execute(
+            "SELECT r.id, r.jid, m.name FROM runs r JOIN minions m ON m.id = r.minion_id "
+            "WHERE r.status = 'failed' AND r.id > (SELECT MAX(id) FROM runs) / 2 ORDER BY r.id LIMIT 1"
+        ).fetchone()
+        previous = conn.execute(
+            "SELECT r.id FROM runs r WHERE r.minion_id = (SELECT minion_id FROM runs WHERE id = ?) AND r.id < ? "
+            "ORDER BY r.id DESC LIMIT 1", (run_id, run_id)).fetchone()[0]
+        nodeid = conn.execute(
+            "SELECT t.nodeid FROM test_status s JOIN tests t ON t.id = s.test_id ORDER BY s.flips DESC LIMIT 1"
+        ).fetchone()[0]
+        latest = conn.execute("SELECT MAX(id) FROM runs").fetchone()[0]
+    finally:
+        conn.close()
+    from urllib.parse import quote
+
+    node = quote(nodeid, safe="")
+    return {
+        "fleet": "/",
+        "runs": "/runs",
+        "runs_minion": f"/runs?minion={quote(minion)}",
+        "runs_failed": "/runs?status=failed",
+        "runs_q": "/runs?q=test_case_0009",
+        "run": f"/runs/{run_id}",
+        "run_junit": f"/runs/{run_id}/junit.xml",
+        "job": f"/jobs/{jid}",
+        "minion": f"/minions/{quote(minion)}",
+        "test": f"/tests?nodeid={node}",
+        "tests_search": "/tests?q=test_case_00",
+        "flaky": "/flaky",
+        "slowest": "/slowest",
+        "compare": f"/compare?a={previous}&b={run_id}",
+        "api_runs": "/api/runs",
+        "api_run": f"/api/runs/{run_id}",
+        "api_minions": "/api/minions",
+        "api_minion": f"/api/minions/{quote(minion)}",
+        "api_tests": f"/api/tests?nodeid={node}",
+        "api_fleet": "/api/fleet",
+        "api_job": f"/api/jobs/{jid}",
+        "api_flaky": "/api/flaky",
+        "api_compare": f"/api/compare?a={previous}&b={run_id}",
+        "api_live": f"/api/live?after={latest - 50}",
+        FLOOR_ROUTE: "/api/me",
+    }
+
+
+def _settings(db_path: Path, work: Path):
+    from dashboard.config import Settings
+
+    return Settings(db_path=db_path, inbox=work / "inbox", archive=work / "archive", quarantine=work / "quarantine",
+                    require_signature=False, ingest=False)
+
+
+async def _time_routes(db_path: Path, work: Path, token: str, routes: dict[str, str], warmup: int,
+                       rounds: int) -> dict[str, list[float]]:
+    import httpx
+
+    from dashboard.app import create_app
+
+    app = create_app(_settings(db_path, work))
+    samples: dict[str, list[float]] = {name: [] for name in routes}
+    headers = {"Authorization": f"Bearer {token}"}
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=transport, base_url="http://bench", headers=headers
+    ) as client:
+        started = time.monotonic()
+        for round_index in range(warmup + rounds):
+            for name, url in routes.items():
+                begin = time.perf_counter()
+                response = await client.get(url)
+                elapsed = time.perf_counter() - begin
+                if response.status_code != 200:
+                    raise RuntimeError(f"{url}: HTTP {response.status_code}: {response.text[:300]}")
+                if round_index >= warmup:
+                    samples[name].append(elapsed * 1000)
+            if round_index >= warmup + 20 and time.monotonic() - started > ROUTE_BUDGET_SECONDS:
+                say(f"pages: time budget reached after {round_index + 1 - warmup} rounds")
+                break
+    return samples
+
+
+def page_figures(samples: dict[str, list[float]], routes: dict[str, str]) -> list[Figure]:
+    floor = samples[FLOOR_ROUTE]
+    floor_p50, floor_p95 = percentile(floor, 50), percentile(floor, 95)
+    figures = []
+    for name, values in samples.items():
+        p50, p95 = percentile(values, 50), percentile(values, 95)
+        common = {"url": routes[name], "samples": len(values), "max_ms": max(values)}
+        figures.append(Figure(f"page_p95_{name}", p95, "ms", floor_p95, "<=100ms",
+                              note=f"GET {routes[name]}: p95 of {len(values)} in-process requests; "
+                                   "floor: p95 of /api/me", extra=common))
+        figures.append(Figure(f"page_p50_{name}", p50, "ms", floor_p50, "<=100ms",
+                              note=f"GET {routes[name]}: p50", extra=common))
+    return figures
+
+
+# -- uvicorn: latency and memory -------------------------------------------------------------
+
+
+class Uvicorn:
+    """A dashboard (with its ingester) in a uvicorn subprocess on a given database; stopped by pid."""
+
+    def __init__(self, db_path: Path, work: Path):
+        from tools.storage_host import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.inbox = work / "inbox"
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "DISTMON_DB": str(db_path),
+            "DISTMON_INBOX": str(self.inbox),
+            "DISTMON_ARCHIVE": str(work / "archive"),
+            "DISTMON_QUARANTINE": str(work / "quarantine"),
+            "DISTMON_PUBKEYS_DIR": "",
+            "DISTMON_REQUIRE_SIGNATURE": "0",
+            "DISTMON_INGEST": "1",
+            "DISTMON_SCAN_INTERVAL": str(SCAN_INTERVAL),
+        }
+        self.log = open(work / "uvicorn.log", "wb")  # noqa: SIM115 - closed in stop()
+        # cwd is the work dir: dashboard/config.py would otherwise fall back to ./.run/stack.env.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "dashboard.app:app", "--host", "127.0.0.1", "--port", str(self.port),
+             "--no-access-log", "--log-level", "warning"],
+            cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"uvicorn exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(f"{self.url}/login", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"uvicorn did not answer within {timeout} s")
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def latency_samples(server: Uvicorn, token: str, samples: int) -> list[float]:
+    import httpx
+
+    from bench.b_ingest import make_documents
+
+    docs = make_documents(samples, minions=1)
+    minion_dir = server.inbox / docs[0]["minion_id"]
+    minion_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(7)
+    seconds = []
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as client:
+        for doc in docs:
+            doc["jid"] = f"lat{time.time_ns()}"
+            time.sleep(rng.uniform(0, SCAN_INTERVAL))
+            temp = minion_dir / f".{doc['jid']}.json.{os.getpid()}.part"
+            temp.write_text(json.dumps(doc))
+            os.rename(temp, minion_dir / f"{doc['jid']}.json")
+            renamed = time.perf_counter()
+            deadline = renamed + 30
+            while True:
+                response = client.get("/api/runs", params={"jid": doc["jid"]})
+                response.raise_for_status()
+                if response.json()["runs"]:
+                    seconds.append(time.perf_counter() - renamed)
+                    break
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"run {doc['jid']} not in /api/runs 30 s after the rename")
+                time.sleep(0.01)
+    return seconds
+
+
+def serve_every_route(server: Uvicorn, token: str, routes: dict[str, str], count: int) -> None:
+    import httpx
+
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+        for _ in range(count):
+            for url in routes.values():
+                response = client.get(url)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{url} over HTTP: {response.status_code}")
+
+
+# -- the section -----------------------------------------------------------------------------
+
+
+def run(quick: bool = False, seeded_db: str | None = None) -> list[Figure]:
+    work = Path(tempfile.mkdtemp(prefix="distmon-bench-dashboard-"))
+    figures: list[Figure] = []
+    try:
+        db_path = work / "distmon.sqlite"
+        if seeded_db:
+            shutil.copyfile(seeded_db, db_path)
+            say(f"pages: using a copy of {seeded_db} (not seeded in this run)")
+        else:
+            say(f"seeding {SEED_RUNS} runs x {SEED_TESTS} tests over {SEED_MINIONS} minions ...")
+            seconds = seed_database(db_path)
+            say(f"seeded in {seconds:.1f} s ({db_path.stat().st_size / 2**20:.0f} MB)")
+            figures.append(Figure("seed_1m", seconds, "s", None, "-",
+                                  note=f"dashboard/seed.py: {SEED_RUNS} runs x {SEED_TESTS} tests, "
+                                       f"{SEED_MINIONS} minions ({SEED_RUNS * SEED_TESTS} results)"))
+        token = bench_token(db_path)
+        routes = route_table(db_path)
+        say("routes: " + ", ".join(f"{name}={url}" for name, url in routes.items()))
+        rounds = 10 if quick else ROUNDS
+        samples = asyncio.run(_time_routes(db_path, work, token, routes, 2 if quick else WARMUP, rounds))
+        figures.extend(page_figures(samples, routes))
+
+        server = Uvicorn(db_path, work)
+        try:
+            server.wait_ready()
+            rss_start = server.rss_mb()
+            latencies = latency_samples(server, token, 10 if quick else LATENCY_SAMPLES)
+            say(f"latency: {len(latencies)} samples, p50 {percentile(latencies, 50):.3f} s, "
+                f"p95 {percentile(latencies, 95):.3f} s, max {max(latencies):.3f} s")
+            serve_every_route(server, token, routes, 2 if quick else RSS_REQUESTS)
+            rss_end = server.rss_mb()
+        finally:
+            server.stop()
+        note = (f"file renamed into the inbox -> run listed by /api/runs?jid= of a uvicorn dashboard on the "
+                f"1M-result DB; {len(latencies)} samples; floor: the ingester's scan interval")
+        figures.append(Figure("result_latency_p95", percentile(latencies, 95), "s", SCAN_INTERVAL, "<=1s",
+                              note=note, extra={"samples": latencies}))
+        figures.append(Figure("result_latency_p50", median(latencies), "s", SCAN_INTERVAL, "-", note=note))
+        figures.append(Figure("dashboard_rss", rss_end, "MB", rss_start, "<=300MB",
+                              note=f"uvicorn dashboard RSS after the latency samples and {RSS_REQUESTS} requests of "
+                                   "every route over HTTP; floor: its RSS right after start-up"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return figures

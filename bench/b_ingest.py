@@ -1,0 +1,208 @@
+"""ingest_rate: test results per second from inbox files into SQLite, vs a bare executemany.
+
+The value: ``FILES`` result documents of ``TESTS`` results each (docs/result-format.md,
+unsigned, ``require_signature`` off) in ``MINIONS`` minion directories of a temporary inbox,
+ingested by ``dashboard.ingest.ingest_pending`` into a fresh database (schema from
+dashboard.migrations, files archived as in production). The clock covers the whole pass:
+scan, read, JSON, validation, the transactions, the summaries and the archiving.
+
+The floor: the same rows (minions, tests, runs, results) inserted with bare ``executemany``
+into a fresh database of the same schema, in one transaction: what SQLite itself costs.
+Both are measured ``ROUNDS`` times, alternating; the medians are compared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import Figure, median, say
+
+FILES = 1000
+TESTS = 50
+MINIONS = 20
+ROUNDS = 3
+
+
+def _ts(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(1_780_000_000 + seconds)) + ".000Z"
+
+
+def make_documents(files: int = FILES, tests: int = TESTS, minions: int = MINIONS) -> list[dict]:
+    """Deterministic result documents: mostly passes, one failure with a traceback per file, a skip."""
+    docs = []
+    for index in range(files):
+        minion = f"ingest-{index % minions:02d}"
+        jid = f"2026112800{index:010d}"
+        entries = []
+        for t in range(tests):
+            outcome = "failed" if t == 7 else ("skipped" if t == 11 else "passed")
+            entries.append({
+                "nodeid": f"tests/test_mod_{t % 5}.py::TestArea::test_case_{t:03d}",
+                "outcome": outcome,
+                "when": "call" if outcome != "skipped" else "setup",
+                "duration": round(0.001 * ((t * 37 + index) % 200), 4),
+                "file": f"tests/test_mod_{t % 5}.py",
+                "line": 10 + t,
+                "markers": ["slow"] if t % 10 == 0 else [],
+                "message": "assert 503 == 200" if outcome == "failed" else (
+                    "not on this platform" if outcome == "skipped" else None),
+                "longrepr": ("def test_it():\n>       assert r.status == 200\nE       assert 503 == 200\n"
+                             "tests/test_mod_2.py:42: AssertionError") if outcome == "failed" else None,
+                "stdout": "captured output\n" if outcome == "failed" else None,
+                "stderr": None,
+            })
+        counts = {"passed": tests - 2, "failed": 1, "skipped": 1, "xfailed": 0, "xpassed": 0, "errors": 0}
+        docs.append({
+            "format": "distmon-result/1",
+            "jid": jid,
+            "minion_id": minion,
+            "fun": "pytestrun.run",
+            "fun_args": ["/srv/tests"],
+            "success": False,
+            "retcode": 1,
+            "returned_at": _ts(index * 60 + 30),
+            "grains": {"os": "Debian", "osrelease": "12", "kernel": "Linux", "num_cpus": 2},
+            "result": {
+                "status": "failed",
+                "exitcode": 1,
+                "counts": counts,
+                "counts_other": {},
+                "tests": entries,
+                "started_at": _ts(index * 60),
+                "finished_at": _ts(index * 60 + 29),
+                "duration": 29.0,
+                "paths": ["/srv/tests"],
+                "args": [],
+                "python": "/usr/bin/python3",
+                "python_version": "3.11.2",
+                "pytest_version": "9.2.0",
+                "minion_id": minion,
+                "rootdir": "/srv",
+            },
+        })
+    return docs
+
+
+def write_inbox(inbox: Path, docs: list[dict]) -> None:
+    for doc in docs:
+        directory = inbox / doc["minion_id"]
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{doc['jid']}.json").write_text(json.dumps(doc))
+
+
+def time_ingest(work: Path, docs: list[dict]) -> float:
+    """Seconds for one ingest_pending pass over ``docs`` into a fresh database."""
+    from dashboard.config import Settings
+    from dashboard.db import Database
+    from dashboard.ingest import ingest_pending
+
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    inbox = work / "inbox"
+    write_inbox(inbox, docs)
+    settings = Settings(db_path=work / "distmon.sqlite", inbox=inbox, archive=work / "archive",
+                        quarantine=work / "quarantine", require_signature=False, ingest=False)
+
+    async def once() -> float:
+        db = Database(settings.db_path)
+        await db.open()
+        try:
+            started = time.perf_counter()
+            report = await ingest_pending(db, settings)
+            elapsed = time.perf_counter() - started
+        finally:
+            await db.close()
+        expected = len(docs) * TESTS
+        if report.ingested != len(docs) or report.results != expected:
+            raise RuntimeError(f"ingest stored {report.ingested} runs / {report.results} results, "
+                               f"expected {len(docs)} / {expected}: {report}")
+        return elapsed
+
+    return asyncio.run(once())
+
+
+def bare_rows(docs: list[dict]) -> tuple[list, list, list, list]:
+    """The rows the ingester would write, flattened in advance (not timed)."""
+    minions: dict[str, int] = {}
+    tests: dict[str, int] = {}
+    run_rows, result_rows = [], []
+    for run_id, doc in enumerate(docs, start=1):
+        minion_id = minions.setdefault(doc["minion_id"], len(minions) + 1)
+        res = doc["result"]
+        c = res["counts"]
+        run_rows.append((
+            run_id, minion_id, doc["jid"], doc["fun"], "distmon", res["status"], res["exitcode"], c["passed"],
+            c["failed"], c["skipped"], c["xfailed"], c["xpassed"], c["errors"], res["started_at"],
+            res["finished_at"], res["duration"], doc["returned_at"], doc["returned_at"], json.dumps(res["paths"]),
+            json.dumps(res["args"]), res["python_version"], res["pytest_version"], json.dumps(doc["grains"]),
+            None, 0,
+        ))  # fmt: skip
+        for t in res["tests"]:
+            test_id = tests.setdefault(t["nodeid"], len(tests) + 1)
+            result_rows.append((run_id, test_id, t["when"], t["outcome"], t["duration"], t["message"],
+                                t["longrepr"], t["stdout"], t["stderr"], json.dumps(t["markers"])))
+    minion_rows = [(mid, name, "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z") for name, mid in minions.items()]
+    test_rows = [(tid, nodeid, nodeid.split("::")[0], None) for nodeid, tid in tests.items()]
+    return minion_rows, test_rows, run_rows, result_rows
+
+
+def time_bare(work: Path, rows: tuple[list, list, list, list]) -> float:
+    """Seconds for a bare executemany of the same rows into a fresh database, one transaction."""
+    from dashboard.db import connect_sync
+
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    conn = connect_sync(work / "bare.sqlite")
+    minion_rows, test_rows, run_rows, result_rows = rows
+    try:
+        started = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO minions (id, name, first_seen, last_seen) VALUES (?, ?, ?, ?)", minion_rows)
+        conn.executemany("INSERT INTO tests (id, nodeid, file, line) VALUES (?, ?, ?, ?)", test_rows)
+        conn.executemany(
+            "INSERT INTO runs (id, minion_id, jid, fun, source, status, exitcode, passed, failed, skipped, "
+            "xfailed, xpassed, errors, started_at, finished_at, duration, returned_at, ingested_at, paths, "
+            "args, python_version, pytest_version, grains, message, signed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            run_rows,
+        )
+        conn.executemany(
+            "INSERT INTO results (run_id, test_id, phase, outcome, duration, message, longrepr, stdout, "
+            "stderr, markers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            result_rows,
+        )
+        conn.execute("COMMIT")
+        return time.perf_counter() - started
+    finally:
+        conn.close()
+
+
+def run(quick: bool = False) -> list[Figure]:
+    files = FILES // 4 if quick else FILES
+    docs = make_documents(files)
+    rows = bare_rows(docs)
+    results = files * TESTS
+    ingest_times, bare_times = [], []
+    root = Path(tempfile.mkdtemp(prefix="distmon-bench-ingest-"))
+    try:
+        for round_index in range(1 if quick else ROUNDS):
+            ingest_times.append(time_ingest(root / "ingest", docs))
+            bare_times.append(time_bare(root / "bare", rows))
+            say(f"ingest round {round_index + 1}: ingest_pending {ingest_times[-1]:.2f} s, "
+                f"bare executemany {bare_times[-1]:.2f} s for {results} results")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rate = results / median(ingest_times)
+    bare_rate = results / median(bare_times)
+    return [Figure("ingest_rate", rate, "results/s", bare_rate, ">=50000&>=0.5x",
+                   note=f"{files} files x {TESTS} results in {MINIONS} minion dirs; medians of "
+                        f"{len(ingest_times)} alternating rounds",
+                   extra={"ingest_seconds": ingest_times, "bare_seconds": bare_times, "results": results})]
+
