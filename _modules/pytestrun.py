@@ -88,7 +88,7 @@ _MAX = int(os.environ.get("DISTMON_PYTESTRUN_MAX_OUTPUT") or 65536)
 _COLLECT = os.environ.get("DISTMON_PYTESTRUN_COLLECT") == "1"
 _PID = os.getpid()
 _OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
-_state = {"config": None, "setup": {}, "markers": {}, "fh": None}
+_state = {"config": None, "setup": {}, "markers": {}, "fh": None, "teardowns": [], "terminal": None}
 
 
 def _emit(record):
@@ -96,8 +96,12 @@ def _emit(record):
     # A test that forks and lets the child carry on would otherwise report twice.
     if fh is None or os.getpid() != _PID:
         return
-    fh.write(json.dumps(record) + "\n")
-    fh.flush()
+    if _state["teardowns"]:
+        # Passed teardowns ride along with the next record: one write and flush per test, not two.
+        record["teardowns"] = _state["teardowns"]
+        _state["teardowns"] = []
+    # One unbuffered write per record: a run killed on timeout keeps every report written before.
+    os.write(fh, (json.dumps(record) + "\n").encode("utf-8"))
 
 
 def _text(value):
@@ -114,7 +118,7 @@ def _text(value):
 
 
 if _OUT:
-    _state["fh"] = open(_OUT, "a", encoding="utf-8")
+    _state["fh"] = os.open(_OUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     _emit({"k": "hello", "python_version": platform.python_version(),
            "pytest_version": pytest.__version__, "python": sys.executable, "pid": _PID})
 
@@ -147,11 +151,7 @@ def pytest_warning_recorded(warning_message, when, nodeid, location):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item, nextitem):
-    names = []
-    for mark in item.iter_markers():
-        if mark.name not in names:
-            names.append(mark.name)
-    _state["markers"][item.nodeid] = names
+    _state["markers"][item.nodeid] = list(dict.fromkeys(mark.name for mark in item.iter_markers()))
 
 
 def _message(report, category):
@@ -217,12 +217,23 @@ def _entry(report, category, when):
 
 
 def _category(report):
+    """The summary-line category of this report, exactly as the terminal reporter filed it."""
     config = _state["config"]
-    # The same hook the terminal reporter uses for its summary line, so our counts are its counts.
+    terminal = _state["terminal"]
+    if terminal is None:
+        terminal = _state["terminal"] = config.pluginmanager.get_plugin("terminalreporter") or False
+    stats = getattr(terminal, "stats", None)
+    if isinstance(stats, dict):
+        # We run after the terminal reporter (trylast): the report it just filed is last in its list.
+        for category, reports in stats.items():
+            if reports and reports[-1] is report:
+                return category
+    # No terminal reporter (-p no:terminal): ask the hook it would have asked.
     status = config.hook.pytest_report_teststatus(report=report, config=config)
     return status[0] if status else ""
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_runtest_logreport(report):
     if _state["fh"] is None:
         return
@@ -240,8 +251,7 @@ def pytest_runtest_logreport(report):
         _state["setup"][report.nodeid] = float(report.duration or 0.0)
     elif report.when == "teardown":
         out, err = _sections(report, "teardown")
-        _emit({"k": "teardown", "nodeid": _text(report.nodeid), "duration": float(report.duration or 0.0),
-               "stdout": _text(out), "stderr": _text(err)})
+        _state["teardowns"].append([_text(report.nodeid), float(report.duration or 0.0), _text(out), _text(err)])
 
 
 def pytest_collectreport(report):
@@ -681,6 +691,15 @@ def _build_result(raw: dict, max_output: int) -> dict:
     primary: dict[str, dict] = {}
     facts: dict[str, Any] = {}
     for rec in raw["records"]:
+        # Passed teardowns of earlier tests: their time and output belong to those tests' entries.
+        for nodeid, duration, stdout, stderr in rec.pop("teardowns", ()):
+            entry = primary.get(nodeid)
+            if entry is not None:
+                entry["duration"] += duration
+                if stdout:
+                    entry["stdout"] = _cap((entry["stdout"] or "") + stdout, max_output)
+                if stderr:
+                    entry["stderr"] = _cap((entry["stderr"] or "") + stderr, max_output)
         kind = rec.pop("k", None)
         if kind == "entry":
             outcome = rec["outcome"]
@@ -694,13 +713,7 @@ def _build_result(raw: dict, max_output: int) -> dict:
             elif rec["when"] == "teardown":
                 # The test's own entry carries setup + call + teardown, a failed teardown too.
                 primary[nodeid]["duration"] += rec["duration"]
-        elif kind == "teardown":
-            entry = primary.get(rec.get("nodeid"))
-            if entry is not None:
-                entry["duration"] = entry["duration"] + rec.get("duration", 0.0)
-                for field in ("stdout", "stderr"):
-                    if rec.get(field):
-                        entry[field] = _cap((entry[field] or "") + rec[field], max_output)
+
         elif kind == "other":
             other[rec["cat"]] = other.get(rec["cat"], 0) + int(rec.get("n", 1))
         elif kind in ("hello", "start", "collected", "finish", "interrupt", "internal"):

@@ -154,8 +154,8 @@ def test_build_result_counts_entries_and_folds_teardown_into_the_test(pytestrun)
     records = [
         {"k": "hello", "python_version": "3.11.7", "pytest_version": "9.2.0"},
         entry("t.py::a", "passed", stdout="call out\n"),
-        {"k": "teardown", "nodeid": "t.py::a", "duration": 0.5, "stdout": "teardown out\n", "stderr": None},
-        entry("t.py::b", "passed", duration=2.0),
+        # A passed teardown rides along with the next record.
+        entry("t.py::b", "passed", duration=2.0, teardowns=[["t.py::a", 0.5, "teardown out\n", None]]),
         entry("t.py::b", "error", when="teardown", duration=0.25),
         entry("t.py::c", "skipped", when="setup", duration=0.1),
         entry("t.py::d", "xfailed"),
@@ -163,7 +163,7 @@ def test_build_result_counts_entries_and_folds_teardown_into_the_test(pytestrun)
         entry("t.py::f", "failed"),
         entry("t.py", "error", when="collect", duration=0.0, line=None),
         {"k": "other", "cat": "warnings", "n": 1},
-        {"k": "other", "cat": "warnings", "n": 1},
+        {"k": "other", "cat": "warnings", "n": 1, "teardowns": [["t.py::d", 0.25, None, "late err"]]},
         {"k": "other", "cat": "subtests passed", "n": 1},
         entry("t.py::g", "weird"),
     ]
@@ -174,7 +174,8 @@ def test_build_result_counts_entries_and_folds_teardown_into_the_test(pytestrun)
     assert first["duration"] == 1.5 and first["stdout"] == "call out\nteardown out\n"
     b_call, b_teardown = built["tests"][1], built["tests"][2]
     assert b_call["duration"] == 2.25 and b_teardown["duration"] == 0.25
-    assert all("k" not in test for test in built["tests"])
+    assert built["tests"][4]["duration"] == 1.25 and built["tests"][4]["stderr"] == "late err"
+    assert all("k" not in test and "teardowns" not in test for test in built["tests"])
     assert built["facts"]["hello"]["pytest_version"] == "9.2.0"
 
 
