@@ -1,0 +1,197 @@
+{#-
+distmon.host: the storage host the minions upload their results to.
+
+- an SFTP-only account (no shell) whose sshd Match block forces internal-sftp
+  and chroots it; sshd demands every component of the chroot path be root-owned
+  and not group/world writable, so the chroot is root:root 0755 and the inbox
+  inside it belongs to the account;
+- the minions' public keys (pillar `distmon:storage:authorized_keys`), each
+  with `restrict`;
+- the Match block as a drop-in (`distmon:storage:sshd_config`, default
+  /etc/ssh/sshd_config.d/distmon.conf), never an edit of the main sshd_config;
+  sshd -t checks it and sshd is reloaded when it changed (real systems only);
+- the database, archive and quarantine directories;
+- the dashboard (with its ingester) in its own virtualenv, run by a systemd
+  unit where systemd runs. It moves ingested files out of the inbox, so it runs
+  as the account that owns the inbox.
+
+`distmon:storage:root` prefixes every path (a scratch root for trials: then
+no account, no sshd check or reload and no service are touched).
+Every key and its default: states/distmon/defaults.yaml and pillar.example.
+-#}
+{%- from "distmon/map.jinja" import distmon with context %}
+{%- set storage = distmon.storage %}
+{%- set dashboard = storage.dashboard %}
+{%- set root = storage.root.rstrip('/') %}
+{%- set scratch = root != '' %}
+{%- set chroot = root ~ storage.chroot %}
+{%- set inbox = chroot ~ '/' ~ storage.inbox.strip('/') %}
+{%- set authorized_keys_file = root ~ storage.authorized_keys_file %}
+{%- set sshd_config = root ~ storage.sshd_config %}
+{%- set db_path = root ~ storage.db_path %}
+{%- set app_dir = root ~ dashboard.app_dir %}
+{%- set venv = root ~ dashboard.venv %}
+{%- set owner = storage.sftp_user if storage.manage_user or not scratch else 'root' %}
+{%- set systemd = grains.get('init') == 'systemd' and not scratch %}
+
+{%- if storage.manage_user and not scratch %}
+
+distmon-sftp-user:
+  user.present:
+    - name: {{ storage.sftp_user }}
+    - system: True
+    - createhome: False
+    - home: /nonexistent
+    - shell: /usr/sbin/nologin
+    - usergroup: True
+{%- endif %}
+
+distmon-chroot:
+  file.directory:
+    - name: {{ chroot }}
+    - user: root
+    - group: root
+    - mode: '0755'
+    - makedirs: True
+
+distmon-inbox:
+  file.directory:
+    - name: {{ inbox }}
+    - user: {{ owner }}
+    - group: {{ owner }}
+    - mode: '0755'
+    - require:
+      - file: distmon-chroot
+      {%- if storage.manage_user and not scratch %}
+      - user: distmon-sftp-user
+      {%- endif %}
+
+distmon-authorized-keys:
+  file.managed:
+    - name: {{ authorized_keys_file }}
+    - source: salt://distmon/files/authorized_keys.jinja
+    - template: jinja
+    - context:
+        keys: {{ storage.authorized_keys | json }}
+    - user: root
+    - group: root
+    - mode: '0644'
+    - makedirs: True
+
+distmon-sshd-match:
+  file.managed:
+    - name: {{ sshd_config }}
+    - source: salt://distmon/files/sshd_distmon.conf.jinja
+    - template: jinja
+    - context:
+        sftp_user: {{ storage.sftp_user | json }}
+        chroot: {{ chroot | json }}
+        authorized_keys_file: {{ authorized_keys_file | json }}
+    - user: root
+    - group: root
+    - mode: '0644'
+    - makedirs: True
+
+{%- if not scratch %}
+
+distmon-sshd-check:
+  cmd.run:
+    - name: /usr/sbin/sshd -t
+    - onchanges:
+      - file: distmon-sshd-match
+      - file: distmon-authorized-keys
+{%-   if systemd %}
+
+distmon-sshd-reload:
+  service.running:
+    - name: {{ storage.sshd_service }}
+    - reload: True
+    - watch:
+      - file: distmon-sshd-match
+    - require:
+      - cmd: distmon-sshd-check
+{%-   endif %}
+{%- endif %}
+
+{%- for name, path in (('db', db_path.rsplit('/', 1)[0]), ('archive', root ~ storage.archive_dir),
+                       ('quarantine', root ~ storage.quarantine_dir)) %}
+
+distmon-{{ name }}-dir:
+  file.directory:
+    - name: {{ path }}
+    - user: {{ owner }}
+    - group: {{ owner }}
+    - mode: '0750'
+    - makedirs: True
+{%- endfor %}
+
+{%- if dashboard.enabled %}
+
+distmon-dashboard-code:
+  file.recurse:
+    - name: {{ app_dir }}/dashboard
+    - source: {{ dashboard.source }}
+    - user: root
+    - group: root
+    - dir_mode: '0755'
+    - file_mode: '0644'
+    - clean: True
+    - exclude_pat: E@(__pycache__|\.pyc$)
+
+distmon-dashboard-requirements:
+  file.managed:
+    - name: {{ app_dir }}/requirements_host.txt
+    - source: {{ dashboard.requirements }}
+    - mode: '0644'
+    - makedirs: True
+
+distmon-dashboard-constraints:
+  file.managed:
+    - name: {{ app_dir }}/constraints.txt
+    - source: {{ dashboard.constraints }}
+    - mode: '0644'
+    - makedirs: True
+
+distmon-dashboard-venv:
+  virtualenv.managed:
+    - name: {{ venv }}
+    - venv_bin: {{ dashboard.python }}
+    - requirements: {{ app_dir }}/requirements_host.txt
+    - env_vars:
+        PIP_CONSTRAINT: {{ app_dir }}/constraints.txt
+    - require:
+      - file: distmon-dashboard-requirements
+      - file: distmon-dashboard-constraints
+{%-   if systemd %}
+
+distmon-dashboard-unit:
+  file.managed:
+    - name: /etc/systemd/system/{{ dashboard.service }}.service
+    - source: salt://distmon/files/distmon-dashboard.service.jinja
+    - template: jinja
+    - context:
+        user: {{ owner | json }}
+        app_dir: {{ app_dir | json }}
+        venv: {{ venv | json }}
+        bind: {{ dashboard.bind | json }}
+        port: {{ dashboard.port | int }}
+        db_path: {{ db_path | json }}
+        inbox: {{ inbox | json }}
+        archive_dir: {{ (root ~ storage.archive_dir) | json }}
+        quarantine_dir: {{ (root ~ storage.quarantine_dir) | json }}
+        pubkeys_dir: {{ storage.get('pubkeys_dir', '') | json }}
+    - mode: '0644'
+
+distmon-dashboard-service:
+  service.running:
+    - name: {{ dashboard.service }}
+    - enable: True
+    - watch:
+      - file: distmon-dashboard-unit
+      - file: distmon-dashboard-code
+      - virtualenv: distmon-dashboard-venv
+    - require:
+      - file: distmon-inbox
+      - file: distmon-db-dir
+{%-   endif %}
+{%- endif %}
