@@ -282,6 +282,8 @@ def test_bad_input_gives_clear_salt_errors(salt_cli, web1, venv_without_pytest):
     assert_salt_error(run(salt_cli, web1, str(SAMPLES), "python=/opt/no/python3"), "/opt/no/python3", "does not exist")
     assert_salt_error(run(salt_cli, web1, str(SAMPLES), f"python={venv_without_pytest}"),
                       "pytest is not installed", str(venv_without_pytest))
+    assert_salt_error(salt_cli.run("pytestrun.version", f"python={venv_without_pytest}", minion_tgt=web1.id),
+                      "pytest is not installed", str(venv_without_pytest))
     assert_salt_error(run(salt_cli, web1, "salt://sample_tests/test_nothing_here.py"),
                       "salt://sample_tests/test_nothing_here.py", "not served")
     assert_salt_error(run(salt_cli, web1, str(SAMPLES), "args=-k 'unbalanced"), "args")

@@ -13,6 +13,8 @@ import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 MODULE_PATH = Path(__file__).resolve().parents[2] / "_modules" / "pytestrun.py"
+# The tiny suites here need no installed plugins: not loading them keeps each real run short.
+NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
 @pytest.fixture
@@ -280,7 +282,7 @@ def test_salt_path_not_served_names_it(pytestrun, fileserver, url):
 
 
 def test_run_returns_the_documented_result_and_sets_retcode(pytestrun, suite):
-    result = pytestrun.run(str(suite))
+    result = pytestrun.run(str(suite), env=NO_AUTOLOAD)
     assert result["status"] == "failed" and result["exitcode"] == 1
     assert result["counts"] == {"passed": 1, "failed": 1, "skipped": 1, "xfailed": 0, "xpassed": 0, "errors": 0}
     assert pytestrun.__context__["retcode"] == 1
@@ -295,13 +297,19 @@ def test_run_returns_the_documented_result_and_sets_retcode(pytestrun, suite):
 
 
 def test_run_passing_node_id_gives_retcode_zero(pytestrun, suite):
-    result = pytestrun.run(f"{suite}/test_small.py::test_ok", args="-q")
+    result = pytestrun.run(f"{suite}/test_small.py::test_ok", args="-q", env=NO_AUTOLOAD)
     assert result["status"] == "passed" and result["args"] == ["-q"]
     assert pytestrun.__context__["retcode"] == 0
 
 
 def test_collect_lists_node_ids(pytestrun, suite):
-    assert pytestrun.collect(str(suite), args="-k 'not bad'") == ["test_small.py::test_ok", "test_small.py::test_skip"]
+    assert pytestrun.collect(str(suite), args="-k 'not bad'", env=NO_AUTOLOAD) == ["test_small.py::test_ok", "test_small.py::test_skip"]
+
+
+def test_collect_names_modules_that_cannot_be_collected(pytestrun, suite):
+    (suite / "test_broken.py").write_text("import distmon_no_such_module\n")
+    with pytest.raises(CommandExecutionError, match="test_broken.py: ModuleNotFoundError"):
+        pytestrun.collect(str(suite), env=NO_AUTOLOAD)
 
 
 def test_last_without_a_run_is_a_clear_error(pytestrun):
