@@ -285,3 +285,20 @@ def test_top_file_gives_each_role_its_state(salt_cli, salt_minion):
         assert top.data == {"base": ["distmon.minion"]}, top
     finally:
         salt_cli.run("grains.delkey", "roles", "force=True", minion_tgt=salt_minion.id)
+
+
+def _keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict) and key not in ("schedule", "flush_schedule"):
+            keys |= _keys(value, f"{prefix}{key}:")
+    return keys
+
+
+def test_pillar_example_documents_every_state_key():
+    import yaml
+
+    defaults = yaml.safe_load((REPO_ROOT / "states" / "distmon" / "defaults.yaml").read_text())["distmon"]
+    example = yaml.safe_load((REPO_ROOT / "pillar.example").read_text())["distmon"]
+    assert _keys(defaults) <= _keys(example), _keys(defaults) - _keys(example)
