@@ -333,3 +333,42 @@ def test_manifest_is_skipped_quietly_without_a_storage_host(capsys):
 def test_manifest_refuses_an_unsafe_jid():
     with pytest.raises(runner.salt.exceptions.CommandExecutionError, match="not a safe file name"):
         runner._upload_manifest({"remote_inbox": "/inbox"}, runner.build_manifest("../x", "w", "glob", [], "t"))
+
+
+# -- results and status -------------------------------------------------------------------------
+
+
+def test_results_rebuilds_the_summary_from_the_job_cache(capsys):
+    runner.__salt__["jobs.list_job"] = lambda jid: {
+        "jid": jid, "Function": "pytestrun.run", "Arguments": ["/srv/tests"], "Target": "web-*",
+        "Target-type": "glob", "StartTime": "2026, Nov 28 08:00:00.123456", "Minions": ["web-1", "web-2"],
+        "Result": {"web-1": {"return": pytest_result(passed=4, skipped=1), "retcode": 0}},
+    }
+    ret = runner.results(jid=JID)
+    assert ret["web-1"]["passed"] == 4 and ret["web-1"]["status"] == "passed"
+    assert ret["web-2"]["status"] == "no_return"
+    assert ret["retcode"] == 1
+    assert "Did not return: web-2" in capsys.readouterr().out
+
+
+def test_results_of_an_unknown_jid_is_a_clean_error():
+    runner.__salt__["jobs.list_job"] = lambda jid: {"jid": jid, "Error": "Cannot contact returner or no job"}
+    with pytest.raises(runner.DistmonUsageError, match="not in the job cache"):
+        runner.results(jid=JID)
+    with pytest.raises(runner.DistmonUsageError, match="not a job id"):
+        runner.results(jid="../../etc")
+    with pytest.raises(runner.DistmonUsageError, match="jid missing"):
+        runner.results()
+
+
+def test_status_reports_down_minions_an_unconfigured_host_and_spools():
+    runner.__salt__["manage.status"] = lambda **kwargs: {"up": ["web-1"], "down": ["db-1"]}
+    client = FakeClient(["web-1"], [])
+    client.cmd = lambda tgt, fun, tgt_type, timeout: {"web-1": {"waiting": 2, "results": []}}
+    with use_client(client):
+        ret = runner.status()
+    assert ret["minions"] == {"up": ["web-1"], "down": ["db-1"]}
+    assert ret["storage_host"]["reachable"] is False
+    assert "distmon.host is not set" in ret["storage_host"]["error"]
+    assert ret["spool"] == {"web-1": {"waiting": 2, "results": []}}
+    assert ret["retcode"] == 1
