@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET  # noqa: S405  (DOCTYPE/ENTITY refused before
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dashboard.models import MAX_NODEID_BYTES, RESULT_FORMAT, format_timestamp
+from dashboard.models import MAX_NODEID_CHARS, RESULT_FORMAT, format_timestamp
 
 MAX_ELEMENTS = 500_000
 _DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
@@ -62,8 +62,8 @@ def _entry(case: ET.Element) -> dict[str, Any]:
     classname = case.get("classname") or ""
     name = case.get("name") or ""
     nodeid = f"{classname}::{name}" if classname and name else (name or classname or "<unnamed>")
-    if len(nodeid.encode("utf-8", "replace")) > MAX_NODEID_BYTES:
-        nodeid = nodeid[: MAX_NODEID_BYTES // 4]
+    if len(nodeid.encode("utf-8", "replace")) > MAX_NODEID_CHARS:
+        nodeid = nodeid[: MAX_NODEID_CHARS // 4]
     outcome, message, longrepr = "passed", None, None
     stdout = stderr = None
     for child in case:
@@ -85,7 +85,7 @@ def _entry(case: ET.Element) -> dict[str, Any]:
         "outcome": outcome,
         "when": "call",
         "duration": _seconds(case.get("time")),
-        "file": (case.get("file") or classname or name)[: MAX_NODEID_BYTES // 4] or None,
+        "file": (case.get("file") or classname or name)[: MAX_NODEID_CHARS // 4] or None,
         "line": int(line) if line and line.isdigit() and len(line) < 12 else None,
         "markers": [],
         "message": message,

@@ -6,11 +6,13 @@ unknown keys are ignored (a newer writer may add keys without a version bump), a
 sizes are capped so a hostile file cannot bloat the database:
 
 - identifiers (``minion_id``, ``jid``) follow the doc's path-component rules;
-- ``nodeid`` and ``file`` longer than :data:`MAX_NODEID_BYTES` reject the file;
+- ``nodeid`` and ``file`` longer than :data:`MAX_NODEID_CHARS` characters, short strings
+  (``fun``, versions, markers) longer than :data:`MAX_SHORT_CHARS`, or any of them holding
+  control characters, reject the file; so do lone surrogates in any string;
 - ``message`` is cut to :data:`MAX_MESSAGE_CHARS`, ``longrepr``/``stdout``/``stderr`` to
   :data:`MAX_TEXT_CHARS`, with ``…[truncated N bytes]`` appended (as the returner does);
-- NUL characters in free text are replaced (SQLite's C API would cut strings at them) and
-  lone surrogates (valid JSON escapes, invalid UTF-8) become U+FFFD.
+- NUL characters in free text are replaced (C code reading the database would cut strings
+  at them).
 
 Timestamps are normalised to UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` so they sort as text.
 """
@@ -18,20 +20,31 @@ Timestamps are normalised to UTC ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` so they sort as
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 RESULT_FORMAT = "distmon-result/1"
 JOB_FORMAT = "distmon-job/1"
 
 MAX_ID_BYTES = 255
-MAX_NODEID_BYTES = 4096
+MAX_NODEID_CHARS = 4096
 MAX_MESSAGE_CHARS = 4096
 MAX_TEXT_CHARS = 65536
 MAX_SHORT_CHARS = 1024
 MAX_JSON_BLOB_BYTES = 256 * 1024
+
+_ID_FORBIDDEN = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]")
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -52,7 +65,7 @@ def id_problem(value: object) -> str | None:
         return "not valid UTF-8"
     if size > MAX_ID_BYTES:
         return f"longer than {MAX_ID_BYTES} bytes"
-    if any(ch in "/\\" or ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in value):
+    if _ID_FORBIDDEN.search(value):
         return "contains '/', '\\', NUL or control characters"
     return None
 
@@ -88,15 +101,6 @@ def _capped(limit: int):
         return value
 
     return cap
-
-
-def _bounded_key(value: str) -> str:
-    value = _clean_text(value)
-    if len(value) > MAX_NODEID_BYTES or len(value.encode("utf-8")) > MAX_NODEID_BYTES:
-        raise ValueError(f"longer than {MAX_NODEID_BYTES} bytes")
-    if any(ord(ch) < 32 for ch in value):
-        raise ValueError("contains control characters")
-    return value
 
 
 def normalize_timestamp(value: str) -> str:
@@ -140,8 +144,10 @@ def describe_validation_error(err: ValidationError) -> str:
 
 
 Identifier = Annotated[str, AfterValidator(_check_id)]
-NodeKey = Annotated[str, AfterValidator(_bounded_key)]
-Short = Annotated[str, AfterValidator(_capped(MAX_SHORT_CHARS))]
+# Constraints checked by pydantic-core itself (no Python call per field: ingest speed matters).
+_NO_CONTROL = r"^[^\x00-\x1f]*$"
+NodeKey = Annotated[str, StringConstraints(max_length=MAX_NODEID_CHARS, pattern=_NO_CONTROL)]
+Short = Annotated[str, StringConstraints(max_length=MAX_SHORT_CHARS, pattern=_NO_CONTROL)]
 Message = Annotated[str, AfterValidator(_capped(MAX_MESSAGE_CHARS))]
 LongText = Annotated[str, AfterValidator(_capped(MAX_TEXT_CHARS))]
 Timestamp = Annotated[str, AfterValidator(normalize_timestamp)]

@@ -1,0 +1,91 @@
+"""Retention: delete runs (and their results) older than an age, keeping the summaries usable.
+
+.. code-block:: bash
+
+    python -m dashboard prune --older-than 90d
+
+What stays consistent after a prune:
+
+- ``counters`` ``runs`` and ``results`` go down by what was deleted;
+- ``minions.runs`` goes down, ``minions.last_run_id`` / ``grains`` point at the newest run left
+  (NULL when none is left; the minion itself and its first/last seen times are kept);
+- ``test_status`` rows whose latest run was deleted (the test did not run on that minion inside
+  the kept window) are removed; other rows keep their lifetime counters (runs, fails, flips,
+  total_duration count everything ever ingested, not only what is retained).
+
+Runs are deleted in chunks, one short write transaction each, so the app's ingester and its
+logins never wait long behind a prune.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+from dashboard.db import Database
+from dashboard.models import format_timestamp
+
+PRUNE_CHUNK = 500
+_AGE = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks", "": "days"}
+
+
+def parse_age(text: str) -> timedelta:
+    """``"90d"`` -> 90 days. Units: s, m, h, d (default), w. Raises ValueError on anything else."""
+    match = _AGE.match(text or "")
+    if not match:
+        raise ValueError(f"not an age: {text!r} (examples: 90d, 12h, 2w)")
+    amount, unit = int(match.group(1)), match.group(2).lower()
+    try:
+        return timedelta(**{_UNITS[unit]: amount})
+    except OverflowError:
+        raise ValueError(f"age too large: {text!r}") from None
+
+
+def _prune_chunk(conn: sqlite3.Connection, cutoff: str) -> int:
+    run_ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM runs WHERE started_at < ? ORDER BY started_at LIMIT ?", (cutoff, PRUNE_CHUNK)
+        )
+    ]
+    if not run_ids:
+        return 0
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS prune_runs (id INTEGER PRIMARY KEY)")
+    conn.execute("DELETE FROM prune_runs")
+    conn.executemany("INSERT INTO prune_runs (id) VALUES (?)", [(run_id,) for run_id in run_ids])
+    results = conn.execute("SELECT count(*) FROM results WHERE run_id IN (SELECT id FROM prune_runs)").fetchone()[0]
+    per_minion = conn.execute(
+        "SELECT minion_id, count(*) FROM runs WHERE id IN (SELECT id FROM prune_runs) GROUP BY minion_id"
+    ).fetchall()
+    conn.execute("DELETE FROM results WHERE run_id IN (SELECT id FROM prune_runs)")
+    conn.execute("DELETE FROM test_status WHERE last_run_id IN (SELECT id FROM prune_runs)")
+    conn.execute("DELETE FROM runs WHERE id IN (SELECT id FROM prune_runs)")
+    for minion_id, count in per_minion:
+        conn.execute(
+            "UPDATE minions SET runs = max(runs - ?1, 0), "
+            "last_run_id = (SELECT id FROM runs WHERE minion_id = ?2 ORDER BY started_at DESC, id DESC LIMIT 1) "
+            "WHERE id = ?2",
+            (count, minion_id),
+        )
+        conn.execute(
+            "UPDATE minions SET grains = coalesce((SELECT grains FROM runs WHERE runs.id = minions.last_run_id), grains) "
+            "WHERE id = ?",
+            (minion_id,),
+        )
+    conn.executemany(
+        "UPDATE counters SET value = max(value - ?, 0) WHERE name = ?", [(len(run_ids), "runs"), (results, "results")]
+    )
+    return len(run_ids)
+
+
+async def prune(db: Database, older_than: timedelta) -> int:
+    """Delete runs that started more than ``older_than`` ago; returns how many runs were deleted."""
+    cutoff = format_timestamp(datetime.now(UTC) - older_than)
+    deleted = 0
+    while True:
+        count = await db.write(_prune_chunk, cutoff)
+        deleted += count
+        if count < PRUNE_CHUNK:
+            return deleted
