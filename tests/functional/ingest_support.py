@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 from dashboard.config import Settings
+from dashboard.db import Database, connect_sync
+from dashboard.ingest import IngestReport, ingest_pending
 
 COUNT_KEYS = {"passed": "passed", "failed": "failed", "skipped": "skipped", "xfailed": "xfailed", "xpassed": "xpassed", "error": "errors"}
 
@@ -120,3 +123,27 @@ def quarantined(settings: Settings) -> dict[str, str]:
     for reason in root.rglob("*.reason"):
         found[str(reason.relative_to(root))[: -len(".reason")]] = reason.read_text()
     return found
+
+
+def ingest(settings) -> IngestReport:
+    async def once() -> IngestReport:
+        db = Database(settings.db_path)
+        await db.open()
+        try:
+            return await ingest_pending(db, settings)
+        finally:
+            await db.close()
+
+    return asyncio.run(once())
+
+
+def rows(settings, sql: str, params=()) -> list[dict]:
+    conn = connect_sync(settings.db_path)
+    try:
+        return [dict(row) for row in conn.execute(sql, params)]
+    finally:
+        conn.close()
+
+
+def counters(settings) -> dict[str, int]:
+    return {row["name"]: row["value"] for row in rows(settings, "SELECT name, value FROM counters")}

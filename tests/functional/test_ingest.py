@@ -18,34 +18,20 @@ from pathlib import Path
 import pytest
 
 from dashboard.db import Database, connect_sync
-from dashboard.ingest import CRASH_AFTER_COMMIT_ENV, IngestReport, ingest_pending, run_ingester
-from tests.functional.ingest_support import drop, drop_doc, make_doc, make_settings, quarantined, test_entry
+from dashboard.ingest import CRASH_AFTER_COMMIT_ENV, IngestReport, run_ingester
+from tests.functional.ingest_support import (
+    counters,
+    drop,
+    drop_doc,
+    ingest,
+    make_doc,
+    make_settings,
+    quarantined,
+    rows,
+    test_entry,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def ingest(settings) -> IngestReport:
-    async def once() -> IngestReport:
-        db = Database(settings.db_path)
-        await db.open()
-        try:
-            return await ingest_pending(db, settings)
-        finally:
-            await db.close()
-
-    return asyncio.run(once())
-
-
-def rows(settings, sql: str, params=()) -> list[dict]:
-    conn = connect_sync(settings.db_path)
-    try:
-        return [dict(row) for row in conn.execute(sql, params)]
-    finally:
-        conn.close()
-
-
-def counters(settings) -> dict[str, int]:
-    return {row["name"]: row["value"] for row in rows(settings, "SELECT name, value FROM counters")}
 
 
 @pytest.fixture
