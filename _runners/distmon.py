@@ -153,7 +153,7 @@ def _prompt(label: str) -> str:
     return answer.strip()
 
 
-def _ask_missing(path, tgt):
+def _ask_missing(path, tgt, tgt_type: str):
     """Ask for a missing path or target on a terminal, as the original tool did."""
     if path and tgt:
         return path, tgt
@@ -163,7 +163,8 @@ def _ask_missing(path, tgt):
     if not path:
         path = _prompt("Test path (file, directory or salt://...)")
     if not tgt:
-        tgt = _prompt("Target minions (glob, e.g. web-*)")
+        example = "web-1,web-2" if tgt_type == "list" else "web-*"
+        tgt = _prompt(f"Target minions ({tgt_type}, e.g. {example})")
     if not path or not tgt:
         raise DistmonUsageError(f"{missing} missing\n{USAGE}")
     return path, tgt
@@ -507,9 +508,9 @@ def run(
         salt-run distmon.run path=/srv/tests tgt='G@os:Debian' tgt_type=compound args='-k smoke'
         salt-run distmon.run path=/srv/tests tgt='*' --out json
     """
-    path, tgt = _ask_missing(path, tgt)
     if tgt_type not in TARGET_TYPES:
         raise DistmonUsageError(f"tgt_type {tgt_type!r} is not one of {', '.join(TARGET_TYPES)}\n{USAGE}")
+    path, tgt = _ask_missing(path, tgt, tgt_type)
     target = _split_target(tgt, tgt_type)
     timeout = _as_number(timeout, int, "timeout") or int(__opts__["timeout"])
     gather_job_timeout = _as_number(gather_job_timeout, int, "gather_job_timeout") or int(
@@ -542,12 +543,14 @@ def run(
 
         rows: dict = {}
         hard_deadline = time.monotonic() + max_wait
+        gave_up = False
         for event in client.get_iter_returns(
             jid, set(targeted), timeout=timeout, tgt=target, tgt_type=tgt_type,
             block=False, gather_job_timeout=gather_job_timeout, expect_minions=False,
         ):
             if time.monotonic() > hard_deadline:
                 log.warning("distmon: job %s: max_wait %s s reached", jid, max_wait)
+                gave_up = True
                 break
             if not event:
                 time.sleep(0.05)
@@ -561,7 +564,11 @@ def run(
 
     for minion in targeted:
         if minion not in rows:
-            rows[minion] = {"jid": jid, **_no_return_row(f"no return within the timeout ({timeout} s)")}
+            reason = (
+                f"still no return when max_wait ({max_wait:g} s) ran out" if gave_up
+                else f"no answer within the timeout ({timeout} s): down, or the job was lost"
+            )
+            rows[minion] = {"jid": jid, **_no_return_row(reason)}
             _progress(_progress_line(minion, rows[minion]))
     return _finish(rows, targeted)
 

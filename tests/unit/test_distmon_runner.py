@@ -225,6 +225,7 @@ def test_max_wait_stops_waiting_on_a_minion_that_runs_forever():
         ret = runner.run(path="/srv/tests", tgt="web-1", max_wait="0.3")
     assert time.monotonic() - started < 5
     assert ret["web-1"]["status"] == "no_return"
+    assert "max_wait (0.3 s)" in ret["web-1"]["message"]
     assert ret["retcode"] == 1
 
 
@@ -267,14 +268,21 @@ def test_bad_or_missing_arguments_are_usage_errors(no_tty, kwargs, message):
 
 
 def test_missing_arguments_are_asked_for_on_a_terminal():
-    answers = iter(["/srv/tests", "web-*"])
-    client = FakeClient(["web-1"], [{"web-1": {"ret": pytest_result(), "retcode": 0}}])
-    with mock.patch.object(sys, "stdin") as stdin, mock.patch("builtins.input", lambda prompt: next(answers)), \
-            use_client(client):
+    answers = iter(["/srv/tests", "web-1, web-2"])
+    prompts = []
+
+    def answer(prompt):
+        prompts.append(prompt)
+        return next(answers)
+
+    client = FakeClient(["web-1", "web-2"], [{"web-1": {"ret": pytest_result(), "retcode": 0},
+                                              "web-2": {"ret": pytest_result(), "retcode": 0}}])
+    with mock.patch.object(sys, "stdin") as stdin, mock.patch("builtins.input", answer), use_client(client):
         stdin.isatty.return_value = True
-        ret = runner.run()
+        ret = runner.run(tgt_type="list")
+    assert prompts == ["Test path (file, directory or salt://...): ", "Target minions (list, e.g. web-1,web-2): "]
     assert client.published["arg"] == ["/srv/tests"]
-    assert client.published["tgt"] == "web-*"
+    assert client.published["tgt"] == ["web-1", "web-2"]
     assert ret["retcode"] == 0
 
 
