@@ -8,8 +8,10 @@ distmon.host: the storage host the minions upload their results to.
 - the minions' public keys (pillar `distmon:storage:authorized_keys`), each
   with `restrict`;
 - the Match block as a drop-in (`distmon:storage:sshd_config`, default
-  /etc/ssh/sshd_config.d/distmon.conf), never an edit of the main sshd_config;
-  sshd -t checks it and sshd is reloaded when it changed (real systems only);
+  /etc/ssh/sshd_config.d/distmon.conf), never an edit of the main sshd_config
+  (Debian and Ubuntu include sshd_config.d/*.conf; elsewhere add the Include);
+  `sshd -t` checks the result and sshd is reloaded only when that passed
+  (systemd hosts; not in a scratch root);
 - the database, archive and quarantine directories;
 - the dashboard (with its ingester) in its own virtualenv, run by a systemd
   unit where systemd runs. It moves ingested files out of the inbox, so it runs
