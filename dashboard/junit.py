@@ -130,7 +130,10 @@ def parse_junit(raw: bytes, *, source: str, jid: str, mtime: float) -> dict[str,
         status = "failed"
     else:
         status = "passed"
-    finished = started + timedelta(seconds=duration)
+    try:
+        finished = started + timedelta(seconds=duration)
+    except OverflowError:  # a timestamp near year 9999
+        finished = started
     return {
         "format": RESULT_FORMAT,
         "jid": jid,
