@@ -19,6 +19,7 @@ wrote ``.run/stack.env``, unset variables fall back to the local stack's values,
 | DISTMON_SCAN_INTERVAL | 0.2 | seconds between inbox scans (the watcher's backstop) |
 | DISTMON_REGISTRATION | approval | approval, open or closed |
 | DISTMON_SECURE_COOKIES | auto | auto (Secure when the request is https), 1, 0 |
+| DISTMON_BCRYPT_ROUNDS | 12 | bcrypt cost (read by dashboard/security.py; tests lower it, never below 4) |
 """
 
 from __future__ import annotations
