@@ -17,10 +17,11 @@ Every key and its default: states/distmon/defaults.yaml and pillar.example.
 {%- from "distmon/map.jinja" import distmon, salt_python, test_python, config_dir with context %}
 {%- set key_dir = distmon.key.rsplit('/', 1)[0] %}
 {%- set known_hosts_dir = distmon.known_hosts.rsplit('/', 1)[0] %}
-{%- set salt_call = distmon.salt_call ~ ' -c ' ~ config_dir %}
-{%- set run_command = salt_call ~ ' pytestrun.run ' ~ distmon.tests_dir
-      ~ ((' args=' ~ (distmon.pytest_args | yaml_squote)) if distmon.pytest_args else '')
-      ~ ((' python=' ~ test_python) if test_python != salt_python else '')
+{%- set salt_call = (distmon.salt_call | quote) ~ ' -c ' ~ (config_dir | quote) %}
+{#- cron hands the line to /bin/sh: every value from pillar is shell-quoted. #}
+{%- set run_command = salt_call ~ ' pytestrun.run ' ~ (distmon.tests_dir | quote)
+      ~ ((' args=' ~ (distmon.pytest_args | quote)) if distmon.pytest_args else '')
+      ~ ((' python=' ~ (test_python | quote)) if test_python != salt_python else '')
       ~ ' --return distmon --out quiet -l quiet' %}
 {%- set flush_command = salt_call ~ ' distmon.flush --out quiet -l quiet' %}
 
@@ -96,7 +97,7 @@ distmon-tests-dir:
 
 distmon-cron-run:
   cron.present:
-    - name: {{ run_command | json }}
+    - name: {{ run_command | replace('%', '\\%') | json }}  {#- a bare % is a newline to cron #}
     - identifier: {{ distmon.cron_identifier }}
     - user: {{ distmon.cron_user }}
     {%- for field in ('minute', 'hour', 'daymonth', 'month', 'dayweek') %}

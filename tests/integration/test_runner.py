@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pty
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import start_minion
+from tests.conftest import REPO_ROOT, start_minion
 
 pytestmark = pytest.mark.integration
 
@@ -121,11 +122,17 @@ def test_glob_run_reports_every_minion_as_json_and_writes_the_manifest(
     assert manifest["started_at"].endswith("Z")
 
 
-def test_list_run_with_a_failing_test_prints_a_table_and_exits_non_zero(salt_master, minions, suites):
-    proc = run_salt_run(
+@pytest.fixture(scope="module")
+def mixed_run(salt_master, minions, suites) -> subprocess.CompletedProcess:
+    """One list-targeted run of a suite with a failure, printed for a human (no --out)."""
+    return run_salt_run(
         salt_master, "distmon.run", f"path={suites / 'mixed'}", f"tgt={','.join(minions)}", "tgt_type=list",
         "args=-p no:randomly -q",
     )
+
+
+def test_list_run_with_a_failing_test_prints_a_table_and_exits_non_zero(mixed_run, minions):
+    proc = mixed_run
     out = proc.stdout
     assert proc.returncode == 1, (out, proc.stderr)
     for minion in minions:
@@ -189,17 +196,14 @@ def test_stopped_minion_is_reported_not_returned_and_exit_is_non_zero(salt_maste
     assert elapsed < 60, "a down minion must not be waited on for long"
 
 
-def test_results_reads_an_earlier_run_from_the_job_cache(salt_run_cli, minions, suites):
-    first = salt_run_cli.run(
-        "distmon.run", f"path={suites / 'mixed'}", f"tgt={minions[0]}", "tgt_type=list"
-    )
-    assert first.returncode == 1, first
-    jid = first.data[minions[0]]["jid"]
+def test_results_reads_an_earlier_run_from_the_job_cache(salt_run_cli, mixed_run, minions):
+    jid = jid_of(mixed_run.stdout)
     again = salt_run_cli.run("distmon.results", f"jid={jid}")
     assert again.returncode == 1, again
-    row = again.data[minions[0]]
-    assert (row["passed"], row["failed"], row["skipped"], row["status"]) == (1, 1, 1, "failed")
-    assert row["jid"] == jid
+    for minion in minions:
+        row = again.data[minion]
+        assert (row["passed"], row["failed"], row["skipped"], row["status"]) == (1, 1, 1, "failed")
+        assert row["jid"] == jid
     missing = salt_run_cli.run("distmon.results", "jid=20000101000000000000")
     assert missing.returncode == 1
     assert "not in the job cache" in missing.stdout
@@ -278,3 +282,27 @@ def test_status_reports_minions_storage_host_and_spools(salt_run_cli, minions, s
     for minion in minions:
         assert minion in data["spool"]
     assert ret.returncode == data["retcode"]
+
+
+def test_status_refuses_a_storage_host_whose_key_is_not_pinned(storage_host, tmp_path):
+    """The same check distmon.status makes, with a known_hosts that pins another key."""
+    spec = importlib.util.spec_from_file_location("distmon_runner_keycheck", REPO_ROOT / "_runners" / "distmon.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kind, blob = other.with_suffix(".pub").read_text().split()[:2]
+    options = {**storage_host.returner_config(), "deadline": 10.0}
+
+    (tmp_path / "wrong").write_text(f"[127.0.0.1]:{storage_host.port} {kind} {blob}\n")
+    wrong = module._check_storage_host({**options, "known_hosts": str(tmp_path / "wrong")})
+    assert wrong["reachable"] is True and wrong["host_key_verified"] is False and wrong["login"] is False
+    assert "does not match known_hosts" in wrong["error"]
+
+    (tmp_path / "empty").write_text("")
+    unknown = module._check_storage_host({**options, "known_hosts": str(tmp_path / "empty")})
+    assert unknown["host_key_verified"] is False and "not found in known_hosts" in unknown["error"]
+
+    pinned = module._check_storage_host(options)
+    assert pinned["host_key_verified"] and pinned["login"] and pinned["inbox"] == storage_host.remote_inbox
+
