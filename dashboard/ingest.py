@@ -157,7 +157,15 @@ class RunRecord:
     grains: str
     message: str | None
     signed: int
-    tests: list[Any]  # TestEntry
+    tests: list[dict[str, Any]]  # TestEntry dicts
+    # Precomputed off the writer's thread (see _flatten): result rows without run/test ids, and
+    # one (worst outcome, summed duration) per test for the summaries.
+    rows: list[tuple] = field(default_factory=list)
+    per_test: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.tests and not self.rows:
+            self.rows, self.per_test = _flatten(self.tests)
 
 
 @dataclass
@@ -358,6 +366,28 @@ def _junit_sources(settings: Settings) -> set[str]:
     return {item.strip() for item in value if item and item.strip()}
 
 
+def _flatten(tests: list[dict[str, Any]]) -> tuple[list[tuple], dict[str, tuple[str, float]]]:
+    rows = []
+    per_test: dict[str, tuple[str, float]] = {}
+    for t in tests:
+        nodeid, outcome, duration = t["nodeid"], t["outcome"], t.get("duration", 0.0)
+        markers = t.get("markers")
+        rows.append(
+            (
+                nodeid, t["when"], outcome, duration, t.get("message"), t.get("longrepr"), t.get("stdout"),
+                t.get("stderr"), json.dumps(markers) if markers else "[]",
+            )
+        )  # fmt: skip
+        seen = per_test.get(nodeid)
+        if seen is None:
+            per_test[nodeid] = (outcome, duration)
+        else:
+            # One outcome per test and run: the worst of its entries (passed + teardown error = error).
+            worst = outcome if _PRECEDENCE[outcome] < _PRECEDENCE[seen[0]] else seen[0]
+            per_test[nodeid] = (worst, seen[1] + duration)
+    return rows, per_test
+
+
 def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signed: bool) -> RunRecord:
     result = doc.result
     if isinstance(result, PytestResult):
@@ -439,17 +469,26 @@ class Preparer:
         if candidate.kind == "junit":
             return self._prepare_junit(candidate, stem, cap)
         raw = _read(candidate, cap)
-        document = _decode_json(raw)
-        if not isinstance(document, dict):
-            raise _Reject(f"not a JSON object but a {type(document).__name__}")
         if candidate.kind == "job":
-            return self._prepare_job(candidate, stem, document)
-        if document.get("format") != RESULT_FORMAT:
-            raise _Reject(f"wrong schema: format is {str(document.get('format'))[:60]!r}, not {RESULT_FORMAT!r}")
-        try:
-            doc = ResultDocument.model_validate(document)
-        except ValidationError as err:
-            raise _Reject(f"wrong schema: {describe_validation_error(err)}") from None
+            return self._prepare_job(candidate, stem, _decode_json(raw))
+        doc = None
+        if not settings.require_signature:
+            # Fast path: parse and validate in one pass in pydantic-core (no intermediate dict).
+            doc = self._validate_json(raw)
+            if doc.signature is not None:
+                doc = None  # verify on the exact object json.loads builds, then validate that
+        if doc is None:
+            document = _decode_json(raw)
+            if not isinstance(document, dict):
+                raise _Reject(f"not a JSON object but a {type(document).__name__}")
+            if document.get("format") != RESULT_FORMAT:
+                raise _Reject(f"wrong schema: format is {str(document.get('format'))[:60]!r}, not {RESULT_FORMAT!r}")
+            try:
+                doc = ResultDocument.model_validate(document)
+            except ValidationError as err:
+                raise _Reject(f"wrong schema: {describe_validation_error(err)}") from None
+        else:
+            document = {}
         if doc.minion_id != candidate.dir_name:
             raise _Reject(
                 f"minion_id {doc.minion_id[:80]!r} in the file differs from its inbox directory {candidate.dir_name!r}"
@@ -464,6 +503,26 @@ class Preparer:
         if doc.signature is not None and not signed:
             log.warning("storing %s/%s as unsigned: its signature could not be verified", doc.minion_id, doc.jid)
         return _run_record(doc, candidate, source="distmon", signed=signed)
+
+    @staticmethod
+    def _validate_json(raw: bytes) -> ResultDocument:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise _Reject(f"not valid UTF-8 (byte {err.start})") from None
+        try:
+            return ResultDocument.model_validate_json(text)
+        except ValidationError as err:
+            first = err.errors(include_url=False, include_input=False)[0]
+            if first["type"] == "json_invalid":
+                if "recursion limit" in first["msg"]:
+                    raise _Reject("not valid JSON: nested too deeply") from None
+                raise _Reject(f"not valid JSON: {first['msg'].removeprefix('Invalid JSON: ')[:200]}") from None
+            if first["type"] == "model_type":
+                raise _Reject("not a JSON object") from None
+            if first["loc"] == ("format",):
+                raise _Reject(f"wrong schema: format is not {RESULT_FORMAT!r}") from None
+            raise _Reject(f"wrong schema: {describe_validation_error(err)}") from None
 
     def _prepare_junit(self, candidate: Candidate, stem: str, cap: int) -> RunRecord:
         settings = self.settings
@@ -530,16 +589,11 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def _verdict(outcome: str | None) -> str | None:
-    if outcome in _FAIL:
-        return "fail"
-    if outcome in _PASS:
-        return "pass"
-    return None
-
-
 def _fold(row: dict | None, minion_id: int, test_id: int, run_id: int, started_at: str, outcome: str, duration: float) -> dict:
-    """Apply one run's outcome of one test to its test_status row (runs must come oldest first)."""
+    """Apply one run's outcome of one test to its test_status row (runs must come oldest first).
+
+    Updates ``row`` in place (a new row when None) and returns it.
+    """
     if row is None:
         row = {
             "minion_id": minion_id,
@@ -551,22 +605,21 @@ def _fold(row: dict | None, minion_id: int, test_id: int, run_id: int, started_a
             "last_pass_at": None,
             "total_duration": 0.0,
         }
-    else:
-        row = dict(row)
     # The last pass/fail verdict, skipping neutral outcomes (skipped): a failing streak is open
     # exactly when first_fail_at is set; otherwise the last verdict was a pass if there ever was one.
-    previous = "fail" if row["first_fail_at"] else ("pass" if row["last_pass_at"] else None)
-    verdict = _verdict(outcome)
     row["runs"] += 1
     row["total_duration"] += duration or 0.0
-    if verdict == "fail":
+    if outcome in _FAIL:
         row["fails"] += 1
-        row["first_fail_at"] = row["first_fail_at"] or started_at
-    elif verdict == "pass":
-        row["first_fail_at"] = None
+        if not row["first_fail_at"]:
+            if row["last_pass_at"]:
+                row["flips"] += 1
+            row["first_fail_at"] = started_at
+    elif outcome in _PASS:
+        if row["first_fail_at"]:
+            row["flips"] += 1
+            row["first_fail_at"] = None
         row["last_pass_at"] = started_at
-    if previous and verdict and previous != verdict:
-        row["flips"] += 1
     row["last_run_id"] = run_id
     row["last_outcome"] = outcome
     row["last_started_at"] = started_at
@@ -578,8 +631,14 @@ _STATUS_COLUMNS = (
     "first_fail_at", "last_pass_at", "total_duration",
 )  # fmt: skip
 _INSERT_STATUS = (
-    f"INSERT OR REPLACE INTO test_status ({', '.join(_STATUS_COLUMNS)}) "  # noqa: S608 (constant columns)
+    f"INSERT INTO test_status ({', '.join(_STATUS_COLUMNS)}) "  # noqa: S608 (constant columns)
     f"VALUES ({', '.join('?' for _ in _STATUS_COLUMNS)})"
+)
+# Existing rows are updated in place, not REPLACEd: a REPLACE deletes and re-inserts the row in
+# the table and both its indexes, which cost more than inserting the results themselves.
+_UPDATE_STATUS = (
+    "UPDATE test_status SET last_run_id = ?, last_outcome = ?, last_started_at = ?, runs = ?, fails = ?, "
+    "flips = ?, first_fail_at = ?, last_pass_at = ?, total_duration = ? WHERE minion_id = ? AND test_id = ?"
 )
 _INSERT_RUN = """
     INSERT INTO runs (minion_id, jid, fun, source, status, exitcode, passed, failed, skipped, xfailed,
@@ -602,6 +661,7 @@ class _Batch:
         self.ids = ids
         self.status: dict[tuple[int, int], dict | None] = {}
         self.dirty: set[tuple[int, int]] = set()
+        self.stored: set[tuple[int, int]] = set()  # keys that have a row in the database
         self.minions: dict[int, dict] = {}
         self.runs = 0
         self.results = 0
@@ -644,14 +704,14 @@ class _Batch:
         return state
 
     # tests --------------------------------------------------------------------------------
-    def test_ids(self, tests: list) -> dict[str, int]:
+    def test_ids(self, record: RunRecord) -> dict[str, int]:
         known = self.ids.tests
-        missing = {t.nodeid: t for t in tests if t.nodeid not in known}
-        if missing:
+        if any(nodeid not in known for nodeid in record.per_test):
+            missing = {t["nodeid"]: t for t in record.tests if t["nodeid"] not in known}
             before = self.conn.total_changes
             self.conn.executemany(
                 "INSERT INTO tests (nodeid, file, line) VALUES (?, ?, ?) ON CONFLICT (nodeid) DO NOTHING",
-                [(t.nodeid, t.file or t.nodeid.split("::", 1)[0], t.line) for t in missing.values()],
+                [(nodeid, t.get("file") or nodeid.split("::", 1)[0], t.get("line")) for nodeid, t in missing.items()],
             )
             self.new_tests += self.conn.total_changes - before
             for chunk in _chunks(list(missing), SQL_CHUNK):
@@ -675,6 +735,7 @@ class _Batch:
                 [minion_id, *chunk],
             ):
                 self.status[(minion_id, row[1])] = dict(zip(_STATUS_COLUMNS, row, strict=True))
+                self.stored.add((minion_id, row[1]))
 
     def recompute_status(self, minion_id: int, test_id: int) -> dict | None:
         """Rebuild a test_status row from the full history (for out-of-order arrivals)."""
@@ -719,46 +780,35 @@ class _Batch:
             return "duplicate"
         run_id = cursor.lastrowid
         self.runs += 1
-        tests = record.tests
-        if tests:
-            ids = self.test_ids(tests)
+        if record.rows:
+            ids = self.test_ids(record)
             conn.executemany(
                 _INSERT_RESULT,
                 [
-                    (
-                        run_id, ids[t.nodeid], t.when, t.outcome, t.duration, t.message, t.longrepr,
-                        t.stdout, t.stderr, json.dumps(t.markers) if t.markers else "[]",
-                    )
-                    for t in tests
+                    (run_id, ids[nodeid], when, outcome, duration, message, longrepr, stdout, stderr, markers)
+                    for nodeid, when, outcome, duration, message, longrepr, stdout, stderr, markers in record.rows
                 ],
-            )  # fmt: skip
-            self.results += len(tests)
+            )
+            self.results += len(record.rows)
             self._update_status(minion_id, run_id, record, ids)
         self._update_minion(minion_id, run_id, record)
         return "ingested"
 
     def _update_status(self, minion_id: int, run_id: int, record: RunRecord, ids: dict[str, int]) -> None:
-        per_test: dict[int, list] = {}
-        for t in record.tests:
-            tid = ids[t.nodeid]
-            seen = per_test.get(tid)
-            if seen is None:
-                per_test[tid] = [t.outcome, t.duration or 0.0]
-            else:
-                if _PRECEDENCE[t.outcome] < _PRECEDENCE[seen[0]]:
-                    seen[0] = t.outcome
-                seen[1] += t.duration or 0.0
-        self.load_status(minion_id, list(per_test))
-        order = (record.started_at, run_id)
-        for tid, (outcome, duration) in per_test.items():
+        per_test = record.per_test
+        self.load_status(minion_id, [ids[nodeid] for nodeid in per_test])
+        status, dirty = self.status, self.dirty
+        started_at = record.started_at
+        for nodeid, (outcome, duration) in per_test.items():
+            tid = ids[nodeid]
             key = (minion_id, tid)
-            row = self.status[key]
-            if row is not None and order < (row["last_started_at"], row["last_run_id"]):
+            row = status[key]
+            if row is not None and (started_at, run_id) < (row["last_started_at"], row["last_run_id"]):
                 # An older run arrived after a newer one: rebuild from history (its results are in).
-                self.status[key] = self.recompute_status(minion_id, tid)
+                status[key] = self.recompute_status(minion_id, tid)
             else:
-                self.status[key] = _fold(row, minion_id, tid, run_id, record.started_at, outcome, duration)
-            self.dirty.add(key)
+                status[key] = _fold(row, minion_id, tid, run_id, started_at, outcome, duration)
+            dirty.add(key)
 
     def _update_minion(self, minion_id: int, run_id: int, record: RunRecord) -> None:
         state = self.minion_state(minion_id)
@@ -784,11 +834,22 @@ class _Batch:
 
     def flush(self) -> None:
         conn = self.conn
-        if self.dirty:
-            conn.executemany(
-                _INSERT_STATUS,
-                [tuple(self.status[key][c] for c in _STATUS_COLUMNS) for key in self.dirty if self.status[key]],
-            )
+        updates, inserts = [], []
+        for key in self.dirty:
+            row = self.status[key]
+            if key in self.stored:
+                updates.append(
+                    (
+                        row["last_run_id"], row["last_outcome"], row["last_started_at"], row["runs"], row["fails"],
+                        row["flips"], row["first_fail_at"], row["last_pass_at"], row["total_duration"], key[0], key[1],
+                    )
+                )  # fmt: skip
+            else:
+                inserts.append(tuple(row[c] for c in _STATUS_COLUMNS))
+        if updates:
+            conn.executemany(_UPDATE_STATUS, updates)
+        if inserts:
+            conn.executemany(_INSERT_STATUS, inserts)
         for minion_id, state in self.minions.items():
             if state["grains"] is None:
                 conn.execute(
@@ -898,7 +959,7 @@ def _finish(settings: Settings, records: list, outcomes: list[str], report: Inge
     for record, outcome in zip(records, outcomes, strict=True):
         if outcome == "ingested":
             report.ingested += 1
-            report.results += len(record.tests)
+            report.results += len(record.rows)
         elif outcome == "duplicate":
             report.duplicates += 1
             log.info("duplicate %s/%s: already stored, archiving the file", record.minion, record.jid)

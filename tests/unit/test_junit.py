@@ -34,12 +34,12 @@ def test_mapping_of_a_report():
     assert result.started_at == "2026-11-28T07:00:00.000000Z"
     assert result.finished_at == "2026-11-28T07:00:02.000000Z"
     ok, fail, err, skip, xfail = result.tests
-    assert (ok.nodeid, ok.file, ok.line) == ("pkg.test_mod.TestA::test_ok[1]", "pkg/test_mod.py", 12)
-    assert (fail.outcome, fail.message, fail.longrepr, fail.stdout, fail.stderr) == (
+    assert (ok["nodeid"], ok["file"], ok["line"]) == ("pkg.test_mod.TestA::test_ok[1]", "pkg/test_mod.py", 12)
+    assert (fail["outcome"], fail["message"], fail["longrepr"], fail["stdout"], fail["stderr"]) == (
         "failed", "assert 1 == 2", "long\ntraceback", "out", "err",
     )  # fmt: skip
-    assert (err.outcome, err.message) == ("error", "fixture broke")
-    assert (skip.outcome, xfail.outcome) == ("skipped", "xfailed")
+    assert (err["outcome"], err["message"]) == ("error", "fixture broke")
+    assert (skip["outcome"], xfail["outcome"]) == ("skipped", "xfailed")
 
 
 def test_testsuites_root_and_namespaces_and_no_timestamp():
