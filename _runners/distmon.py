@@ -78,6 +78,7 @@ TABLE_COLUMNS = ("minion", "passed", "failed", "skipped", "errors", "duration", 
 NO_RETURN = "no_return"
 # A path component the storage host accepts (docs/result-format.md, identifiers).
 SAFE_NAME = re.compile(r"^[0-9A-Za-z_.-]{1,255}$")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 USAGE = (
     "usage: salt-run distmon.run path=<file|dir|salt://...> tgt=<target> "
     "[tgt_type=glob|pcre|list|grain|compound] [timeout=<s>] [args='<pytest args>'] "
@@ -215,7 +216,7 @@ def summarize_return(ret, retcode=None) -> dict:
         if isinstance(test, dict) and test.get("outcome") in ("failed", "error")
     ]
     summary = {
-        "status": str(ret.get("status") or "error"),
+        "status": _printable(ret.get("status") or "error")[:40],
         **{key: int(counts.get(key) or 0) for key in COUNT_KEYS},
         "duration": ret.get("duration"),
         "retcode": retcode if retcode is not None else int(ret.get("exitcode") or 0),
@@ -241,9 +242,14 @@ def _row_failed(row: dict) -> bool:
     return row["status"] != "passed"
 
 
+def _printable(text) -> str:
+    """Test ids and messages come from the minions: no control characters reach the terminal."""
+    return CONTROL_CHARS.sub("?", str(text))
+
+
 def _first_line(text) -> str:
     lines = str(text or "").strip().splitlines()
-    return lines[0][:200] if lines else ""
+    return _printable(lines[0][:200]) if lines else ""
 
 
 def _progress_line(minion: str, row: dict, max_failures: int = 5) -> str:
@@ -261,7 +267,8 @@ def _progress_line(minion: str, row: dict, max_failures: int = 5) -> str:
         line += f" ({_first_line(row['message'])})"
     for failure in row["failures"][:max_failures]:
         reason = _first_line(failure.get("message"))
-        line += f"\n    {failure['outcome'].upper()} {failure['nodeid']}" + (f" - {reason}" if reason else "")
+        nodeid = _printable(failure["nodeid"])
+        line += f"\n    {str(failure['outcome']).upper()} {nodeid}" + (f" - {reason}" if reason else "")
     if len(row["failures"]) > max_failures:
         line += f"\n    ... and {len(row['failures']) - max_failures} more"
     return line

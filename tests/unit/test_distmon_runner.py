@@ -380,3 +380,12 @@ def test_status_reports_down_minions_an_unconfigured_host_and_spools():
     assert "distmon.host is not set" in ret["storage_host"]["error"]
     assert ret["spool"] == {"web-1": {"waiting": 2, "results": []}}
     assert ret["retcode"] == 1
+
+
+def test_progress_never_prints_control_characters_from_a_minion():
+    row = runner.summarize_return(pytest_result(passed=0, failed=1, tests=[
+        {"nodeid": "t.py::test_x[\x1b]0;owned\x07]", "outcome": "failed", "message": "boom\x1b[2J"},
+    ]))
+    line = runner._progress_line("web-1", row)
+    assert "\x1b" not in line and "\x07" not in line
+    assert "FAILED t.py::test_x[?]0;owned?] - boom?[2J" in line
