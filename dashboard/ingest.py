@@ -47,6 +47,7 @@ How it works, and why:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import json
 import logging
@@ -55,12 +56,13 @@ import re
 import shutil
 import sqlite3
 import stat
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from pydantic import ValidationError
@@ -81,6 +83,7 @@ from dashboard.models import (
 from dashboard.signing import KeyStore, check_document
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 JOBS_DIR = "_jobs"
 JSON_NAME = re.compile(r"^[0-9A-Za-z_.-]+\.json$")
@@ -968,32 +971,81 @@ def _finish(settings: Settings, records: list, outcomes: list[str], report: Inge
         _archive(settings, record.candidate, outcome == "duplicate")
 
 
-async def _store(db: Database, settings: Settings, state: _IngestState, records: list, report: IngestReport) -> None:
+class _FileWork:
+    """Runs a pass's file-system work in threads and owns the pass's directory descriptors.
+
+    The descriptors are closed only once no thread uses them any more, even when the pass is
+    cancelled mid-way (a cancelled await does not stop its thread; a descriptor number closed
+    under a running thread could be reused for another directory).
+    """
+
+    def __init__(self) -> None:
+        self.opened: list[InboxDir] = []
+        self._busy = 0
+        self._closing = False
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        with self._lock:
+            self._busy += 1
+        future = _FILE_THREADS.submit(fn, *args)
+        future.add_done_callback(self._done)
+        return asyncio.wrap_future(future)
+
+    def _done(self, _future: concurrent.futures.Future) -> None:
+        with self._lock:
+            self._busy -= 1
+            close = self._closing and self._busy == 0
+        if close:
+            self._close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            close = self._busy == 0
+        if close:
+            self._close()
+
+    def _close(self) -> None:
+        with self._lock:
+            opened, self.opened = self.opened, []
+        for inbox_dir in opened:
+            try:
+                os.close(inbox_dir.fd)
+            except OSError:
+                pass
+
+
+# Two threads: one validates the next chunk while the other moves the files of the last one.
+_FILE_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="distmon-ingest")
+
+
+async def _store(
+    db: Database, settings: Settings, state: _IngestState, work: _FileWork, records: list, report: IngestReport
+) -> None:
     """Commit ``records`` in one transaction, then archive their files; on failure retry one by one."""
     try:
         outcomes = await db.write(write_records, records, state.ids)
     except Exception as err:
         if len(records) == 1:
-            await _handle_failure(settings, records[0], err, report)
+            await _handle_failure(settings, work, records[0], err, report)
             return
         log.warning("batch of %d files failed (%s: %s); retrying them one by one", len(records), type(err).__name__, err)
         for record in records:
-            await _store(db, settings, state, [record], report)
+            await _store(db, settings, state, work, [record], report)
         return
     _crash_hook()
-    await asyncio.to_thread(_finish, settings, records, outcomes, report)
+    await work.run(_finish, settings, records, outcomes, report)
 
 
-async def _handle_failure(settings: Settings, record, err: BaseException, report: IngestReport) -> None:
+async def _handle_failure(settings: Settings, work: _FileWork, record, err: BaseException, report: IngestReport) -> None:
     candidate = record.candidate
     if _transient(err):
         log.warning("database error on %s/%s, left in the inbox for the next scan: %s", candidate.dir_name, candidate.name, err)
         report.deferred += 1
         return
     reason = f"the database rejected it: {type(err).__name__}: {str(err)[:200]}"
-    if await asyncio.to_thread(
-        quarantine_entry, settings, candidate.inbox_dir.fd, candidate.dir_name, candidate.name, reason
-    ):
+    if await work.run(quarantine_entry, settings, candidate.inbox_dir.fd, candidate.dir_name, candidate.name, reason):
         report.quarantined += 1
 
 
@@ -1006,28 +1058,21 @@ async def ingest_pending(db: Database, settings: Settings) -> IngestReport:
     """One pass over the inbox: store every valid file found, quarantine the rest."""
     state = _state(db, settings)
     report = IngestReport()
-    opened: list[InboxDir] = []
-    pending: asyncio.Future | None = None
+    work = _FileWork()
     try:
-        candidates = await asyncio.to_thread(scan_inbox, settings, report, opened)
+        candidates = await work.run(scan_inbox, settings, report, work.opened)
         chunks = list(_chunks(candidates, BATCH_FILES))
+        pending = work.run(_prepare_chunk, state.preparer, chunks[0]) if chunks else None
         for index in range(len(chunks)):
-            if pending is None:
-                pending = asyncio.ensure_future(asyncio.to_thread(_prepare_chunk, state.preparer, chunks[index]))
             records, quarantined = await pending
             report.quarantined += quarantined
-            pending = None
             if index + 1 < len(chunks):
                 # Validation of the next chunk (CPU, in a thread) overlaps the commit of this one.
-                pending = asyncio.ensure_future(asyncio.to_thread(_prepare_chunk, state.preparer, chunks[index + 1]))
+                pending = work.run(_prepare_chunk, state.preparer, chunks[index + 1])
             if records:
-                await _store(db, settings, state, records, report)
+                await _store(db, settings, state, work, records, report)
     finally:
-        if pending is not None:
-            # The thread still uses the directory descriptors: let it finish before closing them.
-            await asyncio.gather(pending, return_exceptions=True)
-        for inbox_dir in opened:
-            os.close(inbox_dir.fd)
+        work.close()
     if report:
         log.info(
             "ingest: %d runs (%d results), %d duplicates, %d quarantined, %d manifests, %d deferred",

@@ -138,8 +138,9 @@ def _short_errors(err: ValidationError, limit: int = 5) -> str:
     """A validation error as one bounded line (for .reason files and logs)."""
     parts = []
     for item in err.errors(include_url=False, include_input=False)[:limit]:
-        where = ".".join(str(p) for p in item["loc"]) or "document"
-        parts.append(f"{where}: {item['msg']}")
+        message = item["msg"].removeprefix("Value error, ")
+        where = ".".join(str(p) for p in item["loc"])
+        parts.append(f"{where}: {message}" if where else message)
     more = err.error_count() - limit
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 

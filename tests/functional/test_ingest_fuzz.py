@@ -34,8 +34,8 @@ json_values = st.recursive(
 class Harness:
     """A real inbox directory (held by descriptor, like the ingester does) and a real database."""
 
-    def __init__(self, root: Path):
-        self.settings = make_settings(root, max_file_bytes=200_000)
+    def __init__(self, root: Path, **overrides):
+        self.settings = make_settings(root, max_file_bytes=200_000, **overrides)
         self.dir = Path(self.settings.inbox) / "web-1"
         self.dir.mkdir(parents=True)
         self.inbox_dir = InboxDir("web-1", os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY))
@@ -62,7 +62,17 @@ class Harness:
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
+    """Signatures optional: unsigned documents take the one-pass JSON validation path."""
     harness = Harness(tmp_path_factory.mktemp("fuzz"))
+    yield harness
+    os.close(harness.inbox_dir.fd)
+    harness.conn.close()
+
+
+@pytest.fixture(scope="module")
+def strict_harness(tmp_path_factory):
+    """Signatures required: every document takes the json.loads + validate path."""
+    harness = Harness(tmp_path_factory.mktemp("fuzz-strict"), require_signature=True)
     yield harness
     os.close(harness.inbox_dir.fd)
     harness.conn.close()
@@ -70,16 +80,17 @@ def harness(tmp_path_factory):
 
 @FUZZ
 @given(content=st.binary(max_size=2000))
-def test_random_bytes_never_escape(harness, content):
-    outcome = harness.prepare(content)
-    assert isinstance(outcome, Rejected)
+def test_random_bytes_never_escape(harness, strict_harness, content):
+    assert isinstance(harness.prepare(content), Rejected)
+    assert isinstance(strict_harness.prepare(content), Rejected)
 
 
 @FUZZ
 @given(value=json_values)
-def test_random_json_never_escapes(harness, value):
-    outcome = harness.prepare(json.dumps(value).encode())
-    assert isinstance(outcome, Rejected)
+def test_random_json_never_escapes(harness, strict_harness, value):
+    content = json.dumps(value).encode()
+    assert isinstance(harness.prepare(content), Rejected)
+    assert isinstance(strict_harness.prepare(content), Rejected)
 
 
 def _paths(value, prefix=()):
@@ -102,7 +113,7 @@ BASE_PATHS = [path for path in _paths(BASE) if path]
 
 @FUZZ
 @given(seed=st.integers(0, 2**32), replacements=st.lists(json_values, min_size=1, max_size=3))
-def test_mutated_documents_are_rejected_cleanly_or_stored(harness, seed, replacements):
+def test_mutated_documents_are_rejected_cleanly_or_stored(harness, strict_harness, seed, replacements):
     rng = random.Random(seed)
     doc = json.loads(json.dumps(BASE))
     for replacement in replacements:
@@ -114,9 +125,14 @@ def test_mutated_documents_are_rejected_cleanly_or_stored(harness, seed, replace
             target[path[-1]] = replacement
         except (KeyError, IndexError, TypeError):
             continue
-    outcome = harness.prepare(json.dumps(doc).encode())
+    content = json.dumps(doc).encode()
+    outcome = harness.prepare(content)
     if isinstance(outcome, RunRecord):
         harness.store(outcome)
+    # The other path validates the same way (and then refuses the unsigned file).
+    strict = strict_harness.prepare(content)
+    assert isinstance(strict, Rejected)
+    assert ("authenticity" in strict.reason) == isinstance(outcome, RunRecord), (strict.reason, outcome)
 
 
 @FUZZ
