@@ -25,6 +25,26 @@ Configuration (minion config, grains or pillar, read with ``config.get``):
     # of UTF-8; longer text is cut and "…[truncated N bytes]" appended.
     pytestrun.max_output: 65536
 
+Node ids and pytest's config:
+
+- ``salt://`` paths: node ids are relative to the salt:// root of the fileserver
+  environment (``sample_tests/test_x.py::test_y``), the same on every minion
+  whatever its cachedir: pytest gets ``--rootdir=<cachedir>/files/<saltenv>``.
+  The config file is the tree's own, found as pytest finds one (``pytest.toml``,
+  ``pytest.ini``, ``pyproject.toml`` with ``[tool.pytest...]``, ``tox.ini`` with
+  ``[pytest]``, ``setup.cfg`` with ``[tool:pytest]``; nearest directory at or above
+  the tests, up to the salt:// root), cached with the tests and passed with ``-c``.
+  Without one, ``-c <cachedir>/pytestrun/empty.ini`` and ``--confcutdir=<the root>``:
+  no ini file or conftest.py above the minion's cache applies. Every conftest.py
+  of the tree from its root down to the tests is cached and applies. ``--rootdir``,
+  ``-c``/``--config-file`` or ``--confcutdir`` in ``args`` win over ours. One run
+  takes salt:// paths of one saltenv, not local paths as well.
+- Local paths: pytest's own rules (rootdir and config file from the paths and the
+  directories above them, like ``python -m pytest <path>`` in ``cwd``).
+
+The result's ``rootdir`` says which directory the node ids and ``file`` fields
+are relative to on that minion.
+
 Exit status: ``passed`` gives retcode 0; everything else, ``no_tests`` included
 (pytest itself exits 5 when nothing ran, and a scheduled run that silently
 collects nothing is a failure worth seeing), gives retcode 1.
@@ -56,6 +76,8 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
+import re
 import shlex
 import shutil
 import signal
@@ -64,7 +86,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -80,6 +102,8 @@ KILL_GRACE = 1.0
 MARKER_VAR = "DISTMON_PYTESTRUN_RUN"
 # pytest's exit codes (pytest.ExitCode) -> our status, for a session that finished.
 EXIT_STATUS = {0: "passed", 1: "failed", 2: "interrupted", 3: "internal_error", 4: "usage_error", 5: "no_tests"}
+# The files pytest takes its config from when it finds them, in its order of precedence within one directory.
+CONFIG_NAMES = ("pytest.toml", ".pytest.toml", "pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
 
 PLUGIN_SOURCE = r'''
 """distmon pytestrun plugin: streams every report as one JSON line (written by _modules/pytestrun.py)."""
@@ -425,41 +449,69 @@ def _resolve_python(python: str | None) -> str:
     return os.path.abspath(candidate)
 
 
-def _fetch_salt_path(url: str, saltenv: str) -> str:
-    """Cache a salt:// file or directory from the master; return its local path (layout kept)."""
-    import salt.utils.url
+class SaltTree(NamedTuple):
+    """Where a salt:// run's tests live on this minion, and which pytest config governs them."""
 
-    rel, url_env = salt.utils.url.parse(url)
-    env = url_env or saltenv
-    rel = (rel or "").strip("/")
-    if not rel:
-        raise SaltInvocationError(f"{url}: name a file or directory under salt://, not the root")
-    top = rel.split("/", 1)[0]
-    served = __salt__["cp.list_master"](saltenv=env, prefix=top) or []
+    saltenv: str
+    # <cachedir>/files/<saltenv>: the cached salt:// root, given to pytest as --rootdir.
+    root: str
+    # The tree's own config file (cached), or None when the tree has none and ours (empty) applies.
+    config: str | None
+
+
+def _salt_levels(rel_dir: str) -> list[str]:
+    """``a/b`` -> ``["a/b", "a", ""]``: a directory of the salt:// tree and each one above it, to the root."""
+    levels = []
+    while rel_dir:
+        levels.append(rel_dir)
+        rel_dir = posixpath.dirname(rel_dir)
+    levels.append("")
+    return levels
+
+
+def _has_pytest_config(local: str) -> bool:
+    """Whether pytest would take this file as its config file if it found it (findpaths' rules)."""
+    name = os.path.basename(local)
+    if name in ("pytest.toml", ".pytest.toml", "pytest.ini", ".pytest.ini"):
+        return True  # these count even when empty
+    try:
+        with open(local, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError as err:
+        raise CommandExecutionError(f"could not read the cached {local}: {err}") from err
+    if name == "pyproject.toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10: look for the table headers pytest reads
+            return re.search(r"^\s*\[\s*tool\.pytest\s*[\].]", text, re.MULTILINE) is not None
+        try:
+            tool = tomllib.loads(text).get("tool")
+        except tomllib.TOMLDecodeError:
+            return True  # pytest would refuse it too: let it say why, as a usage_error result
+        return isinstance(tool, dict) and isinstance(tool.get("pytest"), dict)
+    section = "pytest" if name == "tox.ini" else "tool:pytest"
+    return re.search(rf"^\[{re.escape(section)}\]\s*$", text, re.MULTILINE) is not None
+
+
+def _cache_salt_file(rel: str, env: str) -> str:
+    local = __salt__["cp.cache_file"](f"salt://{rel}", saltenv=env)
+    if not local:
+        raise CommandExecutionError(f"salt://{rel}: the master lists it but the minion could not fetch it")
+    return local
+
+
+def _fetch_salt_path(rel: str, saltenv: str, served: set[str]) -> tuple[str, bool]:
+    """Cache a salt:// file or directory from the master; return (local path, is a directory)."""
     if rel in served:
-        local = __salt__["cp.cache_file"](f"salt://{rel}", saltenv=env)
-        if not local:
-            raise CommandExecutionError(f"{url}: the master lists it but the minion could not fetch it")
-        # conftest.py files of the directories above it still apply, as they would on the master.
-        parts = rel.split("/")[:-1]
-        for depth in range(1, len(parts) + 1):
-            conftest = "/".join(parts[:depth] + ["conftest.py"])
-            if conftest in served:
-                __salt__["cp.cache_file"](f"salt://{conftest}", saltenv=env)
-        return local
-    inside = [name for name in served if name.startswith(rel + "/")]
-    if not inside:
-        raise CommandExecutionError(f"{url} is not served by the master (saltenv {env})")
-    cached = __salt__["cp.cache_dir"](f"salt://{rel}", saltenv=env) or []
-    local_dir = os.path.join(__opts__["cachedir"], "files", env, *rel.split("/"))
+        return _cache_salt_file(rel, saltenv), False
+    if not any(name.startswith(rel + "/") for name in served):
+        raise CommandExecutionError(f"salt://{rel} is not served by the master (saltenv {saltenv})")
+    cached = __salt__["cp.cache_dir"](f"salt://{rel}", saltenv=saltenv) or []
+    local_dir = os.path.join(__opts__["cachedir"], "files", saltenv, *rel.split("/"))
     if not cached or not os.path.isdir(local_dir):
-        raise CommandExecutionError(f"{url}: the minion could not fetch this directory from the master")
+        raise CommandExecutionError(f"salt://{rel}: the minion could not fetch this directory from the master")
     _prune_stale(local_dir, {os.path.normpath(path) for path in cached})
-    for depth in range(1, rel.count("/") + 1):
-        conftest = "/".join(rel.split("/")[:depth] + ["conftest.py"])
-        if conftest in served:
-            __salt__["cp.cache_file"](f"salt://{conftest}", saltenv=env)
-    return local_dir
+    return local_dir, True
 
 
 def _prune_stale(local_dir: str, keep: set[str]) -> None:
@@ -475,30 +527,147 @@ def _prune_stale(local_dir: str, keep: set[str]) -> None:
                     log.warning("pytestrun: could not remove stale cached file %s: %s", full, err)
 
 
-def _resolve_paths(paths: list[str], cwd: str | None, saltenv: str, pyargs: bool) -> list[str]:
-    """Turn each given path into what pytest gets on its command line."""
+def _sync_conftests(rel_dirs: set[str], env: str, root: str, served: set[str]) -> None:
+    """conftest.py of every directory from the salt:// root down to the tests, as on the master; stale ones go."""
+    for rel_dir in sorted(rel_dirs):
+        rel = posixpath.join(rel_dir, "conftest.py")
+        if rel in served:
+            _cache_salt_file(rel, env)
+            continue
+        stale = os.path.join(root, *rel.split("/"))
+        if os.path.isfile(stale):
+            try:
+                os.unlink(stale)
+            except OSError as err:
+                log.warning("pytestrun: could not remove stale cached file %s: %s", stale, err)
+
+
+def _tree_config(start: str, env: str, served: set[str]) -> str | None:
+    """The config file pytest would pick in the salt:// tree: nearest directory first, its precedence by name."""
+    for level in _salt_levels(start):
+        for name in CONFIG_NAMES:
+            rel = posixpath.join(level, name)
+            if rel in served:
+                local = _cache_salt_file(rel, env)
+                if _has_pytest_config(local):
+                    return local
+    return None
+
+
+def _resolve_salt_paths(paths: list[str], saltenv: str) -> tuple[list[str], SaltTree]:
+    """Cache salt:// paths (one saltenv per run) with their conftest.py files and config; return pytest's targets."""
+    import salt.utils.url
+
+    envs, parsed = set(), []
+    for given in paths:
+        url, sep, node = given.partition("::")
+        rel, url_env = salt.utils.url.parse(url)
+        rel = (rel or "").strip("/")
+        if not rel:
+            raise SaltInvocationError(f"{url}: name a file or directory under salt://, not the root")
+        envs.add(url_env or saltenv)
+        parsed.append((rel, sep, node))
+    if len(envs) > 1:
+        raise SaltInvocationError(
+            f"salt:// paths of one run must come from one saltenv (node ids are relative to its root), "
+            f"got {', '.join(sorted(envs))}"
+        )
+    env = envs.pop()
+    # One listing of the whole environment: the tree's config file and conftest.py may sit at its root.
+    served = set(__salt__["cp.list_master"](saltenv=env) or [])
+    root = os.path.join(__opts__["cachedir"], "files", env)
+    targets, test_dirs, above = [], [], set()
+    for rel, sep, node in parsed:
+        local, is_dir = _fetch_salt_path(rel, env, served)
+        if node and is_dir:
+            raise SaltInvocationError(f"node id salt://{rel}{sep}{node}: the part before '::' must be a file")
+        test_dir = rel if is_dir else posixpath.dirname(rel)
+        test_dirs.append(test_dir)
+        # A directory's own conftest.py files came with cp.cache_dir; those above it did not.
+        above.update(_salt_levels(posixpath.dirname(rel) if is_dir else test_dir))
+        targets.append(local + sep + node)
+    _sync_conftests(above, env, root, served)
+    start = posixpath.commonpath(test_dirs) if all(test_dirs) else ""
+    return targets, SaltTree(env, root, _tree_config(start, env, served))
+
+
+def _resolve_paths(paths: list[str], cwd: str | None, saltenv: str,
+                   pyargs: bool) -> tuple[list[str], SaltTree | None]:
+    """Turn each given path into what pytest gets on its command line (and the salt:// tree, if any)."""
+    remote = [given for given in paths if given.startswith("salt://")]
+    if remote:
+        if len(remote) != len(paths):
+            raise SaltInvocationError(
+                "salt:// and local paths cannot be mixed in one run: node ids of salt:// tests are "
+                "relative to the salt:// root, those of local tests to pytest's own rootdir"
+            )
+        return _resolve_salt_paths(paths, saltenv)
     resolved = []
     for given in paths:
         target, sep, node = given.partition("::")
-        if target.startswith("salt://"):
-            local = _fetch_salt_path(target, saltenv)
-        elif pyargs and not os.path.exists(target if os.path.isabs(target) else os.path.join(cwd or "", target)):
+        if pyargs and not os.path.exists(target if os.path.isabs(target) else os.path.join(cwd or "", target)):
             resolved.append(given)  # a module name for --pyargs
             continue
-        else:
-            if not os.path.isabs(target):
-                if not cwd:
-                    raise SaltInvocationError(f"path {given} is relative: give an absolute path, or cwd=")
-                target = os.path.join(cwd, target)
-            if not os.path.exists(target):
-                raise CommandExecutionError(f"path {target} does not exist on this minion")
-            if not os.access(target, os.R_OK):
-                raise CommandExecutionError(f"path {target} is not readable on this minion")
-            if node and not os.path.isfile(target):
-                raise SaltInvocationError(f"node id {given}: the part before '::' must be a file")
-            local = os.path.abspath(target)
-        resolved.append(local + sep + node)
-    return resolved
+        if not os.path.isabs(target):
+            if not cwd:
+                raise SaltInvocationError(f"path {given} is relative: give an absolute path, or cwd=")
+            target = os.path.join(cwd, target)
+        if not os.path.exists(target):
+            raise CommandExecutionError(f"path {target} does not exist on this minion")
+        if not os.access(target, os.R_OK):
+            raise CommandExecutionError(f"path {target} is not readable on this minion")
+        if node and not os.path.isfile(target):
+            raise SaltInvocationError(f"node id {given}: the part before '::' must be a file")
+        resolved.append(os.path.abspath(target) + sep + node)
+    return resolved, None
+
+
+def _empty_config() -> str:
+    """Our explicit, empty pytest config: with it, no ini file above the minion's cache is looked for."""
+    path = os.path.join(_work_root(), "empty.ini")
+    if not os.path.exists(path):
+        os.makedirs(_work_root(), exist_ok=True)
+        temp = f"{path}.{os.getpid()}.tmp"
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write("[pytest]\n")
+        os.replace(temp, path)
+    return path
+
+
+def _gives_option(extra: list[str], *names: str) -> bool:
+    """Whether the user's args already set one of these pytest options (theirs win over ours)."""
+    for arg in extra:
+        if arg == "--":
+            return False
+        for name in names:
+            # Long options also as --name=value; the short -c also glued to its value (-cfile).
+            if arg == name or arg.startswith(name + "=") or (len(name) == 2 and arg.startswith(name)):
+                return True
+    return False
+
+
+def _build_argv(interpreter: str, extra: list[str], targets: list[str], tree: SaltTree | None,
+                collect: bool = False) -> list[str]:
+    """pytest's command line; for a salt:// run, the rootdir and config that make node ids minion-independent."""
+    argv = [interpreter, "-m", "pytest", "-p", PLUGIN_MODULE]
+    if collect:
+        argv += ["--collect-only", "-q"]
+    if tree is not None:
+        # Node ids are relative to the rootdir: the salt:// root gives `dir/test_x.py::test_y` on
+        # every minion, wherever its cachedir is.
+        if not _gives_option(extra, "--rootdir"):
+            argv.append(f"--rootdir={tree.root}")
+        if not _gives_option(extra, "-c", "--config-file"):
+            if tree.config is not None:
+                argv += ["-c", tree.config]
+            else:
+                # Without -c, pytest would search upwards from the cache and could take an ini
+                # (addopts, markers, timeout...) that belongs to whatever holds the cachedir.
+                argv += ["-c", _empty_config()]
+                if not _gives_option(extra, "--confcutdir"):
+                    # conftest.py files above the salt:// root are not the tree's either.
+                    argv.append(f"--confcutdir={tree.root}")
+    return [*argv, *extra, *targets]
 
 
 def _plugin_dir() -> str:
@@ -787,7 +956,8 @@ def _check_kwargs(kwargs: dict) -> None:
         raise SaltInvocationError(f"unknown argument(s): {', '.join(unknown)}")
 
 
-def _prepare(path, args, python, cwd, env, saltenv):
+def _prepare(path, args, python, cwd, env, saltenv, collect):
+    """Check every argument, fetch salt:// paths; return (paths as given, args, interpreter, cwd, env, argv)."""
     paths = _split_paths(path)
     extra = _split_args(args)
     if cwd is not None and cwd != "":
@@ -800,7 +970,7 @@ def _prepare(path, args, python, cwd, env, saltenv):
     env_vars = _check_env(env)
     interpreter = _resolve_python(python)
     pyargs = "--pyargs" in extra
-    targets = _resolve_paths(paths, cwd, saltenv or "base", pyargs)
+    targets, tree = _resolve_paths(paths, cwd, saltenv or "base", pyargs)
     if cwd is None:
         first = targets[0].partition("::")[0]
         if os.path.isdir(first):
@@ -810,7 +980,8 @@ def _prepare(path, args, python, cwd, env, saltenv):
         else:
             cwd = _work_root()
             os.makedirs(cwd, exist_ok=True)
-    return paths, extra, interpreter, cwd, env_vars, targets
+    argv = _build_argv(interpreter, extra, targets, tree, collect=collect)
+    return paths, extra, interpreter, cwd, env_vars, argv
 
 
 # ---------------------------------------------------------------- public functions
@@ -823,8 +994,9 @@ def run(path: str | list, args: str | list | None = None, timeout: float | None 
 
     path
         A test file, directory, node id (``file.py::TestX::test_y``), ``salt://``
-        file or directory (fetched from the master, layout kept), or several as a
-        list or comma-separated.
+        file, directory or node id (fetched from the master, layout kept; node ids
+        then read ``dir/test_x.py::test_y``, relative to the salt:// root), or
+        several as a list or comma-separated (all salt:// or all local).
     args
         Extra pytest arguments, a list or a string split like a shell does.
     timeout
@@ -851,8 +1023,7 @@ def run(path: str | list, args: str | list | None = None, timeout: float | None 
     _check_kwargs(kwargs)
     limit = _max_output(max_output)
     seconds = _check_timeout(timeout)
-    paths, extra, interpreter, workdir, env_vars, targets = _prepare(path, args, python, cwd, env, saltenv)
-    argv = [interpreter, "-m", "pytest", "-p", PLUGIN_MODULE, *extra, *targets]
+    paths, extra, interpreter, workdir, env_vars, argv = _prepare(path, args, python, cwd, env, saltenv, False)
     raw = _execute(argv, workdir, env_vars, seconds, limit, collect=False)
     _pytest_missing(raw, interpreter)
     built = _build_result(raw, limit)
@@ -900,8 +1071,7 @@ def collect(path: str | list, args: str | list | None = None, timeout: float | N
     """
     _check_kwargs(kwargs)
     seconds = _check_timeout(timeout)
-    _, extra, interpreter, workdir, env_vars, targets = _prepare(path, args, python, cwd, env, saltenv)
-    argv = [interpreter, "-m", "pytest", "-p", PLUGIN_MODULE, "--collect-only", "-q", *extra, *targets]
+    _, _, interpreter, workdir, env_vars, argv = _prepare(path, args, python, cwd, env, saltenv, True)
     raw = _execute(argv, workdir, env_vars, seconds, DEFAULT_MAX_OUTPUT, collect=True)
     _pytest_missing(raw, interpreter)
     built = _build_result(raw, DEFAULT_MAX_OUTPUT)

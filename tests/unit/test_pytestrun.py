@@ -193,9 +193,10 @@ def test_local_path_errors_name_the_path(pytestrun, tmp_path):
         pytestrun._resolve_paths([f"{tmp_path}::test_y"], None, "base", False)
     test_file = tmp_path / "test_x.py"
     test_file.write_text("")
-    assert pytestrun._resolve_paths(["test_x.py::T::t[a]"], str(tmp_path), "base", False) == [f"{test_file}::T::t[a]"]
+    assert pytestrun._resolve_paths(["test_x.py::T::t[a]"], str(tmp_path), "base", False) == (
+        [f"{test_file}::T::t[a]"], None)
     # With --pyargs, a name that is not a path is a module name for pytest to resolve.
-    assert pytestrun._resolve_paths(["croniter.tests"], None, "base", True) == ["croniter.tests"]
+    assert pytestrun._resolve_paths(["croniter.tests"], None, "base", True) == (["croniter.tests"], None)
 
 
 def test_interpreter_errors(pytestrun, tmp_path, monkeypatch):
@@ -256,17 +257,18 @@ def fileserver(pytestrun, monkeypatch):
 
 
 def test_salt_file_node_id_maps_onto_the_cached_file_with_its_conftest(pytestrun, fileserver):
-    [target] = pytestrun._resolve_paths(["salt://suite/sub/test_a.py::test_y"], None, "base", False)
-    cached = Path(pytestrun.__opts__["cachedir"]) / "files" / "base" / "suite"
-    assert target == f"{cached}/sub/test_a.py::test_y"
-    assert "suite/conftest.py" in fileserver.calls and (cached / "conftest.py").exists()
+    [target], tree = pytestrun._resolve_paths(["salt://suite/sub/test_a.py::test_y"], None, "base", False)
+    root = Path(pytestrun.__opts__["cachedir"]) / "files" / "base"
+    assert target == f"{root}/suite/sub/test_a.py::test_y"
+    assert "suite/conftest.py" in fileserver.calls and (root / "suite" / "conftest.py").exists()
+    assert tree == pytestrun.SaltTree("base", str(root), None)
 
 
 def test_salt_directory_is_cached_and_stale_files_pruned(pytestrun, fileserver):
     cached = Path(pytestrun.__opts__["cachedir"]) / "files" / "base" / "suite"
     (cached / "sub").mkdir(parents=True)
     (cached / "sub" / "test_removed_on_master.py").write_text("")
-    [target] = pytestrun._resolve_paths(["salt://suite/sub?saltenv=base"], None, "base", False)
+    [target], _ = pytestrun._resolve_paths(["salt://suite/sub?saltenv=base"], None, "base", False)
     assert target == str(cached / "sub")
     assert sorted(p.name for p in (cached / "sub").iterdir()) == ["test_a.py", "test_b.py"]
     assert (cached / "conftest.py").exists()
@@ -276,6 +278,143 @@ def test_salt_directory_is_cached_and_stale_files_pruned(pytestrun, fileserver):
 def test_salt_path_not_served_names_it(pytestrun, fileserver, url):
     with pytest.raises(CommandExecutionError, match=f"{url} is not served by the master"):
         pytestrun._resolve_paths([url], None, "base", False)
+
+
+def test_salt_paths_refuse_mixing_with_local_paths_or_saltenvs(pytestrun, fileserver, tmp_path):
+    with pytest.raises(SaltInvocationError, match="cannot be mixed"):
+        pytestrun._resolve_paths(["salt://suite/sub", str(tmp_path)], None, "base", False)
+    with pytest.raises(SaltInvocationError, match="one saltenv"):
+        pytestrun._resolve_paths(["salt://suite/sub", "salt://other?saltenv=dev"], None, "base", False)
+    with pytest.raises(SaltInvocationError, match="must be a file"):
+        pytestrun._resolve_paths(["salt://suite/sub::test_y"], None, "base", False)
+
+
+def test_stale_conftest_above_the_tests_is_removed_and_the_root_one_cached(pytestrun, fileserver):
+    root = Path(pytestrun.__opts__["cachedir"]) / "files" / "base"
+    (root / "other").mkdir(parents=True)
+    (root / "other" / "conftest.py").write_text("raise RuntimeError('no longer served')\n")
+    fileserver.served.update({"conftest.py": "", "other/y/test_y.py": ""})
+    pytestrun._resolve_paths(["salt://other/y/test_y.py"], None, "base", False)
+    assert not (root / "other" / "conftest.py").exists()
+    assert (root / "conftest.py").exists()
+
+
+@pytest.mark.parametrize(("name", "text", "has"), [
+    ("pytest.ini", "", True),
+    (".pytest.toml", "", True),
+    ("pyproject.toml", "[tool.pytest.ini_options]\naddopts = '-q'\n", True),
+    ("pyproject.toml", "[tool.pytest]\naddopts = ['-q']\n", True),
+    ("pyproject.toml", "[project]\nname = 'x'\n[tool.ruff]\nline-length = 99\n", False),
+    ("pyproject.toml", "[tool.pytest.ini_options\n", True),  # broken: pytest says why
+    ("tox.ini", "[tox]\nenvlist = py311\n", False),
+    ("tox.ini", "[tox]\n[pytest]\naddopts = -q\n", True),
+    ("setup.cfg", "[metadata]\nname = x\n", False),
+    ("setup.cfg", "[tool:pytest]\naddopts = -q\n", True),
+])
+def test_config_files_count_as_pytest_counts_them(pytestrun, tmp_path, name, text, has):
+    (tmp_path / name).write_text(text)
+    assert pytestrun._has_pytest_config(str(tmp_path / name)) is has
+
+
+def test_tree_config_is_the_nearest_one_with_pytest_settings(pytestrun, fileserver):
+    root = Path(pytestrun.__opts__["cachedir"]) / "files" / "base"
+    fileserver.served.update({
+        "pyproject.toml": "[tool.pytest.ini_options]\naddopts = '-q'\n",
+        "suite/tox.ini": "[tox]\n",  # no [pytest]: pytest would look further up, so do we
+        "suite/sub/setup.cfg": "[metadata]\n",
+    })
+    assert pytestrun._tree_config("suite/sub", "base", fileserver.served) == str(root / "pyproject.toml")
+    fileserver.served["suite/pytest.ini"] = ""
+    fileserver.served["suite/setup.cfg"] = "[tool:pytest]\n"  # pytest.ini comes first in one directory
+    assert pytestrun._tree_config("suite/sub", "base", fileserver.served) == str(root / "suite" / "pytest.ini")
+    _, tree = pytestrun._resolve_paths(["salt://suite/sub/test_a.py", "salt://suite/sub/test_b.py"],
+                                       None, "base", False)
+    assert tree.config == str(root / "suite" / "pytest.ini")
+    # Two subtrees: the common ancestor is where the search starts, as pytest does.
+    _, tree = pytestrun._resolve_paths(["salt://suite/sub", "salt://other/x.py"], None, "base", False)
+    assert tree.config == str(root / "pyproject.toml")
+
+
+def test_argv_for_salt_runs_pins_rootdir_and_config_and_lets_the_user_override(pytestrun):
+    root = Path(pytestrun.__opts__["cachedir"]) / "files" / "base"
+    empty = Path(pytestrun.__opts__["cachedir"]) / "pytestrun" / "empty.ini"
+    head = ["py", "-m", "pytest", "-p", pytestrun.PLUGIN_MODULE]
+    assert pytestrun._build_argv("py", ["-q"], ["/t/x.py"], None) == [*head, "-q", "/t/x.py"]
+    tree = pytestrun.SaltTree("base", str(root), None)
+    assert pytestrun._build_argv("py", ["-x"], [f"{root}/s"], tree, collect=True) == [
+        *head, "--collect-only", "-q", f"--rootdir={root}", "-c", str(empty), f"--confcutdir={root}", "-x", f"{root}/s"]
+    assert empty.read_text() == "[pytest]\n"
+    own = tree._replace(config=f"{root}/s/pytest.ini")
+    assert pytestrun._build_argv("py", [], [f"{root}/s"], own) == [
+        *head, f"--rootdir={root}", "-c", f"{root}/s/pytest.ini", f"{root}/s"]
+    users = ["--rootdir=/r", "--config-file", "/c.ini"]
+    assert pytestrun._build_argv("py", users, ["t"], tree) == [*head, *users, "t"]
+    assert pytestrun._build_argv("py", ["-c/c.ini", "--confcutdir=/x"], ["t"], tree)[5:] == [
+        f"--rootdir={root}", "-c/c.ini", "--confcutdir=/x", "t"]
+    assert pytestrun._build_argv("py", ["--", "-c"], ["t"], tree)[5:8] == [f"--rootdir={root}", "-c", str(empty)]
+
+
+POISON_PYPROJECT = '[tool.pytest.ini_options]\naddopts = "-k nothing_matches --strict-markers"\n'
+SALT_SUITE = {
+    "suite/conftest.py": "import pytest\n\n@pytest.fixture\ndef inventory():\n    return ['web-1']\n",
+    "suite/sub/test_a.py": (
+        "import pytest\n\n"
+        "def test_uses_the_tree_conftest(inventory):\n    assert inventory == ['web-1']\n\n"
+        "@pytest.mark.fleet\ndef test_unregistered_marker():\n    pass\n\n"
+        "def test_fails():\n    assert 0\n"
+    ),
+    "suite/sub/check_c.py": "def test_included(inventory):\n    pass\n\ndef test_excluded():\n    assert 0\n",
+}
+
+
+@pytest.fixture
+def poisoned_salt_suite(pytestrun, tmp_path):
+    """The minion's cachedir sits under a pyproject.toml and a conftest.py that must not apply."""
+    (tmp_path / "pyproject.toml").write_text(POISON_PYPROJECT)
+    (tmp_path / "conftest.py").write_text("raise RuntimeError('a conftest.py above the cache was loaded')\n")
+    server = FakeFileServer(Path(pytestrun.__opts__["cachedir"]), dict(SALT_SUITE))
+    pytestrun.__salt__.update({"cp.list_master": server.list_master, "cp.cache_file": server.cache_file,
+                               "cp.cache_dir": server.cache_dir})
+    return server
+
+
+def test_salt_run_node_ids_are_relative_to_the_salt_root_and_ignore_config_above_the_cache(
+        pytestrun, poisoned_salt_suite):
+    root = Path(pytestrun.__opts__["cachedir"]) / "files" / "base"
+    result = pytestrun.run("salt://suite", env=NO_AUTOLOAD)
+    assert result["rootdir"] == str(root)
+    assert result["status"] == "failed", result.get("message")
+    assert sorted(t["nodeid"] for t in result["tests"]) == [
+        "suite/sub/test_a.py::test_fails", "suite/sub/test_a.py::test_unregistered_marker",
+        "suite/sub/test_a.py::test_uses_the_tree_conftest"]
+    assert {t["file"] for t in result["tests"]} == {"suite/sub/test_a.py"}
+    assert "deselected" not in result["counts_other"]
+    # A node id given as salt://... maps onto the cached file, and comes back relative to the root.
+    result = pytestrun.run("salt://suite/sub/test_a.py::test_uses_the_tree_conftest", env=NO_AUTOLOAD)
+    assert [t["nodeid"] for t in result["tests"]] == ["suite/sub/test_a.py::test_uses_the_tree_conftest"]
+    assert result["status"] == "passed"
+    assert pytestrun.collect("salt://suite/sub", args="-k 'not fails'", env=NO_AUTOLOAD) == [
+        "suite/sub/test_a.py::test_uses_the_tree_conftest", "suite/sub/test_a.py::test_unregistered_marker"]
+
+
+def test_salt_tree_with_its_own_config_is_honoured(pytestrun, poisoned_salt_suite):
+    poisoned_salt_suite.served["suite/pytest.ini"] = (
+        "[pytest]\npython_files = check_*.py\naddopts = -k \"not excluded\"\n")
+    result = pytestrun.run("salt://suite/sub", env=NO_AUTOLOAD)
+    assert result["status"] == "passed", result.get("message")
+    assert [t["nodeid"] for t in result["tests"]] == ["suite/sub/check_c.py::test_included"]
+    assert result["counts_other"] == {"deselected": 1}
+    assert result["rootdir"] == str(Path(pytestrun.__opts__["cachedir"]) / "files" / "base")
+
+
+def test_local_paths_keep_pytests_own_rootdir_and_config(pytestrun, tmp_path):
+    # The user's own project: pytest's rules apply, its pyproject.toml included.
+    (tmp_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\naddopts = "-k not_slow_one"\n')
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_local.py").write_text("def test_fast():\n    pass\n\ndef test_not_slow_one():\n    pass\n")
+    result = pytestrun.run(str(tmp_path / "tests"), env=NO_AUTOLOAD)
+    assert result["rootdir"] == str(tmp_path)
+    assert [t["nodeid"] for t in result["tests"]] == ["tests/test_local.py::test_not_slow_one"]
 
 
 # ---------------------------------------------------------------- real runs (a subprocess, dunders faked)
