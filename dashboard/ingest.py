@@ -91,6 +91,9 @@ XML_NAME = re.compile(r"^[0-9A-Za-z_.-]+\.xml$")
 # Files per transaction. 100 files of 50 results commit in well under 100 ms, short enough
 # that the web app's own writes (logins, sessions) never wait long behind the ingester.
 BATCH_FILES = 100
+# ... and at most this many bytes of files per transaction, so a few huge runs (10,000s of tests
+# each) neither hold the write lock for long nor sit in memory all at once.
+BATCH_BYTES = 8_000_000
 # Test hook: exit right after a commit, before the files are moved (crash-safety tests).
 CRASH_AFTER_COMMIT_ENV = "DISTMON_TEST_CRASH_AFTER_COMMIT"
 SQL_CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
@@ -592,6 +595,19 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
+def _batches(candidates: list[Candidate]) -> Iterator[list[Candidate]]:
+    batch: list[Candidate] = []
+    size = 0
+    for candidate in candidates:
+        if batch and (len(batch) >= BATCH_FILES or size + candidate.size > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(candidate)
+        size += candidate.size
+    if batch:
+        yield batch
+
+
 def _fold(row: dict | None, minion_id: int, test_id: int, run_id: int, started_at: str, outcome: str, duration: float) -> dict:
     """Apply one run's outcome of one test to its test_status row (runs must come oldest first).
 
@@ -1061,7 +1077,7 @@ async def ingest_pending(db: Database, settings: Settings) -> IngestReport:
     work = _FileWork()
     try:
         candidates = await work.run(scan_inbox, settings, report, work.opened)
-        chunks = list(_chunks(candidates, BATCH_FILES))
+        chunks = list(_batches(candidates))
         pending = work.run(_prepare_chunk, state.preparer, chunks[0]) if chunks else None
         for index in range(len(chunks)):
             records, quarantined = await pending
