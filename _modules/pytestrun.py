@@ -36,7 +36,8 @@ Node ids and pytest's config:
   the tests, up to the salt:// root), cached with the tests and passed with ``-c``.
   Without one, ``-c <cachedir>/pytestrun/empty.ini`` and ``--confcutdir=<the root>``:
   no ini file or conftest.py above the minion's cache applies. Every conftest.py
-  of the tree from its root down to the tests is cached and applies. ``--rootdir``,
+  of the tree from its root down to the tests is cached and applies (with the
+  tree's own config file, from that file's directory down, as pytest does). ``--rootdir``,
   ``-c``/``--config-file`` or ``--confcutdir`` in ``args`` win over ours. One run
   takes salt:// paths of one saltenv, not local paths as well.
 - Local paths: pytest's own rules (rootdir and config file from the paths and the
@@ -50,9 +51,9 @@ Exit status: ``passed`` gives retcode 0; everything else, ``no_tests`` included
 collects nothing is a failure worth seeing), gives retcode 1.
 
 Errors: what pytestrun can check itself (a missing or unreadable path, a ``salt://`` path
-the master does not serve, an interpreter that does not exist or lacks pytest, args that
-cannot be split, bad keyword arguments) raises a Salt error naming it. What only pytest can
-judge (an unknown option, a node id that matches nothing, a broken conftest.py) comes back
+the master does not serve, salt:// and local paths or two saltenvs in one run, an
+interpreter that does not exist or lacks pytest, args that cannot be split, bad keyword
+arguments) raises a Salt error naming it. What only pytest can judge (an unknown option, a node id that matches nothing, a broken conftest.py) comes back
 as a result with status ``usage_error`` and pytest's own words in ``message`` (retcode 1),
 so the returner and the dashboard still record the attempt.
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.conftest import start_minion, sync_minion
+
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -178,7 +180,7 @@ def test_salt_directory_runs_like_the_local_copy(salt_cli, web1):
     assert ret.data["counts"] == expected
     assert ret.data["paths"] == ["salt://sample_tests"]
     assert ret.data["status"] == "failed" and ret.returncode != 0
-    assert any(t["nodeid"] == "test_passing.py::test_addition" for t in ret.data["tests"])
+    assert any(t["nodeid"] == "sample_tests/test_passing.py::test_addition" for t in ret.data["tests"])
 
 
 def test_salt_file_gets_its_conftest_and_node_id_passes(salt_cli, web1):
@@ -190,11 +192,17 @@ def test_salt_file_gets_its_conftest_and_node_id_passes(salt_cli, web1):
 
 
 def test_several_paths_comma_separated(salt_cli, web1, suites):
-    paths = f"salt://sample_tests/test_passing.py,{suites}/mixed/check_mixed.py::test_fail"
+    paths = "salt://sample_tests/test_passing.py,salt://sample_tests/test_failing.py::test_intentional_failure"
     ret = run(salt_cli, web1, paths, f"env={json.dumps(NO_AUTOLOAD)}")
-    assert ret.data["paths"] == ["salt://sample_tests/test_passing.py", f"{suites}/mixed/check_mixed.py::test_fail"]
+    assert ret.data["paths"] == paths.split(",")
     assert ret.data["counts"]["passed"] == 4 and ret.data["counts"]["failed"] == 1
     assert ret.returncode != 0
+    # Local paths keep pytest's own rules: the rootdir is where their pytest.ini is.
+    local = f"{suites}/mixed/check_mixed.py::test_fail,{suites}/mixed/check_mixed.py::test_xpass"
+    ret = run(salt_cli, web1, local, "args=-p no:cacheprovider", f"env={json.dumps(NO_AUTOLOAD)}")
+    assert ret.data["paths"] == local.split(",")
+    assert [t["nodeid"] for t in ret.data["tests"]] == ["check_mixed.py::test_fail", "check_mixed.py::test_xpass"]
+    assert ret.data["rootdir"] == str(suites / "mixed")
 
 
 def test_python_argument_and_version(salt_cli, web1, suites):
@@ -209,8 +217,7 @@ def test_collect_lists_what_pytest_would_run(salt_cli, web1):
     ret = salt_cli.run("pytestrun.collect", "salt://sample_tests", "args=-k 'not slow'",
                       f"env={json.dumps(NO_AUTOLOAD)}", minion_tgt=web1.id)
     assert ret.returncode == 0, ret
-    expected = collect_ids(str(SAMPLES), ["-p", "no:cacheprovider", "-k", "not slow"], SAMPLES)
-    assert ret.data == [nodeid.removeprefix("sample_tests/") for nodeid in expected]
+    assert ret.data == salt_root_ids(["-k", "not slow"])
 
 
 def test_last_returns_the_previous_result(salt_cli, web1):
@@ -289,6 +296,7 @@ def test_bad_input_gives_clear_salt_errors(salt_cli, web1, venv_without_pytest):
     assert_salt_error(run(salt_cli, web1, str(SAMPLES), "args=-k 'unbalanced"), "args")
     assert_salt_error(run(salt_cli, web1, str(SAMPLES), "timeout=soon"), "timeout")
     assert_salt_error(run(salt_cli, web1, str(SAMPLES), "colour=blue"), "colour")
+    assert_salt_error(run(salt_cli, web1, f"salt://sample_tests,{SAMPLES}"), "cannot be mixed")
 
 
 def test_bad_pytest_args_give_usage_error_naming_them(salt_cli, web1):
@@ -311,3 +319,95 @@ def test_third_party_suite_installed_in_a_package(salt_cli, web1, tmp_path):
     assert ret.data["counts"]["passed"] > 50
     assert ret.data["counts_other"] == expected_other
     assert_counting_rule(ret.data)
+
+
+# ---------------------------------------------------------------- salt:// node ids on every minion
+
+
+# If it applied, every test would be deselected (and unregistered markers refused).
+POISON_PYPROJECT = '[tool.pytest.ini_options]\naddopts = "-m nothing_matches --strict-markers"\n'
+POISON_CONFTEST = "raise RuntimeError('a conftest.py above the minion cache was loaded')\n"
+NOT_SLOW = ["-k", "not slow"]
+
+
+def salt_root_ids(args: list[str]) -> list[str]:
+    """pytest's own node ids for sample_tests relative to the salt:// root (sample_tests/ is served from the
+    repo root), with no config file: what every minion must report."""
+    return collect_ids(str(SAMPLES), ["-p", "no:cacheprovider", f"--rootdir={REPO_ROOT}", "--config-file=/dev/null",
+                                      *args], SAMPLES)
+
+
+def assert_salt_root_run(result: dict, minion) -> None:
+    expected = salt_root_ids(NOT_SLOW)
+    assert expected and all(nodeid.startswith("sample_tests/") for nodeid in expected)
+    assert sorted(t["nodeid"] for t in result["tests"]) == sorted(expected), result.get("message")
+    assert {t["file"] for t in result["tests"]} == {nodeid.split("::")[0] for nodeid in expected}
+    assert result["rootdir"] == str(Path(minion.config["cachedir"]) / "files" / "base")
+
+
+def test_salt_node_ids_are_the_same_on_every_minion(salt_cli, salt_minion, salt_minion_2):
+    ret = salt_cli.run("pytestrun.run", "salt://sample_tests", f"args={json.dumps(NOT_SLOW)}",
+                       f"env={json.dumps(NO_AUTOLOAD)}", minion_tgt="web-[12]")
+    assert set(ret.data) == {salt_minion.id, salt_minion_2.id}, ret
+    for minion in (salt_minion, salt_minion_2):
+        assert_salt_root_run(ret.data[minion.id], minion)
+    assert ret.data[salt_minion.id]["rootdir"] != ret.data[salt_minion_2.id]["rootdir"]
+
+
+@pytest.fixture(scope="module")
+def poisoned_minion(salt_master):
+    """A minion whose cachedir sits (like /var/cache/salt/minion) under a pyproject.toml and a conftest.py
+    that belong to someone else."""
+    # Salt puts the cachedir under the minion's root_dir: <root_dir>/poisoned/var/cache/salt/minion.
+    minion = start_minion(salt_master, "nodeid-1", None, cachedir="/poisoned/var/cache/salt/minion")
+    cachedir = Path(minion.config["cachedir"])
+    poisoned = next(parent for parent in cachedir.parents if parent.name == "poisoned")
+    poisoned.mkdir(parents=True, exist_ok=True)
+    (poisoned / "pyproject.toml").write_text(POISON_PYPROJECT)
+    (poisoned / "conftest.py").write_text(POISON_CONFTEST)
+    with minion.started():
+        sync_minion(salt_master, minion)
+        yield minion
+
+
+@pytest.fixture(scope="module")
+def own_config_tree(file_roots_dir, salt_run_cli):
+    """A salt:// tree that brings its own pytest.ini (above the directory that is run) and conftest.py."""
+    tree = file_roots_dir / "pytestrun_own_config"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "pytest.ini").write_text(
+        '[pytest]\npython_files = check_*.py\naddopts = -k "not excluded" --strict-markers\n'
+        "markers =\n    fleet: registered by the tree's own ini\n")
+    (tree / "conftest.py").write_text("import pytest\n\n@pytest.fixture\ndef inventory():\n    return 3\n")
+    (tree / "sub" / "check_own.py").write_text(
+        "import pytest\n\n@pytest.mark.fleet\ndef test_included(inventory):\n    assert inventory == 3\n\n"
+        "def test_excluded():\n    assert 0\n")
+    salt_run_cli.run("fileserver.clear_file_list_cache")
+    yield "pytestrun_own_config"
+    shutil.rmtree(tree)
+    salt_run_cli.run("fileserver.clear_file_list_cache")
+
+
+def test_config_above_the_minion_cache_does_not_leak_into_salt_runs(salt_cli, poisoned_minion):
+    expected, _ = pytest_summary(str(SAMPLES), ["-p", "no:cacheprovider", "--config-file=/dev/null", *NOT_SLOW],
+                                 SAMPLES, NO_AUTOLOAD)
+    ret = run(salt_cli, poisoned_minion, "salt://sample_tests", f"args={json.dumps(NOT_SLOW)}",
+              f"env={json.dumps(NO_AUTOLOAD)}")
+    result = ret.data
+    assert result["counts"] == expected, result.get("message")
+    assert result["counts_other"].get("deselected") == 1  # the slow test, by our -k; nothing by the poison
+    assert_salt_root_run(result, poisoned_minion)
+    # The same node id, given as salt://..., maps onto the cached file and comes back relative to the root.
+    ret = run(salt_cli, poisoned_minion, "salt://sample_tests/test_passing.py::test_inventory_fixture",
+              f"env={json.dumps(NO_AUTOLOAD)}")
+    assert [t["nodeid"] for t in ret.data["tests"]] == ["sample_tests/test_passing.py::test_inventory_fixture"]
+    assert ret.data["status"] == "passed"
+
+
+def test_salt_tree_with_its_own_config_is_honoured(salt_cli, poisoned_minion, own_config_tree):
+    ret = run(salt_cli, poisoned_minion, f"salt://{own_config_tree}/sub", f"env={json.dumps(NO_AUTOLOAD)}")
+    result = ret.data
+    assert result["status"] == "passed", result.get("message")
+    assert [t["nodeid"] for t in result["tests"]] == [f"{own_config_tree}/sub/check_own.py::test_included"]
+    assert result["counts_other"] == {"deselected": 1}
+    assert result["rootdir"] == str(Path(poisoned_minion.config["cachedir"]) / "files" / "base")
