@@ -112,7 +112,8 @@ def start_minion(master, minion_id: str, host: StorageHost | None, **extra):
 
 
 def sync_minion(master, minion) -> None:
-    ret = master.salt_cli().run("saltutil.sync_all", minion_tgt=minion.id)
+    # salt_cli()'s default --timeout of 5 s is too short for a sync on a loaded 2-core machine.
+    ret = master.salt_cli(timeout=120).run("saltutil.sync_all", minion_tgt=minion.id)
     assert ret.returncode == 0, ret
 
 
