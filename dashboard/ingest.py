@@ -51,11 +51,14 @@ import concurrent.futures
 import errno
 import json
 import logging
+import multiprocessing.connection
 import os
 import re
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -163,15 +166,10 @@ class RunRecord:
     grains: str
     message: str | None
     signed: int
-    tests: list[dict[str, Any]]  # TestEntry dicts
-    # Precomputed off the writer's thread (see _flatten): result rows without run/test ids, and
-    # one (worst outcome, summed duration) per test for the summaries.
-    rows: list[tuple] = field(default_factory=list)
-    per_test: dict[str, tuple[str, float]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.tests and not self.rows:
-            self.rows, self.per_test = _flatten(self.tests)
+    # Built off the writer's thread (see _flatten): result rows without run/test ids, and per
+    # test (worst outcome, summed duration, file, line) for the summaries and the tests table.
+    rows: list[tuple]
+    per_test: dict[str, tuple[str, float, str | None, int | None]]
 
 
 @dataclass
@@ -372,9 +370,9 @@ def _junit_sources(settings: Settings) -> set[str]:
     return {item.strip() for item in value if item and item.strip()}
 
 
-def _flatten(tests: list[dict[str, Any]]) -> tuple[list[tuple], dict[str, tuple[str, float]]]:
+def _flatten(tests: list[dict[str, Any]]) -> tuple[list[tuple], dict[str, tuple]]:
     rows = []
-    per_test: dict[str, tuple[str, float]] = {}
+    per_test: dict[str, tuple] = {}
     for t in tests:
         nodeid, outcome, duration = t["nodeid"], t["outcome"], t.get("duration", 0.0)
         markers = t.get("markers")
@@ -386,11 +384,11 @@ def _flatten(tests: list[dict[str, Any]]) -> tuple[list[tuple], dict[str, tuple[
         )  # fmt: skip
         seen = per_test.get(nodeid)
         if seen is None:
-            per_test[nodeid] = (outcome, duration)
+            per_test[nodeid] = (outcome, duration, t.get("file"), t.get("line"))
         else:
             # One outcome per test and run: the worst of its entries (passed + teardown error = error).
             worst = outcome if _PRECEDENCE[outcome] < _PRECEDENCE[seen[0]] else seen[0]
-            per_test[nodeid] = (worst, seen[1] + duration)
+            per_test[nodeid] = (worst, seen[1] + duration, seen[2], seen[3])
     return rows, per_test
 
 
@@ -398,6 +396,7 @@ def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signe
     result = doc.result
     if isinstance(result, PytestResult):
         counts = result.counts.model_dump()
+        rows, per_test = _flatten(result.tests)
         return RunRecord(
             candidate=candidate,
             minion=doc.minion_id,
@@ -418,7 +417,8 @@ def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signe
             grains=json.dumps(doc.grains, sort_keys=True),
             message=result.message,
             signed=int(signed),
-            tests=result.tests,
+            rows=rows,
+            per_test=per_test,
         )
     # Another function's return (the returner's all_jobs option): a run without tests.
     return RunRecord(
@@ -441,7 +441,8 @@ def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signe
         grains=json.dumps(doc.grains, sort_keys=True),
         message=None,
         signed=int(signed),
-        tests=[],
+        rows=[],
+        per_test={},
     )
 
 
@@ -726,14 +727,17 @@ class _Batch:
     def test_ids(self, record: RunRecord) -> dict[str, int]:
         known = self.ids.tests
         if any(nodeid not in known for nodeid in record.per_test):
-            missing = {t["nodeid"]: t for t in record.tests if t["nodeid"] not in known}
+            missing = [nodeid for nodeid in record.per_test if nodeid not in known]
             before = self.conn.total_changes
             self.conn.executemany(
                 "INSERT INTO tests (nodeid, file, line) VALUES (?, ?, ?) ON CONFLICT (nodeid) DO NOTHING",
-                [(nodeid, t.get("file") or nodeid.split("::", 1)[0], t.get("line")) for nodeid, t in missing.items()],
+                [
+                    (nodeid, record.per_test[nodeid][2] or nodeid.split("::", 1)[0], record.per_test[nodeid][3])
+                    for nodeid in missing
+                ],
             )
             self.new_tests += self.conn.total_changes - before
-            for chunk in _chunks(list(missing), SQL_CHUNK):
+            for chunk in _chunks(missing, SQL_CHUNK):
                 marks = ",".join("?" * len(chunk))
                 for test_id, nodeid in self.conn.execute(
                     f"SELECT id, nodeid FROM tests WHERE nodeid IN ({marks})",  # noqa: S608 (placeholders only)
@@ -818,7 +822,7 @@ class _Batch:
         self.load_status(minion_id, [ids[nodeid] for nodeid in per_test])
         status, dirty = self.status, self.dirty
         started_at = record.started_at
-        for nodeid, (outcome, duration) in per_test.items():
+        for nodeid, (outcome, duration, _file, _line) in per_test.items():
             tid = ids[nodeid]
             key = (minion_id, tid)
             row = status[key]
@@ -955,18 +959,182 @@ def _state(db: Database, settings: Settings) -> _IngestState:
 
 def _prepare_chunk(preparer: Preparer, chunk: list[Candidate]) -> tuple[list[RunRecord | JobRecord], int]:
     """Validate a chunk of files; quarantine the bad ones. Returns (records, files quarantined)."""
+    return _sort_out(preparer.settings, chunk, [preparer.prepare(candidate) for candidate in chunk])
+
+
+def _sort_out(
+    settings: Settings, chunk: list[Candidate], outcomes: list[RunRecord | JobRecord | Rejected]
+) -> tuple[list[RunRecord | JobRecord], int]:
     records: list[RunRecord | JobRecord] = []
     quarantined = 0
-    for candidate in chunk:
-        outcome = preparer.prepare(candidate)
+    for candidate, outcome in zip(chunk, outcomes, strict=True):
+        outcome.candidate = candidate
         if isinstance(outcome, Rejected):
             if outcome.reason and quarantine_entry(
-                preparer.settings, candidate.inbox_dir.fd, candidate.dir_name, candidate.name, outcome.reason
+                settings, candidate.inbox_dir.fd, candidate.dir_name, candidate.name, outcome.reason
             ):
                 quarantined += 1
         else:
             records.append(outcome)
     return records, quarantined
+
+
+# -- validation in a worker process --------------------------------------------------------------
+# Validation (JSON, pydantic) and the writer's side are both CPU-bound Python: under the GIL they
+# cannot overlap in threads. A pass with more than one batch (after downtime, a benchmark) hands
+# validation to one worker process, so it runs on the other core while this process writes. The
+# steady trickle (a few files per scan) stays in-process: no round trip for it.
+#
+# The worker is a plain ``python -c`` child talking over two pipes, not multiprocessing's spawn:
+# spawn re-imports the parent's __main__ script in the child, which would re-run any caller's
+# unguarded script (a benchmark, a one-off tool). DISTMON_INGEST_WORKER=0 turns it off.
+
+WORKER_ENV = "DISTMON_INGEST_WORKER"
+WORKER_REPLY_TIMEOUT = 300  # seconds for one batch; a stuck worker is killed and replaced
+
+
+class _ValidationWorker:
+    """One child process that runs :func:`_prepare_remote`; requests are serialized."""
+
+    def __init__(self) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        code = f"from dashboard.ingest import _worker_main; _worker_main({to_child_r}, {from_child_w})"
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self.to_child = multiprocessing.connection.Connection(to_child_w, readable=False)
+        self.from_child = multiprocessing.connection.Connection(from_child_r, writable=False)
+        self.lock = threading.Lock()
+
+    def validate(self, settings: Settings, items: list[tuple]) -> list:
+        """Blocking (run it in a thread): the outcomes of :func:`_prepare_remote` for ``items``."""
+        with self.lock:
+            self.to_child.send((settings, items))
+            if not self.from_child.poll(WORKER_REPLY_TIMEOUT):
+                raise TimeoutError(f"no reply from the validation worker in {WORKER_REPLY_TIMEOUT} s")
+            return self.from_child.recv()
+
+    def close(self) -> None:
+        for connection in (self.to_child, self.from_child):
+            try:
+                connection.close()
+            except OSError:
+                pass
+        if self.process.poll() is None:
+            self.process.kill()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+_worker: _ValidationWorker | None = None
+_worker_lock = threading.Lock()
+_worker_preparers: dict[str, Preparer] = {}  # in the worker process: one per settings
+
+
+def _validation_worker() -> _ValidationWorker | None:
+    global _worker
+    if os.environ.get(WORKER_ENV, "1") == "0":
+        return None
+    with _worker_lock:
+        if _worker is None or _worker.process.poll() is not None:
+            try:
+                _worker = _ValidationWorker()
+            except OSError as err:
+                log.warning("cannot start the validation worker (%s); validating in-process", err)
+                return None
+        return _worker
+
+
+def _discard_worker(worker: _ValidationWorker) -> None:
+    global _worker
+    with _worker_lock:
+        if _worker is worker:
+            _worker = None
+    worker.close()
+
+
+def warm_up_validation_worker() -> None:
+    """Start the validation worker ahead of the first big pass (its imports take a moment)."""
+    _validation_worker()
+
+
+def _worker_main(read_fd: int, write_fd: int) -> None:
+    """The worker process's loop: (settings, items) in, outcomes out, until the parent goes away."""
+    inbound = multiprocessing.connection.Connection(read_fd, writable=False)
+    outbound = multiprocessing.connection.Connection(write_fd, readable=False)
+    while True:
+        try:
+            settings, items = inbound.recv()
+        except (EOFError, OSError):
+            return
+        outbound.send(_prepare_remote(settings, items))
+
+
+def _prepare_remote(settings: Settings, items: list[tuple[str, str, str, int, float]]) -> list:
+    """In the worker: validate files named (dir, name, kind, size, mtime), reading them itself.
+
+    Directories are opened with O_NOFOLLOW like the scanner does. The outcomes travel back
+    without their candidate (descriptors mean nothing across processes); the caller re-attaches.
+    """
+    key = repr(settings)
+    preparer = _worker_preparers.get(key)
+    if preparer is None:
+        preparer = _worker_preparers[key] = Preparer(settings)
+    inbox_fd = os.open(settings.inbox, os.O_RDONLY | os.O_DIRECTORY)
+    opened: dict[str, InboxDir | None] = {}
+    outcomes: list = []
+    try:
+        for dir_name, name, kind, size, mtime in items:
+            if dir_name not in opened:
+                try:
+                    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                    opened[dir_name] = InboxDir(dir_name, os.open(dir_name, flags, dir_fd=inbox_fd))
+                except OSError as err:
+                    log.warning("validation worker cannot open %r: %s", dir_name, err)
+                    opened[dir_name] = None
+            inbox_dir = opened[dir_name]
+            if inbox_dir is None:
+                outcomes.append(Rejected(None, "its directory was replaced while being ingested"))  # type: ignore[arg-type]
+                continue
+            outcome = preparer.prepare(Candidate(dir_name, name, kind, size, mtime, inbox_dir))
+            outcome.candidate = None  # type: ignore[assignment]
+            outcomes.append(outcome)
+    finally:
+        for inbox_dir in opened.values():
+            if inbox_dir is not None:
+                os.close(inbox_dir.fd)
+        os.close(inbox_fd)
+    return outcomes
+
+
+async def _prepare(
+    work: _FileWork, preparer: Preparer, chunk: list[Candidate], *, in_worker: bool
+) -> tuple[list[RunRecord | JobRecord], int]:
+    worker = _validation_worker() if in_worker else None
+    if worker is not None:
+        items = [(c.dir_name, c.name, c.kind, c.size, c.mtime) for c in chunk]
+        try:
+            outcomes = await work.run(worker.validate, preparer.settings, items)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # the worker died or misbehaved: validate here instead
+            log.warning("validation worker failed (%s: %s); validating in-process", type(err).__name__, err)
+            _discard_worker(worker)
+        else:
+            if len(outcomes) == len(chunk):
+                return await work.run(_sort_out, preparer.settings, chunk, outcomes)
+            _discard_worker(worker)
+    return await work.run(_prepare_chunk, preparer, chunk)
 
 
 def _transient(err: BaseException) -> bool:
@@ -1003,6 +1171,8 @@ class _FileWork:
 
     def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         with self._lock:
+            if self._closing:
+                raise RuntimeError("this ingest pass is over: its directory descriptors are released")
             self._busy += 1
         future = _FILE_THREADS.submit(fn, *args)
         future.add_done_callback(self._done)
@@ -1075,19 +1245,24 @@ async def ingest_pending(db: Database, settings: Settings) -> IngestReport:
     state = _state(db, settings)
     report = IngestReport()
     work = _FileWork()
+    pending: asyncio.Future | None = None
     try:
         candidates = await work.run(scan_inbox, settings, report, work.opened)
         chunks = list(_batches(candidates))
-        pending = work.run(_prepare_chunk, state.preparer, chunks[0]) if chunks else None
+        in_worker = len(chunks) > 1
+        if chunks:
+            pending = asyncio.ensure_future(_prepare(work, state.preparer, chunks[0], in_worker=in_worker))
         for index in range(len(chunks)):
             records, quarantined = await pending
             report.quarantined += quarantined
             if index + 1 < len(chunks):
-                # Validation of the next chunk (CPU, in a thread) overlaps the commit of this one.
-                pending = work.run(_prepare_chunk, state.preparer, chunks[index + 1])
+                # Validation of the next chunk overlaps the commit of this one.
+                pending = asyncio.ensure_future(_prepare(work, state.preparer, chunks[index + 1], in_worker=in_worker))
             if records:
                 await _store(db, settings, state, work, records, report)
     finally:
+        if pending is not None and not pending.done():
+            pending.cancel()  # it must not start new file work once the descriptors are released
         work.close()
     if report:
         log.info(
@@ -1100,6 +1275,7 @@ async def ingest_pending(db: Database, settings: Settings) -> IngestReport:
 async def run_ingester(db: Database, settings: Settings, stop: asyncio.Event) -> None:
     """Scan at start, then every ``settings.scan_interval`` seconds until ``stop`` is set; never dies."""
     interval = max(0.01, float(settings.scan_interval))
+    warm_up_validation_worker()
     while not stop.is_set():
         try:
             await ingest_pending(db, settings)

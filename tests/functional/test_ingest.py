@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from dashboard import ingest as ingest_module
 from dashboard.db import Database, connect_sync
 from dashboard.ingest import CRASH_AFTER_COMMIT_ENV, IngestReport, run_ingester
 from tests.functional.ingest_support import (
@@ -143,6 +144,53 @@ def test_many_files_many_minions_in_batches(settings):
     )
     assert sum(m["runs"] for m in minions) == 230
     assert all(m["last_run_id"] == m["newest"] for m in minions)
+
+
+def _drop_many(settings, count: int, prefix: str = "20261128") -> None:
+    for index in range(count):
+        drop_doc(settings.inbox, make_doc(f"m-{index % 7}", f"{prefix}{index:012d}", started_at=f"2026-11-28T07:{index // 60 % 60:02d}:{index % 60:02d}Z"))
+
+
+def test_big_passes_validate_in_a_worker_process_that_is_replaced_when_it_dies(settings, monkeypatch):
+    monkeypatch.delenv(ingest_module.WORKER_ENV, raising=False)
+    _drop_many(settings, 150)
+    assert ingest(settings).ingested == 150
+    worker = ingest_module._worker
+    assert worker is not None and worker.process.poll() is None
+    # The worker dies (OOM killer, a crash): the next big pass validates in-process and a new worker starts.
+    worker.process.kill()
+    worker.process.wait()
+    _drop_many(settings, 150, prefix="20261129")
+    report = ingest(settings)
+    assert (report.ingested, report.quarantined) == (150, 0)
+    assert counters(settings)["runs"] == 300
+    replacement = ingest_module._worker
+    assert replacement is not None and replacement is not worker
+
+    # A worker that fails mid-request: that batch is validated here, the worker is discarded.
+    def broken(*_args):
+        raise EOFError("worker went away")
+
+    monkeypatch.setattr(replacement, "validate", broken)
+    _drop_many(settings, 150, prefix="20261130")
+    report = ingest(settings)
+    assert (report.ingested, report.quarantined) == (150, 0)
+    assert ingest_module._worker is not replacement
+    assert replacement.process.poll() is not None  # killed, not leaked
+
+
+def test_bad_files_found_by_the_worker_are_quarantined_by_this_process(settings):
+    _drop_many(settings, 120)
+    drop(settings.inbox, "m-0", "20261128999999999999.json", b"{not json")
+    report = ingest(settings)
+    assert (report.ingested, report.quarantined) == (120, 1)
+    assert "JSON" in quarantined(settings)["m-0/20261128999999999999.json"]
+
+
+def test_without_the_worker_big_passes_validate_in_process(settings, monkeypatch):
+    monkeypatch.setenv(ingest_module.WORKER_ENV, "0")
+    _drop_many(settings, 130)
+    assert ingest(settings).ingested == 130
 
 
 def test_other_salt_functions_become_runs_without_tests(settings):
