@@ -53,9 +53,10 @@ collects nothing is a failure worth seeing), gives retcode 1.
 Errors: what pytestrun can check itself (a missing or unreadable path, a ``salt://`` path
 the master does not serve, salt:// and local paths or two saltenvs in one run, an
 interpreter that does not exist or lacks pytest, args that cannot be split, bad keyword
-arguments) raises a Salt error naming it. What only pytest can judge (an unknown option, a node id that matches nothing, a broken conftest.py) comes back
-as a result with status ``usage_error`` and pytest's own words in ``message`` (retcode 1),
-so the returner and the dashboard still record the attempt.
+arguments) raises a Salt error naming it. What only pytest can judge (an unknown option,
+a node id that matches nothing, a broken conftest.py) comes back as a result with status
+``usage_error`` and pytest's own words in ``message`` (retcode 1), so the returner and the
+dashboard still record the attempt.
 
 Process cleanup: when pytest exits, whatever is left in its process group is
 killed; on ``timeout`` the group, every recorded descendant and every process
