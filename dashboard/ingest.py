@@ -235,18 +235,21 @@ def _move_out(dir_fd: int, name: str, target: Path) -> None:
 def quarantine_entry(settings: Settings, dir_fd: int, dir_label: str, name: str, reason: str) -> bool:
     """Move an inbox entry to ``<quarantine>/<dir_label>/<name>`` with a ``.reason`` file; True on success."""
     target = _unique(Path(settings.quarantine) / _label(dir_label) / _label(name))
+    reason_file = target.with_name(target.name + ".reason")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.with_name(target.name + ".reason").write_text(
+        # The reason first: a crash between the two leaves a reason without a file, never the reverse.
+        reason_file.write_text(
             f"reason: {reason}\nwhen: {_now()}\nentry: {dir_label!r}/{name!r}\n", encoding="utf-8", errors="replace"
         )
         _move_out(dir_fd, name, target)
     except FileNotFoundError:
+        reason_file.unlink(missing_ok=True)
         return False  # gone already (another ingester, or the uploader replaced it)
     except OSError as err:
         log.error("cannot quarantine %r/%r (%s): %s", dir_label, name, reason, err)
         return False
-    log.warning("quarantined %s/%s: %s", dir_label, name, reason)
+    log.warning("quarantined %r/%r: %s", dir_label, name, reason)
     return True
 
 
