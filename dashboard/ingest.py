@@ -18,6 +18,7 @@ JUnit XML as ``<inbox>/<source>/<name>.xml``. This module turns them into rows.
     DISTMON_JUNIT_SOURCES: ""                 # sources whose JUnit XML is accepted even when
                                               # signatures are required (comma separated)
     DISTMON_SCAN_INTERVAL: 0.2                # seconds between inbox scans
+    DISTMON_INGEST_WORKER: 1                  # 0: never validate in a worker process
 
 How it works, and why:
 
@@ -29,8 +30,14 @@ How it works, and why:
   that descriptor, so a symlink (or a directory swapped for one) is never followed.
 - Each file is validated (dashboard/models.py, dashboard/signing.py) BEFORE the transaction;
   a bad one goes to ``<quarantine>/<dir>/<name>`` with ``<name>.reason`` and ingest goes on.
-- Valid files are written in batches (one transaction for up to :data:`BATCH_FILES` files);
-  if a batch fails, its files are retried one per transaction, so one file cannot sink others.
+- Valid files are written in batches (one transaction for up to :data:`BATCH_FILES` files or
+  :data:`BATCH_BYTES`); if a batch fails, its files are retried one per transaction, so one file
+  cannot sink the others. A file the database refuses is quarantined; a database-level error
+  (locked, disk full) leaves it in the inbox for the next scan (``deferred``).
+- A pass with more than one batch validates in a worker process (``python -c`` child over
+  pipes; ``DISTMON_INGEST_WORKER=0`` turns it off) while this process writes: validation and
+  writing are both CPU-bound Python and cannot overlap in threads under the GIL. If the worker
+  fails, that batch is validated in-process and a new worker is started for the next pass.
 - Idempotent on (minion, jid): after the commit the file is archived (or deleted). A crash
   between the commit and the move leaves the file in the inbox; the next scan finds its
   (minion, jid) already stored, counts it as a duplicate and archives it. Nothing is counted
