@@ -48,7 +48,11 @@ How it works, and why:
   runs), ``test_status`` (latest outcome per minion and test, runs, fails, flips, failing
   streak start, last pass, total duration) and ``counters`` (``runs``, ``results``, ``tests``).
   "Latest" is by (started_at, run id): a run that arrives after a newer one does not overwrite
-  it; its tests' rows are recomputed from their history instead.
+  it; its tests' rows are recomputed from their history instead. A test's outcome in a run is
+  the worst of its entries (failed > error > passed > xpassed > xfailed > skipped); failed and
+  error are fails, passed/xpassed/xfailed are passes, skipped is neither: a flip is a change
+  between pass and fail (skips in between are ignored), ``first_fail_at`` opens a failing
+  streak and a pass closes it.
 """
 
 from __future__ import annotations
