@@ -166,6 +166,19 @@ def median(samples: list[float]) -> float:
     return statistics.median(samples)
 
 
+def median_pair(values: list[float], floors: list[float]) -> tuple[float, float]:
+    """The (value, floor) pair, measured side by side, whose ratio value/floor is the median one.
+
+    Pairs are measured back to back, so a slow phase of a shared machine slows both halves of a
+    pair alike; taking one real pair (rather than the median of each column) keeps the printed
+    ratio exactly value/floor. With an even count the upper middle pair is taken.
+    """
+    if not values or len(values) != len(floors):
+        raise ValueError("need as many floors as values, at least one")
+    pairs = sorted(zip(values, floors, strict=True), key=lambda pair: pair[0] / pair[1])
+    return pairs[len(pairs) // 2]
+
+
 # -- context ------------------------------------------------------------------------------
 
 

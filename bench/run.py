@@ -15,17 +15,23 @@ Prints one line per figure on stdout (progress goes to stderr)::
   ``-``: informational, no target.
 - ``ok`` when the value meets every clause, else ``SHORT`` (a measurement that failed is SHORT).
 
+Timed pairs: where a figure compares two timed things (value and floor), they are timed back
+to back in alternating order, several pairs, and the printed value and floor are those of the
+pair whose ratio is the median one; so the printed ratio is exactly value/floor, and a slow
+phase of the shared machine hits both halves of a pair alike. The raw samples are in
+results.json.
+
 The figures, their floors and their targets:
 
 ==========================  =============================================  ======================================  ================
 figure                      value                                          floor                                   target
 ==========================  =============================================  ======================================  ================
 pytestrun_overhead          ``pytestrun.run`` of sample_tests through the  ``python -m pytest`` of the same suite  ``<=1.05x+0.1s``
-                            minion loader (web-1's config), median s       with the same interpreter, median s
+                            minion loader (web-1's config), s              with the same interpreter, s
 pytestrun_overhead_1000     the same on bench/suites/many (1,000 tests)    the same                                ``<=1.05x+0.1s``
-pipeline_overhead           ``salt-run distmon.run`` of sample_tests on    ``salt '*' cmd.run 'python -m pytest    ``<=1.15x``
-                            the stack's minions until all runs are in      ...'`` on the same minions, median s
-                            ``/api/runs``, median s
+pipeline_overhead           ``salt-run distmon.run`` of sample_tests on    ``salt -L web-1,web-2,db-1 cmd.run      ``<=1.15x``
+                            web-1, web-2, db-1 until all 3 runs are in     'python -m pytest sample_tests'``, s
+                            ``/api/runs``, s
 ingest_rate                 results/s, inbox files -> SQLite by            bare ``executemany`` of the same rows,  ``>=50000&>=0.5x``
                             ``ingest_pending``                             one transaction, results/s
 result_latency_p95          p95 s from a file's final rename in the inbox  the ingester's scan interval, s         ``<=1s``
@@ -40,10 +46,13 @@ dashboard_rss               RSS of a uvicorn dashboard on the seeded DB    its R
                             after serving every route and the latency
                             samples, MB
 fanout_20                   ``salt-run distmon.run`` of one trivial test   ``salt 'bench-*' test.ping`` on the     ``-`` (ratio
-                            on 20 extra minions until all 20 runs are in   same minions, median s                  reported)
-                            ``/api/runs``, median s
-fanout_20_delivered         runs of the last fan-out job in ``/api/runs``  the minions targeted (20)               ``==20``
+                            on 20 extra minions until all 20 runs are in   same minions, s                         reported)
+                            ``/api/runs``, s
+fanout_20_delivered         fewest runs of one fan-out job in /api/runs    the minions targeted (20)               ``==20``
 ==========================  =============================================  ======================================  ================
+
+The routes behind ``page_*`` (names -> URLs with real ids of the seeded data) are listed on
+stderr, in results.json (``extra.url``) and in bench/LATEST.md.
 
 The same figures go to bench/results.json (a list of objects: the line's fields as numbers,
 ``ok``, the raw samples in ``extra``, plus machine, date, git commit) and, after a full run,

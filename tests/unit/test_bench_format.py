@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.common import Figure, TargetError, format_number, meets, percentile, ratio_of
+from bench.common import Figure, TargetError, format_number, median_pair, meets, percentile, ratio_of
 
 
 def test_line_has_the_seven_fields_in_order():
@@ -99,3 +99,14 @@ def test_percentile_interpolates():
     assert percentile([7.0], 95) == 7.0
     with pytest.raises(ValueError):
         percentile([], 50)
+
+
+def test_median_pair_is_one_real_pair_with_the_median_ratio():
+    # ratios 0.9, 1.5, 1.1: the median ratio is 1.1, from the third pair
+    assert median_pair([9.0, 15.0, 11.0], [10.0, 10.0, 10.0]) == (11.0, 10.0)
+    # a slow phase slowing both halves of a pair does not move the ratio
+    value, floor = median_pair([4.6, 7.4, 4.6], [4.7, 7.0, 4.4])
+    assert value / floor == pytest.approx(4.6 / 4.4)
+    assert median_pair([2.0, 4.0], [1.0, 1.0]) == (4.0, 1.0)  # even count: the upper middle
+    with pytest.raises(ValueError):
+        median_pair([1.0], [])
