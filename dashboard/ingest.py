@@ -1061,6 +1061,8 @@ def _validation_worker() -> _ValidationWorker | None:
         return None
     with _worker_lock:
         if _worker is None or _worker.process.poll() is not None:
+            if _worker is not None:
+                _worker.close()  # it died on its own: release its pipes
             try:
                 _worker = _ValidationWorker()
             except OSError as err:
