@@ -1091,9 +1091,9 @@ def _worker_main(read_fd: int, write_fd: int) -> None:
     while True:
         try:
             settings, items = inbound.recv()
-        except (EOFError, OSError):
+            outbound.send(_prepare_remote(settings, items))
+        except (EOFError, OSError):  # the parent went away (exit, SIGKILL): so do we
             return
-        outbound.send(_prepare_remote(settings, items))
 
 
 def _prepare_remote(settings: Settings, items: list[tuple[str, str, str, int, float]]) -> list:
