@@ -6,7 +6,9 @@ of tests/conftest.py (``storage_host``, ``web-1``/``web-2``):
 - ``fault_host``: an sshd storage host of this suite (``make_storage_host``); cases that stop it
   or kill its sessions start it again before they end.
 - ``fault_minions``: ``fault-1`` and ``fault-2``, real minions of the shared ``salt_master``
-  whose distmon returner points at ``fault_host``.
+  whose distmon returner points at ``fault_host``; stopped and their keys deleted when this
+  package's tests end (fixtures here are package-scoped), so later suites' ``salt '*'`` never
+  sees them.
 - ``fault_dashboard``: a :class:`~tests.faults.helpers.DashboardProcess` (uvicorn subprocess)
   reading ``fault_host``'s inbox, signatures required, keys from the master's ``pki/minions``;
   ``own_dashboards`` starts more, each over its own database.
@@ -92,7 +94,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 # -- fixtures -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def faults_root(harness_root) -> Path:
     # Under the harness root (root-owned, not group/world writable): sshd chroots need that.
     root = harness_root / "faults"
@@ -101,7 +103,7 @@ def faults_root(harness_root) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fault_host(faults_root):
     host = make_storage_host(faults_root / "host")
     yield host
@@ -109,29 +111,37 @@ def fault_host(faults_root):
     host.kill_sessions()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fault_minions(salt_master, fault_host):
     """fault-1 and fault-2: real minions of the shared master, returning to ``fault_host``."""
     factories = [start_minion(salt_master, name, fault_host) for name in FAULT_MINIONS]
-    with contextlib.ExitStack() as stack:
-        for factory in factories:
-            stack.enter_context(factory.started())
-        ret = salt_master.salt_cli(timeout=120).run("saltutil.sync_all", "-L", minion_tgt=",".join(FAULT_MINIONS))
-        assert ret.returncode == 0, ret
-        yield factories
+    try:
+        with contextlib.ExitStack() as stack:
+            for factory in factories:
+                stack.enter_context(factory.started())
+            ret = salt_master.salt_cli(timeout=120).run("saltutil.sync_all", "-L",
+                                                       minion_tgt=",".join(FAULT_MINIONS))
+            assert ret.returncode == 0, ret
+            yield factories
+    finally:
+        # Stopped minions with accepted keys would be "down" targets of every later `salt '*'`
+        # in this session (other suites share this master): remove their keys too.
+        key_cli = salt_master.salt_key_cli()
+        for name in FAULT_MINIONS:
+            key_cli.run("-d", name, "-y")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fault_cli(salt_master):
     return salt_master.salt_cli(timeout=180)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def pubkeys_dir(salt_master) -> Path:
     return Path(salt_master.config["pki_dir"]) / "minions"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fault_dashboard(faults_root, fault_host, pubkeys_dir):
     """The dashboard process over ``fault_host``'s inbox; signatures required."""
     dashboard = DashboardProcess(faults_root / "dashboard", fault_host.inbox, pubkeys_dir=pubkeys_dir,
