@@ -354,7 +354,7 @@ def test_argv_for_salt_runs_pins_rootdir_and_config_and_lets_the_user_override(p
     assert pytestrun._build_argv("py", ["--", "-c"], ["t"], tree)[5:8] == [f"--rootdir={root}", "-c", str(empty)]
 
 
-POISON_PYPROJECT = '[tool.pytest.ini_options]\naddopts = "-k nothing_matches --strict-markers"\n'
+POISON_PYPROJECT = '[tool.pytest.ini_options]\naddopts = "-m nothing_matches --strict-markers"\n'
 SALT_SUITE = {
     "suite/conftest.py": "import pytest\n\n@pytest.fixture\ndef inventory():\n    return ['web-1']\n",
     "suite/sub/test_a.py": (
