@@ -79,7 +79,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     rows = []
     for nodeid in ran:
-        row = _ROWS.get(nodeid) or FaultRow(nodeid, nodeid.rsplit("::", 1)[-1], "-", "-", "-", "no figures recorded")
+        module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+        name = f"{module}::{nodeid.rsplit('::', 1)[-1]}"
+        why = "stopped before recording its figures" if "tests/faults/" in nodeid else "another suite's fault test"
+        row = _ROWS.get(nodeid) or FaultRow(nodeid, name, "-", "-", "-", why)
         rows.append((row.case, str(row.expected), str(row.seen), str(row.duplicates), outcomes[nodeid], row.detail))
     header = ("case", "expected", "seen", "duplicates", "passed", "detail")
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(5)]

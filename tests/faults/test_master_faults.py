@@ -48,6 +48,8 @@ def own_master_stack(salt_factories, file_roots_dir, faults_root):
     overrides = {
         # The runner writes the job manifest to this host, with the returner's option names.
         **{f"distmon.{key}": value for key, value in host.returner_config().items()},
+        # A loaded machine can take seconds to log in: the manifest must not be skipped for that.
+        "distmon.manifest_deadline": 30,
         "interface": "127.0.0.1",
         "file_roots": {"base": [str(REPO_ROOT / "states"), str(file_roots_dir)]},
         "fileserver_followsymlinks": True,

@@ -310,10 +310,13 @@ def test_inbox_disk_full(fault_cli, fault_minions, full_disk_host, own_dashboard
     room = flush(fault_cli, minion.id, **options)
     ledger = dashboard.wait_runs(expected, timeout=60)
     duplicates = ledger.duplicates(count * tests_per_doc)
+    reasons = sorted({item["reason"] for item in full["waiting"]})
     fault_table.record("inbox disk full, then room again", count, ledger.seen, duplicates,
-                       f"while full: {len(full['delivered'])} delivered, {len(still_spooled)} stayed spooled, "
+                       f"while full: {len(full['delivered'])} delivered ({'; '.join(reasons)[:60]}), "
+                       f"{len(still_spooled)} stayed spooled, "
                        f"{len(corrupt)} corrupt; after: {len(room['delivered'])} delivered")
     assert full["delivered"] == [] and len(full["waiting"]) == count, full
+    assert all(reason.startswith("upload failed") for reason in reasons), reasons
     assert still_spooled == sorted(jids)
     assert corrupt == [] and stored_while_full == 0
     assert dashboard.quarantined(minion.id) == {}
