@@ -90,7 +90,7 @@ def salt_master(salt_factories, file_roots_dir, storage_host):
     }
     master = salt_factories.salt_master_daemon("distmon-master", overrides=overrides)
     with master.started():
-        ret = master.salt_run_cli().run("saltutil.sync_runners")
+        ret = master.salt_run_cli(timeout=120).run("saltutil.sync_runners")
         assert ret.returncode == 0, ret
         yield master
 
