@@ -15,6 +15,7 @@ wrote ``.run/stack.env``, unset variables fall back to the local stack's values,
 | DISTMON_PUBKEYS_DIR | (none) | accepted minion public keys (the master's pki/master/minions) |
 | DISTMON_REQUIRE_SIGNATURE | 0 | 1: unsigned or forged results are quarantined |
 | DISTMON_ACCEPT_JUNIT | 1 | accept JUnit XML dropped in the inbox |
+| DISTMON_JUNIT_SOURCES | (none) | comma-separated inbox dirs whose JUnit XML is accepted even with require_signature |
 | DISTMON_INGEST | 1 | run the ingester inside the web app |
 | DISTMON_SCAN_INTERVAL | 0.2 | seconds between inbox scans (the watcher's backstop) |
 | DISTMON_REGISTRATION | approval | approval, open or closed |
@@ -69,6 +70,7 @@ class Settings:
     pubkeys_dir: Path | None = None
     require_signature: bool = False
     accept_junit: bool = True
+    junit_sources: frozenset[str] = frozenset()
     ingest: bool = True
     scan_interval: float = 0.2
     registration: str = "approval"
@@ -97,6 +99,9 @@ class Settings:
             pubkeys_dir=Path(pubkeys).resolve() if pubkeys else None,
             require_signature=_flag(env.get("DISTMON_REQUIRE_SIGNATURE"), False),
             accept_junit=_flag(env.get("DISTMON_ACCEPT_JUNIT"), True),
+            junit_sources=frozenset(
+                name.strip() for name in (env.get("DISTMON_JUNIT_SOURCES") or "").split(",") if name.strip()
+            ),
             ingest=_flag(env.get("DISTMON_INGEST"), True),
             scan_interval=float(env.get("DISTMON_SCAN_INTERVAL") or 0.2),
             registration=registration,

@@ -375,13 +375,8 @@ def _decode_json(raw: bytes) -> Any:
         raise _Reject(f"not valid JSON: {str(err)[:200]}") from None
 
 
-def _junit_sources(settings: Settings) -> set[str]:
-    value = getattr(settings, "junit_sources", None)
-    if value is None:
-        value = os.environ.get("DISTMON_JUNIT_SOURCES", "")
-    if isinstance(value, str):
-        value = value.split(",")
-    return {item.strip() for item in value if item and item.strip()}
+def _junit_sources(settings: Settings) -> frozenset[str]:
+    return settings.junit_sources
 
 
 def _flatten(tests: list[dict[str, Any]]) -> tuple[list[tuple], dict[str, tuple]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from dashboard import ingest as ingest_module
+from dashboard.config import Settings
 from dashboard.db import Database, connect_sync
 from dashboard.ingest import CRASH_AFTER_COMMIT_ENV, IngestReport, run_ingester
 from tests.functional.ingest_support import (
@@ -427,9 +428,10 @@ def test_hostile_or_unwanted_junit_is_quarantined(settings, tmp_path):
     assert "ACCEPT_JUNIT" in quarantined(off)["ci/r1.xml"]
 
 
-def test_junit_with_required_signatures_only_from_listed_sources(tmp_path, monkeypatch):
-    settings = make_settings(tmp_path, require_signature=True)
-    monkeypatch.setenv("DISTMON_JUNIT_SOURCES", "trusted-ci, other")
+def test_junit_with_required_signatures_only_from_listed_sources(tmp_path):
+    settings = Settings.from_env({"DISTMON_JUNIT_SOURCES": "trusted-ci, other"})
+    assert settings.junit_sources == {"trusted-ci", "other"}
+    settings = make_settings(tmp_path, require_signature=True, junit_sources=settings.junit_sources)
     drop(settings.inbox, "trusted-ci", "r1.xml", JUNIT)
     drop(settings.inbox, "random-ci", "r1.xml", JUNIT)
     report = ingest(settings)
