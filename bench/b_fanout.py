@@ -33,12 +33,12 @@ from bench.common import (
     SUITES,
     VENV_BIN,
     Figure,
+    StackToken,
     median,
     median_pair,
     runs_for_jid,
     salt_cli,
     say,
-    stack_api_token,
     stack_env,
 )
 
@@ -157,7 +157,6 @@ def run(quick: bool = False) -> list[Figure]:
     import httpx
 
     env = stack_env()
-    token = stack_api_token()
     suite = str(SUITES / "trivial")
     rounds = 1 if quick else ROUNDS
     stop_minions()  # a previous run that died half-way must not leave minions or keys behind
@@ -170,8 +169,8 @@ def run(quick: bool = False) -> list[Figure]:
         if sync.returncode != 0:
             raise RuntimeError(f"saltutil.sync_all on the bench minions failed: {sync.stdout[-800:]} {sync.stderr[-800:]}")
         ours, floors, delivered, exits, pytest_seconds = [], [], [], [], []
-        with httpx.Client(base_url=env["DISTMON_DASHBOARD_URL"], headers={"Authorization": f"Bearer {token}"},
-                          timeout=30) as client:
+        with StackToken() as token, httpx.Client(base_url=env["DISTMON_DASHBOARD_URL"],
+                                                 headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
             distmon_run_until_visible(client, suite, IDS, target="bench-*", tgt_type="glob")  # warm-up
             ping_seconds()
             for index in range(rounds):

@@ -22,11 +22,11 @@ from bench.common import (
     VENV_BIN,
     VENV_PY,
     Figure,
+    StackToken,
     median_pair,
     runs_for_jid,
     salt_cli,
     say,
-    stack_api_token,
     stack_env,
 )
 
@@ -85,12 +85,11 @@ def run(quick: bool = False) -> list[Figure]:
     import httpx
 
     env = stack_env()
-    token = stack_api_token()
     suite = str(REPO / "sample_tests")
     rounds = 1 if quick else ROUNDS
     ours, floors, delivered, exits = [], [], [], []
-    with httpx.Client(base_url=env["DISTMON_DASHBOARD_URL"], headers={"Authorization": f"Bearer {token}"},
-                      timeout=30) as client:
+    with StackToken() as token, httpx.Client(base_url=env["DISTMON_DASHBOARD_URL"],
+                                             headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
         distmon_run_until_visible(client, suite, STACK_MINIONS)  # warm-up (minion job processes, caches)
         salt_cmd_pytest(suite, STACK_MINIONS)
         for index in range(rounds):

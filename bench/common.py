@@ -225,20 +225,78 @@ def salt_cli(*argv: str, timeout: float = 600, check: bool = False) -> subproces
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout, check=check)
 
 
-def stack_api_token(label: str = "bench") -> str:
-    """An API token for the stack's dashboard, made through its own CLI (user `bench`)."""
-    env = {**os.environ, "DISTMON_BCRYPT_ROUNDS": "4"}
-    created = subprocess.run(
-        [str(VENV_PY), "-m", "dashboard", "user", "create", "bench", "--password-stdin"],
-        input="bench-password-not-secret\n", capture_output=True, text=True, cwd=REPO, env=env, check=False,
-    )
-    if created.returncode != 0 and "already exists" not in created.stderr:
-        raise RuntimeError(f"could not create the bench user: {created.stderr.strip()}")
-    made = subprocess.run([str(VENV_PY), "-m", "dashboard", "token", "create", "bench", "--label", label],
-                          capture_output=True, text=True, cwd=REPO, check=False)
-    if made.returncode != 0:
-        raise RuntimeError(f"could not create an API token: {made.stderr.strip()}")
-    return made.stdout.strip().splitlines()[-1]
+class StackToken:
+    """An API token for the stack's dashboard for the length of a ``with`` block, then gone.
+
+    The user ``bench`` is made through the dashboard's own CLI with a random password nobody
+    sees, and the token with ``python -m dashboard token create``. On exit the token is deleted,
+    and so is the user when this block created it: on a fresh stack the first user becomes the
+    admin, and that must stay the person who runs `make demo` and registers, not the bench.
+    """
+
+    def __init__(self, username: str = "bench"):
+        self.username = username
+        self.db_path = Path(stack_env()["DISTMON_DB"])
+        self.token: str | None = None
+        self.created_user = False
+
+    def _user_id(self) -> int | None:
+        import sqlite3
+
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
+        try:
+            row = conn.execute("SELECT id FROM users WHERE username = ?", (self.username,)).fetchone()
+        finally:
+            conn.close()
+        return row[0] if row else None
+
+    def __enter__(self) -> str:
+        import secrets
+
+        if self._user_id() is None:
+            created = subprocess.run(
+                [str(VENV_PY), "-m", "dashboard", "user", "create", self.username, "--password-stdin"],
+                input=secrets.token_urlsafe(24) + "\n", capture_output=True, text=True, cwd=REPO, check=False,
+                env={**os.environ, "DISTMON_BCRYPT_ROUNDS": "4"},
+            )
+            if created.returncode != 0:
+                raise RuntimeError(f"could not create the bench user: {created.stderr.strip()}")
+            self.created_user = True
+        made = subprocess.run(
+            [str(VENV_PY), "-m", "dashboard", "token", "create", self.username, "--label", "bench"],
+            capture_output=True, text=True, cwd=REPO, check=False,
+        )
+        if made.returncode != 0:
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"could not create an API token: {made.stderr.strip()}")
+        self.token = made.stdout.strip().splitlines()[-1]
+        return self.token
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.path.insert(0, str(REPO))
+        from dashboard import security, users
+        from dashboard.db import connect_sync
+
+        user_id = self._user_id()
+        if user_id is None:
+            return
+        token_hash = security.sha256_hex(self.token) if self.token else None
+        created = self.created_user
+
+        def forget(conn) -> None:
+            if token_hash:
+                conn.execute("DELETE FROM api_tokens WHERE token_hash = ?", (token_hash,))
+            if created:
+                # The user this block made (possibly the database's first admin): gone with its rows.
+                conn.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+                conn.execute("DELETE FROM api_tokens WHERE user_id = ?", (user_id,))
+                conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
+
+        conn = connect_sync(self.db_path)
+        try:
+            users.run_tx(conn, forget)
+        finally:
+            conn.close()
 
 
 def runs_for_jid(client, jid: str) -> list[dict]:
