@@ -60,24 +60,26 @@ def flush(fault_cli, minion_id: str, **options) -> dict:
 
 
 def test_storage_host_down_for_a_whole_run(fault_cli, fault_minions, fault_host, fault_dashboard, fault_table):
-    runs_per_minion = 3
-    spools = {m.id: spool_path(m, "down") for m in fault_minions}
+    runs = 3
+    targets = ",".join(FAULT_MINIONS)
+    # The minions' configured spool (<cachedir>/distmon/spool): no other case of this suite uses it.
+    spools = {m.id: Path(m.config["cachedir"]) / "distmon" / "spool" for m in fault_minions}
+    assert all(spooled_jids(spool) == [] for spool in spools.values())
     tests_per_run: dict[str, int] = {}
     fault_host.stop()
     try:
         assert not fault_host.is_running()
-        for _ in range(runs_per_minion):
-            # One spool directory per minion, so this case counts only its own results.
-            for minion in fault_minions:
-                kwargs = json.dumps({"deadline": 5, "spool_dir": str(spools[minion.id])})
-                ret = fault_cli.run("pytestrun.run", SAMPLE, ENV_ARG, "--return", "distmon",
-                                    "--return_kwargs", kwargs, minion_tgt=minion.id)
-                assert ret.returncode == 0, ret
-                tests_per_run[minion.id] = len(ret.data["tests"])
-        # The returner runs after the job's return: wait until each has spooled and given up.
+        for _ in range(runs):
+            # One job on every minion, each returning to the (down) storage host.
+            ret = fault_cli.run("pytestrun.run", SAMPLE, ENV_ARG, "--return", "distmon",
+                                "--return_kwargs", json.dumps({"deadline": 5}), "-L", minion_tgt=targets)
+            assert ret.returncode == 0 and sorted(ret.data) == sorted(FAULT_MINIONS), ret
+            tests_per_run = {m: len(result["tests"]) for m, result in ret.data.items()}
+
+        # The returner runs after the job's return: wait until each result is spooled and has failed once.
         def all_waiting():
             return all(
-                len(spooled_jids(spools[m])) == runs_per_minion
+                len(spooled_jids(spools[m])) == runs
                 and all((spools[m] / f"{jid}.json.err").exists() for jid in spooled_jids(spools[m]))
                 for m in FAULT_MINIONS
             )
@@ -91,18 +93,17 @@ def test_storage_host_down_for_a_whole_run(fault_cli, fault_minions, fault_host,
     finally:
         fault_host.start()
 
-    delivered = {}
-    for minion in fault_minions:
-        report = flush(fault_cli, minion.id, spool_dir=spools[minion.id])
-        delivered[minion.id] = report["delivered"]
-        assert report["waiting"] == [], report
+    flushed = fault_cli.run("distmon.flush", "-L", minion_tgt=targets)
+    assert flushed.returncode == 0 and sorted(flushed.data) == sorted(FAULT_MINIONS), flushed
+    delivered = {m: report["delivered"] for m, report in flushed.data.items()}
     ledger = fault_dashboard.wait_runs(expected, timeout=60)
     expected_results = sum(tests_per_run[m] for m, _ in expected)
     duplicates = ledger.duplicates(expected_results)
-    fault_table.record("storage host down for a whole run (3 jobs x 2 minions)", len(expected), ledger.seen,
-                       duplicates, f"spooled {len(expected)}, delivered {sum(map(len, delivered.values()))}")
-    assert sorted(j for jids in delivered.values() for j in jids) == sorted(j for _, j in expected)
-    assert ledger.seen == len(expected) == 2 * runs_per_minion
+    fault_table.record(f"storage host down for a whole run ({runs} jobs x {len(FAULT_MINIONS)} minions)",
+                       len(expected), ledger.seen, duplicates,
+                       f"spooled {len(expected)}, delivered {sum(map(len, delivered.values()))} by one flush")
+    assert {(m, j) for m, jids in delivered.items() for j in jids} == expected, delivered
+    assert ledger.seen == len(expected) == len(FAULT_MINIONS) * runs
     assert duplicates == 0, ledger
     assert all(row["signed"] == 1 and row["status"] == "passed" for row in ledger.by_pair.values()), ledger.by_pair
     assert all(spooled_jids(spools[m]) == [] for m in FAULT_MINIONS)
