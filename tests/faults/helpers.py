@@ -7,7 +7,8 @@ every ``DISTMON_*`` setting explicit.
 
 Counting: runs are read from the dashboard's database through a read-only connection.
 "Duplicates" is what a double delivery would leave behind: rows beyond one per (minion, jid),
-``minions.runs`` summaries beyond the rows, and result rows beyond the documents' tests.
+``minions.runs`` summaries beyond the rows, result rows beyond the documents' tests, and
+(where a case checks it) runs that ``/api/runs`` lists more than once.
 """
 
 from __future__ import annotations
@@ -309,6 +310,28 @@ class DashboardProcess:
             self.cli("user", "create", ADMIN_USER, "--admin", "--password-stdin", stdin=ADMIN_PASSWORD + "\n")
             self._token = self.cli("token", "create", ADMIN_USER, "--label", "faults").strip().splitlines()[-1]
         return self._token
+
+    def api_runs(self, **filters) -> list[tuple[str, str]]:
+        """Every run the API lists (all pages), as (minion, jid): what a user of the dashboard sees."""
+        seen: list[tuple[str, str]] = []
+        cursor = None
+        with self.client() as client:
+            while True:
+                params = {**filters, "limit": 500, **({"cursor": cursor} if cursor else {})}
+                page = client.get("/api/runs", params=params)
+                assert page.status_code == 200, page.text[:500]
+                body = page.json()
+                seen.extend((run["minion"], run["jid"]) for run in body["runs"])
+                cursor = body.get("next")
+                if not cursor:
+                    return seen
+
+    def api_listed(self, pairs) -> tuple[int, int]:
+        """(how many of ``pairs`` /api/runs lists, how many times beyond once): the user's view of a case."""
+        expected = {(str(m), str(j)) for m, j in pairs}
+        listed = [pair for minion in sorted({m for m, _ in expected}) for pair in self.api_runs(minion=minion)
+                  if pair in expected]
+        return len(set(listed)), len(listed) - len(set(listed))
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token()}"},

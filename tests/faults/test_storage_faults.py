@@ -70,14 +70,17 @@ def test_dashboard_sigkilled_during_a_burst_of_1000_files(tmp_path, own_dashboar
     archived = final_files(dashboard.archive)
     quarantined = final_files(dashboard.quarantine)
     left = final_files(inbox)
-    duplicates = ledger.duplicates(files * tests_per_doc) + max(0, totals.get("runs", 0) - files)
+    listed = [pair for minion in minions for pair in dashboard.api_runs(minion=minion)]
+    duplicates = (ledger.duplicates(files * tests_per_doc) + max(0, totals.get("runs", 0) - files)
+                  + (len(listed) - len(set(listed))))
     mid_ingest = [count for count in at_kill if 0 < count < files]
     fault_table.record("dashboard+ingester SIGKILLed during 1,000 files", files, ledger.seen, duplicates,
-                       f"{len(at_kill)} SIGKILLs at {at_kill} runs; {dashboard.starts} starts; archive "
-                       f"{len(archived)}, quarantine {len(quarantined)}, inbox {len(left)}")
+                       f"{len(at_kill)} SIGKILLs at {at_kill} runs; {dashboard.starts} starts; /api/runs lists "
+                       f"{len(listed)}; archive {len(archived)}, quarantine {len(quarantined)}, inbox {len(left)}")
     assert len(mid_ingest) >= 3, f"the kills did not land mid-ingest: runs at each kill {at_kill}"
     assert ledger.seen == files, f"{files - ledger.seen} runs missing after restart"
     assert ledger.rows == files and duplicates == 0, (ledger.rows, duplicates, totals)
+    assert sorted(listed) == sorted(expected), "the API does not list exactly the 1,000 runs"
     assert totals == {**totals, "runs": files, "results": files * tests_per_doc}, totals
     # Every file accounted for exactly once: archived, none quarantined, none left behind.
     assert len(archived) == files and quarantined == [] and left == [], (len(archived), quarantined, left)
@@ -105,7 +108,7 @@ def test_readers_on_every_page_while_ingest_writes_10000_results(tmp_path, own_d
         "/api/runs", "/api/runs?limit=200", "/api/runs/1", "/api/live?after=0", f"/api/jobs/{jids[0]}",
         "/api/minions", f"/api/minions/{minions[1]}", "/api/fleet", "/api/tests?q=test_2",
         "/api/tests?nodeid=tests/test_fault.py::test_7", "/api/flaky", "/api/slowest", "/api/compare?a=1&b=2",
-        "/api/me",
+        "/api/me", "/users", "/login", "/register",
     ]  # fmt: skip
     stop = threading.Event()
     answers: list[tuple[str, int, float]] = []  # path, status, when it came back
