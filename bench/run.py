@@ -54,9 +54,9 @@ fanout_20_delivered         fewest runs of one fan-out job in /api/runs    the m
 The routes behind ``page_*`` (names -> URLs with real ids of the seeded data) are listed on
 stderr, in results.json (``extra.url``) and in bench/LATEST.md.
 
-The same figures go to bench/results.json (a list of objects: the line's fields as numbers,
-``ok``, the raw samples in ``extra``, plus machine, date, git commit) and, after a full run,
-to bench/LATEST.md. Exit code: 0 when every figure is ok, 1 otherwise.
+After a full run the same figures go to bench/results.json (a list of objects: the line's
+fields as numbers, ``ok``, the raw samples in ``extra``, plus machine, date, git commit) and to
+bench/LATEST.md; a partial (``--only``) or ``--quick`` run writes .run/bench/results.json instead. Exit code: 0 when every figure is ok, 1 otherwise.
 
 CLI Example:
 
@@ -77,7 +77,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, Figure, context, say, write_json  # noqa: E402
+from bench.common import BENCH_RUN, REPO, Figure, context, say, write_json  # noqa: E402
 
 BENCH_DIR = REPO / "bench"
 # Order matters a little: the cheap in-process figures first, the 20-minion fan-out last.
@@ -171,9 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     ctx["bench_seconds"] = round(elapsed, 1)
     ctx["quick"] = options.quick
     ctx["sections"] = sections
-    write_json(BENCH_DIR / "results.json", [figure.record(ctx) for figure in figures])
+    records = [figure.record(ctx) for figure in figures]
     if sections == list(SECTIONS) and not options.quick:
+        write_json(BENCH_DIR / "results.json", records)
         write_latest(figures, ctx, elapsed)
+    else:
+        # A partial or quick run never replaces the committed figures of the last full run.
+        BENCH_RUN.mkdir(parents=True, exist_ok=True)
+        write_json(BENCH_RUN / "results.json", records)
+        say(f"partial run: figures written to {BENCH_RUN / 'results.json'}")
     short = [figure.name for figure in figures if not figure.ok]
     say(f"{len(figures)} figures in {elapsed / 60:.1f} min; "
         + (f"SHORT: {', '.join(short)}" if short else "all ok"))
