@@ -825,11 +825,19 @@ def _execute(argv: list[str], cwd: str, env: dict[str, str], timeout: float | No
                     timer.cancel()
                     if timed_out.is_set():
                         timer.join()
-                # Whatever the tests left behind in pytest's process group goes with it.
+                # Whatever the tests left behind in pytest's process group goes with it, and so
+                # does anything that escaped into a session of its own (it still carries our
+                # marker): pytest may have died by a signal without any timeout firing.
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
+                for leftover in _marked_processes(marker):
+                    if leftover.pid != proc.pid:
+                        try:
+                            leftover.kill()
+                        except Exception as exc:  # noqa: BLE001  (gone already)
+                            log.debug("pytestrun: could not kill pid %s: %s", leftover.pid, exc)
                 returncode = proc.wait()
         return {
             "records": _read_stream(stream),
