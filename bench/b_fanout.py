@@ -52,9 +52,7 @@ def prepare_minions() -> None:
     """Render each bench minion's config and put its public key among the master's accepted keys."""
     import subprocess
 
-    from salt.crypt import gen_keys
-
-    from tools.stack import render, storage_host, template_values
+    from tools.stack import render, seed_minion_key, storage_host, template_values
 
     # The SFTP account's name is only known once the storage host is prepared: take it from stack.env.
     values = {**template_values(storage_host()), "RUN": str(BENCH_RUN), "SSH_USER": stack_env()["DISTMON_SSH_USER"]}
@@ -63,16 +61,7 @@ def prepare_minions() -> None:
         render("minion.conf", BENCH_RUN / "salt" / minion_id / "minion", {**values, "MINION_ID": minion_id})
         # A clean cache each run: nothing spooled or synced by an earlier run carries over.
         shutil.rmtree(BENCH_RUN / "salt" / minion_id / "cache", ignore_errors=True)
-        pki = BENCH_RUN / "salt" / minion_id / "pki"
-        pki.mkdir(parents=True, exist_ok=True)
-        os.chmod(pki, 0o700)
-        priv, pub = pki / "minion.pem", pki / "minion.pub"
-        if not priv.exists():
-            priv_pem, pub_pem = gen_keys(2048)
-            priv.write_text(priv_pem)
-            os.chmod(priv, 0o400)
-            pub.write_text(pub_pem)
-        (MASTER_ACCEPTED / minion_id).write_text(pub.read_text())
+        seed_minion_key(MASTER_ACCEPTED.parent, BENCH_RUN / "salt" / minion_id, minion_id)
     for minion_id in IDS:
         subprocess.run([str(VENV_BIN / "salt-minion"), "-c", str(BENCH_RUN / "salt" / minion_id), "-d"],
                        check=True, cwd=BENCH_RUN)

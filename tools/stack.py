@@ -101,24 +101,29 @@ def render(template: str, target: Path, values: dict[str, str]) -> None:
     target.write_text(text)
 
 
-def seed_minion_keys(master_pki: Path) -> None:
-    """Accept exactly our three minions by placing their keys, as `salt-key -a` would."""
+def seed_minion_key(master_pki: Path, minion_root: Path, minion_id: str) -> None:
+    """Give one minion a key pair (kept across runs) and accept it, as `salt-key -a` would."""
     from salt.crypt import gen_keys
 
     accepted = master_pki / "minions"
     accepted.mkdir(parents=True, exist_ok=True)
     os.chmod(master_pki, 0o700)
+    pki = minion_root / "pki"
+    pki.mkdir(parents=True, exist_ok=True)
+    os.chmod(pki, 0o700)
+    priv, pub = pki / "minion.pem", pki / "minion.pub"
+    if not priv.exists():
+        priv_pem, pub_pem = gen_keys(2048)
+        priv.write_text(priv_pem)
+        os.chmod(priv, 0o400)
+        pub.write_text(pub_pem)
+    (accepted / minion_id).write_text(pub.read_text())
+
+
+def seed_minion_keys(master_pki: Path) -> None:
+    """Accept exactly the stack's three minions: no auto_accept on the master."""
     for minion_id in MINIONS:
-        pki = RUN / "salt" / minion_id / "pki"
-        pki.mkdir(parents=True, exist_ok=True)
-        os.chmod(pki, 0o700)
-        priv, pub = pki / "minion.pem", pki / "minion.pub"
-        if not priv.exists():
-            priv_pem, pub_pem = gen_keys(2048)
-            priv.write_text(priv_pem)
-            os.chmod(priv, 0o400)
-            pub.write_text(pub_pem)
-        (accepted / minion_id).write_text(pub.read_text())
+        seed_minion_key(master_pki, RUN / "salt" / minion_id, minion_id)
 
 
 def prepare(host: StorageHost) -> dict[str, str]:
