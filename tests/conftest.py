@@ -18,6 +18,8 @@ Tests that break daemons on purpose (faults) must start their own, with
 from __future__ import annotations
 
 import shutil
+import socket
+import threading
 import uuid
 from pathlib import Path
 
@@ -58,6 +60,33 @@ def storage_host(harness_root):
     host = make_storage_host(harness_root / "host")
     yield host
     host.stop()
+
+
+@pytest.fixture
+def blackhole():
+    """A loopback port that accepts TCP connections and never sends a byte: (port, held sockets)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1], held
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
 
 
 @pytest.fixture(scope="session")

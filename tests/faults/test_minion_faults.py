@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import threading
 import time
@@ -114,31 +113,6 @@ def test_storage_host_down_for_a_whole_run(fault_cli, fault_minions, fault_host,
 # -- a blackholed storage host -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def blackhole():
-    """A port that accepts TCP connections and never says a word."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.settimeout(0.2)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept():
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1], held
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    listener.close()
 
 
 def test_blackholed_host_returner_gives_up_minion_answers(fault_cli, fault_minions, fault_dashboard, blackhole,

@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import socket
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -205,30 +203,6 @@ def test_results_spooled_while_host_down_arrive_later_once(salt_cli, salt_minion
 # -- a blackholed host ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def blackhole():
-    """A port that accepts connections and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    held, stop = [], threading.Event()
-
-    def accept():
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1], held
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    listener.close()
 
 
 @pytest.mark.faults

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -228,37 +227,12 @@ def test_missing_known_hosts_refuses_to_connect(tmp_path, spool_dir):
 # -- deadline ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def blackhole():
-    """A port that accepts TCP connections and never sends a byte."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    held, stop = [], threading.Event()
-
-    def accept():
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    listener.close()
-
-
 @pytest.mark.faults
 def test_blackholed_host_gives_up_at_the_deadline(blackhole, spool_dir, minion_inbox):
+    port, _held = blackhole
     jid = new_jid()
     started = time.monotonic()
-    report = distmon.store(document(jid), port=blackhole, deadline=2)
+    report = distmon.store(document(jid), port=port, deadline=2)
     elapsed = time.monotonic() - started
     assert report["delivered"] == []
     assert report["waiting"][0]["jid"] == jid
