@@ -46,6 +46,13 @@ Node ids and pytest's config:
 The result's ``rootdir`` says which directory the node ids and ``file`` fields
 are relative to on that minion.
 
+Code fingerprint: the result's ``code_hash`` is computed by the plugin once collection
+is done (no extra process; each file read once): sha256 over the collected test files,
+every conftest.py pytest loaded and the ini file in use, each taken as its path relative
+to the rootdir plus its bytes. The same tests and config give the same hash on every
+minion; an edit to any of those files changes it. The code under test (an installed
+package, an application) is not covered. ``null`` when collection never finished.
+
 Exit status: ``passed`` gives retcode 0; everything else, ``no_tests`` included
 (pytest itself exits 5 when nothing ran, and a scheduled run that silently
 collects nothing is a failure worth seeing), gives retcode 1.
@@ -109,6 +116,7 @@ CONFIG_NAMES = ("pytest.toml", ".pytest.toml", "pytest.ini", ".pytest.ini", "pyp
 
 PLUGIN_SOURCE = r'''
 """distmon pytestrun plugin: streams every report as one JSON line (written by _modules/pytestrun.py)."""
+import hashlib
 import json
 import os
 import platform
@@ -167,8 +175,44 @@ def pytest_sessionstart(session):
     _emit({"k": "start", "rootdir": str(session.config.rootpath)})
 
 
+def _code_hash(session):
+    """sha256 (first 16 bytes, hex) over the collected test files, the conftest.py files that
+    applied and the ini file: each as its path relative to rootdir plus its bytes, sorted."""
+    config = session.config
+    root = str(config.rootpath)
+    paths = set()
+    for item in session.items:
+        path = getattr(item, "path", None)
+        if path is not None:
+            paths.add(str(path))
+    for plugin in config.pluginmanager.get_plugins():
+        # Only modules: some plugin objects answer any attribute, __file__ included.
+        source = getattr(plugin, "__file__", None) if type(plugin) is type(os) else None
+        if isinstance(source, str) and os.path.basename(source) == "conftest.py":
+            paths.add(str(source))
+    if config.inipath is not None:
+        paths.add(str(config.inipath))
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            # A test item that is not a file (a doctest of a module gone, a plugin's own item): skip it.
+            continue
+        name = os.path.relpath(path, root).encode("utf-8", "backslashreplace")
+        # Length-prefixed, so no two different file sets can produce the same byte stream.
+        digest.update(b"%d:%s%d:" % (len(name), name, len(data)))
+        digest.update(data)
+    return digest.hexdigest()[:32]
+
+
 def pytest_collection_finish(session):
     record = {"k": "collected", "n": len(session.items)}
+    try:
+        record["code_hash"] = _code_hash(session)
+    except Exception:  # never let the fingerprint break a run: the result just carries none
+        record["code_hash"] = None
     if _COLLECT:
         record["ids"] = [_text(item.nodeid) for item in session.items]
     _emit(record)
@@ -1056,6 +1100,7 @@ def run(path: str | list, args: str | list | None = None, timeout: float | None 
         "pytest_version": hello.get("pytest_version", ""),
         "minion_id": __opts__.get("id", ""),
         "rootdir": facts.get("start", {}).get("rootdir"),
+        "code_hash": facts.get("collected", {}).get("code_hash"),
     }
     if message:
         result["message"] = message

@@ -46,13 +46,16 @@ How it works, and why:
   same document), and the later file is archived beside the first with a ``.dup-<ns>`` suffix.
 - Summaries are maintained in the same transaction: ``minions`` (first/last seen, newest run,
   runs), ``test_status`` (latest outcome per minion and test, runs, fails, flips, failing
-  streak start, last pass, total duration) and ``counters`` (``runs``, ``results``, ``tests``).
+  streak start, last pass, total duration, ``code_flips``) and ``counters`` (``runs``, ``results``, ``tests``).
   "Latest" is by (started_at, run id): a run that arrives after a newer one does not overwrite
   it; its tests' rows are recomputed from their history instead. A test's outcome in a run is
   the worst of its entries (failed > error > passed > xpassed > xfailed > skipped); failed and
   error are fails, passed/xpassed/xfailed are passes, skipped is neither: a flip is a change
   between pass and fail (skips in between are ignored), ``first_fail_at`` opens a failing
-  streak and a pass closes it.
+  streak and a pass closes it. ``flips`` counts every flip; ``code_flips`` only those where the
+  run that gave the previous verdict carried the same, known, ``code_hash`` (the result's code
+  fingerprint, stored in ``runs.code_hash``; ``test_status.last_code_hash`` is that of the latest
+  verdict): a flip across a code change is a fix or a regression, not flakiness.
 """
 
 from __future__ import annotations
@@ -181,6 +184,8 @@ class RunRecord:
     # test (worst outcome, summed duration, file, line) for the summaries and the tests table.
     rows: list[tuple]
     per_test: dict[str, tuple[str, float, str | None, int | None]]
+    # The result's code fingerprint (pytestrun's code_hash); None when unknown (JUnit, older minions).
+    code_hash: str | None = None
 
 
 @dataclass
@@ -428,6 +433,7 @@ def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signe
             signed=int(signed),
             rows=rows,
             per_test=per_test,
+            code_hash=result.code_hash,
         )
     # Another function's return (the returner's all_jobs option): a run without tests.
     return RunRecord(
@@ -618,10 +624,15 @@ def _batches(candidates: list[Candidate]) -> Iterator[list[Candidate]]:
         yield batch
 
 
-def _fold(row: dict | None, minion_id: int, test_id: int, run_id: int, started_at: str, outcome: str, duration: float) -> dict:
+def _fold(
+    row: dict | None, minion_id: int, test_id: int, run_id: int, started_at: str, outcome: str, duration: float,
+    code_hash: str | None = None,
+) -> dict:
     """Apply one run's outcome of one test to its test_status row (runs must come oldest first).
 
-    Updates ``row`` in place (a new row when None) and returns it.
+    Updates ``row`` in place (a new row when None) and returns it. ``code_hash`` is the run's
+    code fingerprint: a flip also counts in ``code_flips`` when the run that gave the previous
+    verdict had the same, known, code hash (a fix or a regression is not flakiness).
     """
     if row is None:
         row = {
@@ -633,22 +644,30 @@ def _fold(row: dict | None, minion_id: int, test_id: int, run_id: int, started_a
             "first_fail_at": None,
             "last_pass_at": None,
             "total_duration": 0.0,
+            "last_code_hash": None,
+            "code_flips": 0,
         }
     # The last pass/fail verdict, skipping neutral outcomes (skipped): a failing streak is open
     # exactly when first_fail_at is set; otherwise the last verdict was a pass if there ever was one.
     row["runs"] += 1
     row["total_duration"] += duration or 0.0
+    flipped = False
     if outcome in _FAIL:
         row["fails"] += 1
         if not row["first_fail_at"]:
-            if row["last_pass_at"]:
-                row["flips"] += 1
+            flipped = bool(row["last_pass_at"])
             row["first_fail_at"] = started_at
     elif outcome in _PASS:
-        if row["first_fail_at"]:
-            row["flips"] += 1
-            row["first_fail_at"] = None
+        flipped = bool(row["first_fail_at"])
+        row["first_fail_at"] = None
         row["last_pass_at"] = started_at
+    if flipped:
+        row["flips"] += 1
+        if code_hash and code_hash == row["last_code_hash"]:
+            row["code_flips"] += 1
+    if outcome in _FAIL or outcome in _PASS:
+        # The hash of the latest verdict, not of the latest run: a skip in between changes nothing.
+        row["last_code_hash"] = code_hash
     row["last_run_id"] = run_id
     row["last_outcome"] = outcome
     row["last_started_at"] = started_at
@@ -657,7 +676,7 @@ def _fold(row: dict | None, minion_id: int, test_id: int, run_id: int, started_a
 
 _STATUS_COLUMNS = (
     "minion_id", "test_id", "last_run_id", "last_outcome", "last_started_at", "runs", "fails", "flips",
-    "first_fail_at", "last_pass_at", "total_duration",
+    "first_fail_at", "last_pass_at", "total_duration", "last_code_hash", "code_flips",
 )  # fmt: skip
 _INSERT_STATUS = (
     f"INSERT INTO test_status ({', '.join(_STATUS_COLUMNS)}) "  # noqa: S608 (constant columns)
@@ -667,13 +686,14 @@ _INSERT_STATUS = (
 # the table and both its indexes, which cost more than inserting the results themselves.
 _UPDATE_STATUS = (
     "UPDATE test_status SET last_run_id = ?, last_outcome = ?, last_started_at = ?, runs = ?, fails = ?, "
-    "flips = ?, first_fail_at = ?, last_pass_at = ?, total_duration = ? WHERE minion_id = ? AND test_id = ?"
+    "flips = ?, first_fail_at = ?, last_pass_at = ?, total_duration = ?, last_code_hash = ?, code_flips = ? "
+    "WHERE minion_id = ? AND test_id = ?"
 )
 _INSERT_RUN = """
     INSERT INTO runs (minion_id, jid, fun, source, status, exitcode, passed, failed, skipped, xfailed,
                       xpassed, errors, started_at, finished_at, duration, returned_at, ingested_at,
-                      paths, args, python_version, pytest_version, grains, message, signed)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                      paths, args, python_version, pytest_version, grains, message, signed, code_hash)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (minion_id, jid) DO NOTHING
 """
 _INSERT_RESULT = """
@@ -774,12 +794,12 @@ class _Batch:
         row: dict | None = None
         current: list | None = None
         history = self.conn.execute(
-            "SELECT r.id, r.started_at, res.outcome, res.duration FROM results res "
+            "SELECT r.id, r.started_at, res.outcome, res.duration, r.code_hash FROM results res "
             "JOIN runs r ON r.id = res.run_id WHERE res.test_id = ? AND r.minion_id = ? "
             "ORDER BY r.started_at, r.id",
             (test_id, minion_id),
         )
-        for run_id, started_at, outcome, duration in history:
+        for run_id, started_at, outcome, duration, code_hash in history:
             if current and current[0] == run_id:
                 if _PRECEDENCE[outcome] < _PRECEDENCE[current[2]]:
                     current[2] = outcome
@@ -787,7 +807,7 @@ class _Batch:
                 continue
             if current:
                 row = _fold(row, minion_id, test_id, *current)
-            current = [run_id, started_at, outcome, duration or 0.0]
+            current = [run_id, started_at, outcome, duration or 0.0, code_hash]
         if current:
             row = _fold(row, minion_id, test_id, *current)
         return row
@@ -805,7 +825,7 @@ class _Batch:
                 counts["passed"], counts["failed"], counts["skipped"], counts["xfailed"], counts["xpassed"],
                 counts["errors"], record.started_at, record.finished_at, record.duration, record.returned_at,
                 self.now, record.paths, record.args, record.python_version, record.pytest_version,
-                record.grains, record.message, record.signed,
+                record.grains, record.message, record.signed, record.code_hash,
             ),
         )  # fmt: skip
         if cursor.rowcount == 0:
@@ -839,7 +859,7 @@ class _Batch:
                 # An older run arrived after a newer one: rebuild from history (its results are in).
                 status[key] = self.recompute_status(minion_id, tid)
             else:
-                status[key] = _fold(row, minion_id, tid, run_id, started_at, outcome, duration)
+                status[key] = _fold(row, minion_id, tid, run_id, started_at, outcome, duration, record.code_hash)
             dirty.add(key)
 
     def _update_minion(self, minion_id: int, run_id: int, record: RunRecord) -> None:
@@ -873,7 +893,8 @@ class _Batch:
                 updates.append(
                     (
                         row["last_run_id"], row["last_outcome"], row["last_started_at"], row["runs"], row["fails"],
-                        row["flips"], row["first_fail_at"], row["last_pass_at"], row["total_duration"], key[0], key[1],
+                        row["flips"], row["first_fail_at"], row["last_pass_at"], row["total_duration"],
+                        row["last_code_hash"], row["code_flips"], key[0], key[1],
                     )
                 )  # fmt: skip
             else:

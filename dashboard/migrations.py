@@ -141,6 +141,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        -- Flakiness on the same code: a pass/fail flip counts in code_flips only when the run
+        -- before it (the one that gave the previous verdict on that minion) had the same
+        -- code_hash, both known. flips keeps counting every flip.
+        ALTER TABLE runs ADD COLUMN code_hash TEXT;
+        ALTER TABLE test_status ADD COLUMN last_code_hash TEXT;  -- code_hash of the latest pass/fail verdict
+        ALTER TABLE test_status ADD COLUMN code_flips INTEGER NOT NULL DEFAULT 0;
+        -- Partial: the flaky page reads only rows that ever flipped, in code_flips order.
+        CREATE INDEX test_status_code_flips ON test_status (code_flips DESC, flips DESC) WHERE flips > 0;
+        """,
+    ),
 ]
 
 

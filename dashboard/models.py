@@ -215,6 +215,8 @@ class PytestResult(_Strict):
     pytest_version: Short | None = None
     minion_id: Identifier | None = None
     message: LongText | None = None
+    # Fingerprint of the test code that ran (additive key; see docs/result-format.md).
+    code_hash: Annotated[str, StringConstraints(max_length=128, pattern=_NO_CONTROL)] | None = None
 
 
 class ResultDocument(_Strict):

@@ -465,7 +465,7 @@ async def get_test(db, nodeid: str, window: int = CHART_WINDOW) -> dict[str, Any
         return None
     per_minion = await db.fetchall(
         "SELECT m.name AS minion, ts.last_run_id, ts.last_outcome, ts.last_started_at, ts.runs, ts.fails, "
-        "ts.flips, ts.first_fail_at, ts.last_pass_at, ts.total_duration FROM test_status ts "
+        "ts.flips, ts.code_flips, ts.first_fail_at, ts.last_pass_at, ts.total_duration FROM test_status ts "
         "JOIN minions m ON m.id = ts.minion_id WHERE ts.test_id = ? ORDER BY m.name LIMIT 1000",
         (test["id"],),
     )
@@ -481,6 +481,7 @@ async def get_test(db, nodeid: str, window: int = CHART_WINDOW) -> dict[str, Any
     timeline.reverse()
     runs = sum(row["runs"] for row in per_minion)
     flips = sum(row["flips"] for row in per_minion)
+    code_flips = sum(row["code_flips"] for row in per_minion)
     fail_starts = [row["first_fail_at"] for row in per_minion if row["first_fail_at"]]
     passes = [row["last_pass_at"] for row in per_minion if row["last_pass_at"]]
     window_failures = [row for row in timeline if row["outcome"] in FAILING]
@@ -492,22 +493,29 @@ async def get_test(db, nodeid: str, window: int = CHART_WINDOW) -> dict[str, Any
         "fails": sum(row["fails"] for row in per_minion),
         "flips": flips,
         "flakiness": flips / max(1, runs - len(per_minion)),
+        # Flips on unchanged code (same code_hash on both sides): flakiness proper.
+        "code_flips": code_flips,
+        "code_flakiness": code_flips / max(1, runs - len(per_minion)),
         "first_failure": min(fail_starts) if fail_starts else (
             window_failures[0]["started_at"] if window_failures else None),
         "last_pass": max(passes) if passes else None,
     }
 
 
+# Walks the partial index test_status_code_flips (rows with flips > 0, in this order): no sort.
+FLAKY_SQL = (
+    "SELECT t.nodeid, m.name AS minion, ts.code_flips, ts.flips, ts.runs, ts.fails, ts.last_outcome, "
+    "ts.last_started_at FROM test_status ts JOIN tests t ON t.id = ts.test_id JOIN minions m ON m.id = ts.minion_id "
+    "WHERE ts.flips > 0 ORDER BY ts.code_flips DESC, ts.flips DESC LIMIT ?"
+)
+
+
 async def flaky_tests(db, limit: int = 50) -> list[dict[str, Any]]:
-    """Test/minion pairs with the most pass<->fail flips (index test_status_flips)."""
-    rows = await db.fetchall(
-        "SELECT t.nodeid, m.name AS minion, ts.flips, ts.runs, ts.fails, ts.last_outcome, ts.last_started_at "
-        "FROM test_status ts JOIN tests t ON t.id = ts.test_id JOIN minions m ON m.id = ts.minion_id "
-        "WHERE ts.flips > 0 ORDER BY ts.flips DESC LIMIT ?",
-        (clamp_limit(limit),),
-    )
+    """Test/minion pairs by pass<->fail flips on the same code, then by all flips."""
+    rows = await db.fetchall(FLAKY_SQL, (clamp_limit(limit),))
     for row in rows:
         row["flip_rate"] = row["flips"] / (row["runs"] - 1) if row["runs"] > 1 else 0.0
+        row["code_flip_rate"] = row["code_flips"] / (row["runs"] - 1) if row["runs"] > 1 else 0.0
     return rows
 
 

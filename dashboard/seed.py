@@ -2,8 +2,9 @@
 
 For benchmarks and query-plan checks, not for production. Summary tables (``minions``,
 ``test_status``, ``counters``, ``jobs``) are filled consistently with what the ingester would
-have built from the same runs (same pass/fail verdicts, flips and streak rules), so every
-page shows the same numbers it would after a real ingest.
+have built from the same runs (same pass/fail verdicts, flips, same-code flips and streak
+rules), so every page shows the same numbers it would after a real ingest. Every run carries a
+``code_hash``; the seeded code changes every :data:`CODE_EVERY` jobs.
 
 .. code-block:: python
 
@@ -21,6 +22,7 @@ CLI Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sqlite3
@@ -31,6 +33,8 @@ FAIL = frozenset({"failed", "error"})
 PASS = frozenset({"passed", "xpassed", "xfailed"})
 PRECEDENCE = {"failed": 0, "error": 1, "passed": 2, "xpassed": 3, "xfailed": 4, "skipped": 5}
 BATCH_RUNS = 1000
+# The seeded test code changes every this many jobs (a new code_hash for every minion at once).
+CODE_EVERY = 10
 LONGREPR = (
     "def test_it():\n>       assert response.status == 200\nE       assert 503 == 200\n"
     "E        +  where 503 = <Response 503>.status\n\ntests/test_x.py:42: AssertionError"
@@ -67,11 +71,17 @@ def _outcome(rng: random.Random, behaviour: str, minion_index: int) -> str:
     return "passed"
 
 
-def _fold(row: dict | None, run_id: int, started_at: str, outcome: str, duration: float) -> dict:
-    # The ingester's rules (dashboard/ingest.py): verdicts pass/fail/none, flips between verdicts.
+def code_hash_of(job_index: int) -> str:
+    """The seeded code fingerprint of a job: one version per :data:`CODE_EVERY` jobs."""
+    return hashlib.sha256(f"seed-code-{job_index // CODE_EVERY}".encode()).hexdigest()[:32]
+
+
+def _fold(row: dict | None, run_id: int, started_at: str, outcome: str, duration: float, code_hash: str) -> dict:
+    # The ingester's rules (dashboard/ingest.py): verdicts pass/fail/none, flips between verdicts,
+    # code_flips when the previous verdict's code hash is the same.
     if row is None:
         row = {"runs": 0, "fails": 0, "flips": 0, "first_fail_at": None, "last_pass_at": None,
-               "total_duration": 0.0}
+               "total_duration": 0.0, "last_code_hash": None, "code_flips": 0}
     previous = "fail" if row["first_fail_at"] else ("pass" if row["last_pass_at"] else None)
     verdict = "fail" if outcome in FAIL else ("pass" if outcome in PASS else None)
     row["runs"] += 1
@@ -84,6 +94,10 @@ def _fold(row: dict | None, run_id: int, started_at: str, outcome: str, duration
         row["last_pass_at"] = started_at
     if previous and verdict and previous != verdict:
         row["flips"] += 1
+        if code_hash == row["last_code_hash"]:
+            row["code_flips"] += 1
+    if verdict:
+        row["last_code_hash"] = code_hash
     row.update(last_run_id=run_id, last_outcome=outcome, last_started_at=started_at)
     return row
 
@@ -147,6 +161,7 @@ def seed(
         while made < runs:
             job_time = start + job_index * interval
             jid = job_time.strftime("%Y%m%d%H%M%S") + f"{job_index % 1_000_000:06d}"
+            code_hash = code_hash_of(job_index)
             jobs.append((jid, "pytestrun.run", "*", "glob", json.dumps(minion_names), _ts(job_time)))
             for m_index, minion_id in enumerate(minion_ids):
                 if made >= runs:
@@ -168,14 +183,14 @@ def seed(
                         "captured output\n" if failing else None, None, "[]",
                     ))  # fmt: skip
                     key = (minion_id, test_id)
-                    status[key] = _fold(status.get(key), run_id, started_at, outcome, duration)
+                    status[key] = _fold(status.get(key), run_id, started_at, outcome, duration, code_hash)
                 finished = started + timedelta(seconds=total)
                 run_status = "failed" if counts["failed"] or counts["error"] else "passed"
                 run_rows.append((
                     run_id, minion_id, jid, "pytestrun.run", "distmon", run_status, 0 if run_status == "passed" else 1,
                     counts["passed"], counts["failed"], counts["skipped"], counts["xfailed"], counts["xpassed"],
                     counts["error"], started_at, _ts(finished), round(total, 3), _ts(finished), now_text,
-                    '["salt://sample_tests"]', "[]", "3.11.2", "9.2.0", grains_by_minion[m_index], None, 1,
+                    '["salt://sample_tests"]', "[]", "3.11.2", "9.2.0", grains_by_minion[m_index], None, 1, code_hash,
                 ))  # fmt: skip
                 state = minion_state.setdefault(minion_id, {"runs": 0, "first_seen": _ts(finished)})
                 state["runs"] += 1
@@ -192,10 +207,11 @@ def seed(
         )
         conn.executemany(
             "INSERT OR REPLACE INTO test_status (minion_id, test_id, last_run_id, last_outcome, last_started_at, runs, "
-            "fails, flips, first_fail_at, last_pass_at, total_duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "fails, flips, first_fail_at, last_pass_at, total_duration, last_code_hash, code_flips) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (m, t, s["last_run_id"], s["last_outcome"], s["last_started_at"], s["runs"], s["fails"], s["flips"],
-                 s["first_fail_at"], s["last_pass_at"], s["total_duration"])
+                 s["first_fail_at"], s["last_pass_at"], s["total_duration"], s["last_code_hash"], s["code_flips"])
                 for (m, t), s in status.items()
             ],
         )
@@ -222,8 +238,8 @@ def _flush(conn: sqlite3.Connection, run_rows: list, result_rows: list) -> None:
     conn.executemany(
         "INSERT INTO runs (id, minion_id, jid, fun, source, status, exitcode, passed, failed, skipped, xfailed, "
         "xpassed, errors, started_at, finished_at, duration, returned_at, ingested_at, paths, args, "
-        "python_version, pytest_version, grains, message, signed) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "python_version, pytest_version, grains, message, signed, code_hash) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         run_rows,
     )
     conn.executemany(

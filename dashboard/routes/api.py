@@ -132,7 +132,7 @@ async def api_tests(db: DbDep, nodeid: str | None = None, q: str | None = None) 
     return {"tests": await queries.search_tests(db, q)}
 
 
-@router.get("/flaky", summary="Tests with the most pass/fail flips on one minion")
+@router.get("/flaky", summary="Tests with the most pass/fail flips on one minion and the same code (code_flips), then all flips")
 async def api_flaky(db: DbDep, limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
     return {"tests": await queries.flaky_tests(db, limit)}
 
