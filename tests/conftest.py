@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.storage_host import StorageHost, free_port
+from tools.storage_host import StorageHost, free_port, remove_external_chroots
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # sshd's ChrootDirectory needs root-owned, non-world-writable parents: /tmp is not.
@@ -45,6 +45,7 @@ def harness_root():
     root.chmod(0o755)
     yield root
     shutil.rmtree(root, ignore_errors=True)
+    remove_external_chroots(root)
 
 
 def make_storage_host(root: Path) -> StorageHost:

@@ -14,10 +14,11 @@ Layout under ``root``::
       chroot/                      root-owned, the SFTP account's "/"
         inbox/                     owned by the SFTP account: <inbox>/<minion_id>/<jid>.json
 
-When the chroot path cannot satisfy sshd's ownership rules (every component
-root-owned and not group/world writable, e.g. anything under /tmp), or when not
-running as root, the account is not chrooted; ForceCommand internal-sftp still
-applies and ``remote_inbox`` is then the absolute path.
+sshd's ChrootDirectory demands every path component be root-owned and not
+group/world writable. When ``root`` cannot satisfy that (a checkout under /tmp, say),
+the chroot moves to ``/var/lib/distmon/chroot/<root, escaped>`` instead: the account
+is always chrooted when we run as root. Only without root is it not chrooted
+(ForceCommand internal-sftp still applies; ``remote_inbox`` is then the absolute path).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SFTP_USER = "distmon"
+# Where chroots go when the host's own root cannot satisfy sshd's ownership rules.
+EXTERNAL_CHROOTS = Path("/var/lib/distmon/chroot")
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
 
 
@@ -65,6 +68,21 @@ def path_is_chroot_safe(path: Path) -> bool:
         if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             return False
     return True
+
+
+def external_chroot_for(root: Path) -> Path:
+    """A chroot path under /var/lib that sshd accepts, named after ``root`` (one per host)."""
+    return EXTERNAL_CHROOTS / str(Path(root).resolve()).strip("/").replace("/", "_")
+
+
+def remove_external_chroots(under: Path) -> None:
+    """Delete the external chroots of every host whose root lies under ``under``."""
+    prefix = str(Path(under).resolve()).strip("/").replace("/", "_")
+    if not EXTERNAL_CHROOTS.is_dir():
+        return
+    for entry in EXTERNAL_CHROOTS.iterdir():
+        if entry.name == prefix or entry.name.startswith(prefix + "_"):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def ensure_sftp_user(name: str = SFTP_USER) -> str:
@@ -108,6 +126,10 @@ class StorageHost:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
+        own = self.root / "chroot"
+        if os.geteuid() == 0 and not path_is_chroot_safe(own):
+            own = external_chroot_for(self.root)
+        self._chroot_dir = own
 
     # -- paths -------------------------------------------------------------
     @property
@@ -140,7 +162,7 @@ class StorageHost:
 
     @property
     def chroot_dir(self) -> Path:
-        return self.root / "chroot"
+        return self._chroot_dir
 
     @property
     def inbox(self) -> Path:
@@ -171,6 +193,10 @@ class StorageHost:
         )
         host_pub = self.host_key.with_suffix(".pub").read_text().split()
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        if self.chroot_dir.parent == EXTERNAL_CHROOTS:
+            for directory in (EXTERNAL_CHROOTS.parent, EXTERNAL_CHROOTS):
+                directory.mkdir(mode=0o755, exist_ok=True)
+                os.chmod(directory, 0o755)
         self.chroot_dir.mkdir(exist_ok=True)
         os.chmod(self.chroot_dir, 0o755)
         self.inbox.mkdir(exist_ok=True)
