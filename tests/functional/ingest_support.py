@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 from dashboard.config import Settings
-from dashboard.db import Database, connect_sync
-from dashboard.ingest import IngestReport, ingest_pending
+from dashboard.db import connect_sync
+from dashboard.ingest import IngestReport, ingest_pending_sync
 
 COUNT_KEYS = {"passed": "passed", "failed": "failed", "skipped": "skipped", "xfailed": "xfailed", "xpassed": "xpassed", "error": "errors"}
 
@@ -126,15 +125,8 @@ def quarantined(settings: Settings) -> dict[str, str]:
 
 
 def ingest(settings) -> IngestReport:
-    async def once() -> IngestReport:
-        db = Database(settings.db_path)
-        await db.open()
-        try:
-            return await ingest_pending(db, settings)
-        finally:
-            await db.close()
-
-    return asyncio.run(once())
+    """One real ingest pass, as the CLI runs it."""
+    return ingest_pending_sync(settings)
 
 
 def rows(settings, sql: str, params=()) -> list[dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pty
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, start_minion
+from tests.conftest import start_minion
+from tests.loader_support import load_loader_module
 
 pytestmark = pytest.mark.integration
 
@@ -286,9 +286,7 @@ def test_status_reports_minions_storage_host_and_spools(salt_run_cli, minions, s
 
 def test_status_refuses_a_storage_host_whose_key_is_not_pinned(storage_host, tmp_path):
     """The same check distmon.status makes, with a known_hosts that pins another key."""
-    spec = importlib.util.spec_from_file_location("distmon_runner_keycheck", REPO_ROOT / "_runners" / "distmon.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_loader_module("_runners/distmon.py", "distmon_runner_keycheck")
     other = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     kind, blob = other.with_suffix(".pub").read_text().split()[:2]

@@ -8,12 +8,10 @@ keys, a blackhole) never touch the shared session host.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,19 +19,11 @@ import uuid
 import pytest
 from salt.exceptions import SaltInvocationError
 
-from tests.conftest import REPO_ROOT, make_storage_host
+from tests.conftest import make_storage_host
+from tests.loader_support import fake_config_option, load_loader_module
 from tools.storage_host import free_port
 
-
-def _load(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-distmon = _load(REPO_ROOT / "_modules" / "distmon.py", "distmon_execution_module")
+distmon = load_loader_module("_modules/distmon.py", "distmon_execution_module")
 
 MINION_ID = "unit-1"
 
@@ -52,19 +42,6 @@ def minion_opts(tmp_path, host):
     opts = {"id": MINION_ID, "pki_dir": str(pki), "cachedir": str(tmp_path / "cache")}
     opts.update({f"distmon.{key}": value for key, value in host.returner_config().items()})
     return opts
-
-
-def fake_config_option(opts, pillar):
-    """config.option's lookup order (opts, then pillar), as returners see it through __salt__."""
-
-    def option(value, default=None, **_):
-        if value in opts:
-            return opts[value]
-        if value in pillar:
-            return pillar[value]
-        return "" if default is None else default
-
-    return option
 
 
 @pytest.fixture

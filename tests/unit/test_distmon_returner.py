@@ -8,11 +8,9 @@ the returner produced is read back from the real spool on disk.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import logging
 import os
-import sys
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -20,19 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.conftest import REPO_ROOT
+from tests.loader_support import fake_config_option, load_loader_module
 from tools.storage_host import free_port
 
-
-def _load(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-returner_module = _load(REPO_ROOT / "_returners" / "distmon.py", "distmon_returner_under_test")
-execution_module = _load(REPO_ROOT / "_modules" / "distmon.py", "distmon_execution_module_for_returner")
+returner_module = load_loader_module("_returners/distmon.py", "distmon_returner_under_test")
+execution_module = load_loader_module("_modules/distmon.py", "distmon_execution_module_for_returner")
 
 MINION_ID = "unit-ret-1"
 GRAINS = {
@@ -113,20 +103,9 @@ def pillar():
     return {}
 
 
-def config_option(opts, pillar):
-    def option(value, default=None, **_):
-        if value in opts:
-            return opts[value]
-        if value in pillar:
-            return pillar[value]
-        return "" if default is None else default
-
-    return option
-
-
 @pytest.fixture
 def configure_loader_modules(minion_opts, pillar):
-    option = config_option(minion_opts, pillar)
+    option = fake_config_option(minion_opts, pillar)
     return {
         execution_module: {"__opts__": minion_opts, "__salt__": {"config.option": option}, "__context__": {}},
         returner_module: {

@@ -7,7 +7,6 @@ against real minions.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
@@ -20,18 +19,9 @@ from unittest import mock
 import pytest
 from salt.exceptions import NotImplemented as SaltNotImplemented
 
-from tests.conftest import REPO_ROOT
+from tests.loader_support import load_loader_module
 
-
-def _load(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-runner = _load(REPO_ROOT / "_runners" / "distmon.py", "distmon_runner_under_test")
+runner = load_loader_module("_runners/distmon.py", "distmon_runner_under_test")
 
 JID = "20261128080000123456"
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+from tests.loader_support import load_loader_module
+
 MODULE_PATH = Path(__file__).resolve().parents[2] / "_modules" / "pytestrun.py"
 # The tiny suites here need no installed plugins: not loading them keeps each real run short.
 NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -19,9 +21,7 @@ NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 @pytest.fixture
 def pytestrun(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("distmon_unit_pytestrun", MODULE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_loader_module("_modules/pytestrun.py", "distmon_unit_pytestrun")
     config = {}
     monkeypatch.setattr(module, "__opts__", {"cachedir": str(tmp_path / "cache"), "id": "unit-minion"}, raising=False)
     monkeypatch.setattr(module, "__salt__", {"config.get": lambda key, default=None: config.get(key, default)},

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.loader_support import load_loader_module
 
 MODULE_PATH = Path(__file__).resolve().parents[2] / "_modules" / "pytestrun.py"
 NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -14,9 +15,7 @@ NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 @pytest.fixture
 def pytestrun(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("distmon_unit_pytestrun_code_hash", MODULE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_loader_module("_modules/pytestrun.py", "distmon_unit_pytestrun_code_hash")
     monkeypatch.setattr(module, "__opts__", {"cachedir": str(tmp_path / "cache"), "id": "unit-minion"}, raising=False)
     monkeypatch.setattr(module, "__salt__", {"config.get": lambda key, default=None: default}, raising=False)
     monkeypatch.setattr(module, "__context__", {}, raising=False)
