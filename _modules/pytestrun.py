@@ -740,13 +740,15 @@ def _signal_tree(pid: int, descendants: list, sig: int) -> None:
             log.debug("pytestrun: could not signal pid %s: %s", proc.pid, err)
 
 
-def _marked_processes(marker: str) -> list:
+def _marked_processes(marker: str, since: float) -> list:
+    """Processes carrying this run's marker. Only those created since the run began can, so
+    reading every process's environment (the costly part on a busy minion) is skipped."""
     import psutil
 
     found = []
     me = os.getpid()
-    for proc in psutil.process_iter():
-        if proc.pid == me:
+    for proc in psutil.process_iter(["create_time"]):
+        if proc.pid == me or (proc.info["create_time"] or 0) < since:
             continue
         try:
             if proc.environ().get(MARKER_VAR) == marker:
@@ -756,7 +758,7 @@ def _marked_processes(marker: str) -> list:
     return found
 
 
-def _kill_tree(pid: int, marker: str) -> int:
+def _kill_tree(pid: int, marker: str, since: float) -> int:
     """SIGTERM then SIGKILL pytest's group, its recorded descendants and anything carrying our marker."""
     import psutil
 
@@ -764,7 +766,7 @@ def _kill_tree(pid: int, marker: str) -> int:
         descendants = psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         descendants = []
-    descendants += [proc for proc in _marked_processes(marker) if proc not in descendants and proc.pid != pid]
+    descendants += [proc for proc in _marked_processes(marker, since) if proc not in descendants and proc.pid != pid]
     _signal_tree(pid, descendants, signal.SIGTERM)
     deadline = time.monotonic() + KILL_GRACE
     while time.monotonic() < deadline:
@@ -773,7 +775,7 @@ def _kill_tree(pid: int, marker: str) -> int:
             break
         time.sleep(0.02)
     _signal_tree(pid, descendants, signal.SIGKILL)
-    for proc in _marked_processes(marker):
+    for proc in _marked_processes(marker, since):
         try:
             proc.kill()
         except psutil.Error:
@@ -837,6 +839,8 @@ def _execute(argv: list[str], cwd: str, env: dict[str, str], timeout: float | No
         with open(os.path.join(run_dir, "stdout"), "wb") as out, open(os.path.join(run_dir, "stderr"), "wb") as err:
             started_at = _utc_now()
             start = time.monotonic()
+            # create_time has clock-tick resolution: a second of slack never misses a child.
+            spawned_since = time.time() - 1.0
             try:
                 proc = subprocess.Popen(argv, cwd=cwd, env=child_env, stdin=subprocess.DEVNULL,
                                         stdout=out, stderr=err, start_new_session=True, close_fds=True)
@@ -845,7 +849,7 @@ def _execute(argv: list[str], cwd: str, env: dict[str, str], timeout: float | No
 
             def on_timeout():
                 timed_out.set()
-                killed[0] = _kill_tree(proc.pid, marker)
+                killed[0] = _kill_tree(proc.pid, marker, spawned_since)
 
             timer = None
             if timeout is not None:
@@ -876,7 +880,7 @@ def _execute(argv: list[str], cwd: str, env: dict[str, str], timeout: float | No
                     os.killpg(proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-                for leftover in _marked_processes(marker):
+                for leftover in _marked_processes(marker, spawned_since):
                     if leftover.pid != proc.pid:
                         try:
                             leftover.kill()
