@@ -56,7 +56,7 @@ stderr, in results.json (``extra.url``) and in bench/LATEST.md.
 
 After a full run the same figures go to bench/results.json (a list of objects: the line's
 fields as numbers, ``ok``, the raw samples in ``extra``, plus machine, date, git commit) and to
-bench/LATEST.md; a partial (``--only``) or ``--quick`` run writes .run/bench/results.json instead. Exit code: 0 when every figure is ok, 1 otherwise.
+bench/LATEST.md; a partial (``--only``) or ``--quick`` run writes .run/bench/results.json instead. Exit code: 1 when a measurement could not be taken (with --strict, also when a figure is SHORT), else 0.
 
 CLI Example:
 
