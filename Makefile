@@ -2,6 +2,7 @@
 #   make setup   create .venv and install everything (idempotent; seconds when done)
 #   make up      start the local stack (master, 3 minions, sshd storage host, dashboard)
 #   make demo    setup + up + sync + run sample_tests on every minion + summary
+#                (as root, setup/up install missing Debian packages: python3-venv, openssh-server)
 #   make down    stop every process the stack started, by pid file
 #   make test    the whole suite (pytest's exit code passes through)
 #   make bench   the benchmarks, as ratios against a floor measured in the same run
@@ -17,11 +18,12 @@ REQS := requirements_minion.txt requirements_host.txt requirements_dev.txt const
 setup: $(STAMP)
 
 $(STAMP): $(REQS)
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { $(PYTHON) tools/system_deps.py --check-or-install --for setup && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements_dev.txt -c constraints.txt
 	@touch $(STAMP)
 
 up: setup
+	$(PY) tools/system_deps.py --check-or-install --for stack
 	$(PY) tools/stack.py up
 
 down:
@@ -34,11 +36,11 @@ demo: setup up
 	$(PY) tools/stack.py demo
 
 test: setup
-	$(PY) tools/system_deps.py --check-or-install
+	$(PY) tools/system_deps.py --check-or-install --for test
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-faults: setup
-	$(PY) tools/system_deps.py --check-or-install
+	$(PY) tools/system_deps.py --check-or-install --for test
 	$(PY) -m pytest tests -m faults $(PYTEST_ARGS)
 
 bench: setup up
