@@ -61,19 +61,19 @@ def seed_database(path: Path) -> float:
 def bench_token(path: Path) -> str:
     """An active admin and an API token, written straight into the seeded database."""
     from dashboard import security, users
-    from dashboard.db import connect_sync
+    from dashboard.db import connect_sync, run_transaction
 
     conn = connect_sync(path)
     try:
         existing = users.find_user_sync(conn, "bench")
         if existing is None:
             password_hash = security.hash_password_sync("bench-password-not-secret")
-            created = users.run_tx(conn, users.create_user_tx, "bench", password_hash, admin=True, status="active")
+            created = run_transaction(conn, users.create_user_tx, "bench", password_hash, admin=True, status="active")
             user_id = created["id"]
         else:
             user_id = existing["id"]
         token = security.new_api_token()
-        users.run_tx(conn, users.create_token_tx, user_id, security.sha256_hex(token), "bench")
+        run_transaction(conn, users.create_token_tx, user_id, security.sha256_hex(token), "bench")
         return token
     finally:
         conn.close()

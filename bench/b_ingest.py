@@ -156,16 +156,15 @@ def bare_rows(docs: list[dict]) -> tuple[list, list, list, list]:
 
 def time_bare(work: Path, rows: tuple[list, list, list, list]) -> float:
     """Seconds for a bare executemany of the same rows into a fresh database, one transaction."""
-    from dashboard.db import connect_sync
+    from dashboard.db import connect_sync, run_transaction
 
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     conn = connect_sync(work / "bare.sqlite")
     minion_rows, test_rows, run_rows, result_rows = rows
-    try:
-        started = time.perf_counter()
-        conn.execute("BEGIN IMMEDIATE")
+
+    def insert_all(conn) -> None:
         conn.executemany("INSERT INTO minions (id, name, first_seen, last_seen) VALUES (?, ?, ?, ?)", minion_rows)
         conn.executemany("INSERT INTO tests (id, nodeid, file, line) VALUES (?, ?, ?, ?)", test_rows)
         conn.executemany(
@@ -180,7 +179,10 @@ def time_bare(work: Path, rows: tuple[list, list, list, list]) -> float:
             "stderr, markers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             result_rows,
         )
-        conn.execute("COMMIT")
+
+    try:
+        started = time.perf_counter()
+        run_transaction(conn, insert_all)
         return time.perf_counter() - started
     finally:
         conn.close()

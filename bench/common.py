@@ -274,8 +274,8 @@ class StackToken:
 
     def __exit__(self, *exc_info: object) -> None:
         sys.path.insert(0, str(REPO))
-        from dashboard import security, users
-        from dashboard.db import connect_sync
+        from dashboard import security
+        from dashboard.db import connect_sync, run_transaction
 
         user_id = self._user_id()
         if user_id is None:
@@ -294,7 +294,7 @@ class StackToken:
 
         conn = connect_sync(self.db_path)
         try:
-            users.run_tx(conn, forget)
+            run_transaction(conn, forget)
         finally:
             conn.close()
 

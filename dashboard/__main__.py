@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from dashboard import security, users
 from dashboard.config import Settings
+from dashboard.db import connect_sync, run_transaction
 
 
 class CliError(Exception):
@@ -45,8 +46,6 @@ def _read_password(args) -> str:
 
 
 def _connect(settings: Settings):
-    from dashboard.db import connect_sync
-
     return connect_sync(settings.db_path)
 
 
@@ -56,7 +55,7 @@ def cmd_user_create(args, settings: Settings) -> int:
     password_hash = security.hash_password_sync(_read_password(args))
     conn = _connect(settings)
     try:
-        outcome = users.run_tx(conn, users.create_user_tx, username, password_hash, admin=args.admin, status="active")
+        outcome = run_transaction(conn, users.create_user_tx, username, password_hash, admin=args.admin, status="active")
     finally:
         conn.close()
     if not outcome["created"]:
@@ -74,7 +73,7 @@ def cmd_user_reset_password(args, settings: Settings) -> int:
         user = users.find_user_sync(conn, args.name)
         if user is None:
             raise CliError(f"No user {args.name!r}.")
-        users.run_tx(conn, users.set_password_tx, user["id"], password_hash, None)
+        run_transaction(conn, users.set_password_tx, user["id"], password_hash, None)
     finally:
         conn.close()
     print(f"password reset for {user['username']}; their sessions ended")
@@ -101,7 +100,7 @@ def _set_status(status: str):
             user = users.find_user_sync(conn, args.name)
             if user is None:
                 raise CliError(f"No user {args.name!r}.")
-            users.run_tx(conn, users.set_status_tx, user["id"], status)
+            run_transaction(conn, users.set_status_tx, user["id"], status)
         finally:
             conn.close()
         print(f"{user['username']}: {status}")
@@ -118,7 +117,7 @@ def cmd_token_create(args, settings: Settings) -> int:
         user = users.find_user_sync(conn, args.name)
         if user is None:
             raise CliError(f"No user {args.name!r}.")
-        users.run_tx(conn, users.create_token_tx, user["id"], security.sha256_hex(token), args.label)
+        run_transaction(conn, users.create_token_tx, user["id"], security.sha256_hex(token), args.label)
     finally:
         conn.close()
     print(f"token {args.label!r} for {user['username']} (shown once; send it as 'Authorization: Bearer <token>'):")

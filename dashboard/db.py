@@ -22,6 +22,8 @@ that thread with the underlying ``sqlite3.Connection``.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +35,8 @@ import aiosqlite
 from dashboard.migrations import migrate
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # How long a connection waits for SQLite's lock before "database is locked" (ms). A second
 # process (the CLI's prune or ingest) may hold the write lock for a moment; wait it out.
@@ -60,8 +64,8 @@ def _configure(conn: sqlite3.Connection) -> None:
 def connect_sync(path: str | Path) -> sqlite3.Connection:
     """Open a migrated database synchronously (CLI, tests, benchmarks).
 
-    Autocommit mode (``isolation_level=None``): the caller writes ``BEGIN IMMEDIATE`` /
-    ``COMMIT`` itself. Rows are :class:`sqlite3.Row`.
+    Autocommit mode (``isolation_level=None``): write through :func:`run_transaction`.
+    Rows are :class:`sqlite3.Row`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,16 +139,18 @@ class Database:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` on the writer inside ``BEGIN IMMEDIATE ... COMMIT``; return its result.
+    async def write(self, fn: Callable[..., T], *args: Any, on_rollback: Callable[[], None] | None = None) -> T:
+        """Run ``fn(conn, *args)`` on the writer in :func:`run_transaction`; return its result.
 
-        On any exception the transaction is rolled back and the exception re-raised. Writes are
-        serialized: exactly one runs at a time.
+        On any failure (in ``fn`` or at COMMIT) the transaction is rolled back, ``on_rollback``
+        is called (callers drop caches of what the transaction wrote) and the exception
+        re-raised. Writes are serialized: exactly one runs at a time.
         """
         if self._writer is None:
             raise RuntimeError("Database is not open")
         async with self._write_lock:
-            return await _run_in_thread(self._writer, _transaction, fn, *args)
+            transaction = functools.partial(run_transaction, on_rollback=on_rollback)
+            return await _run_in_thread(self._writer, transaction, fn, *args)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -187,15 +193,37 @@ def _configure_reader(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA query_only = ON")
 
 
-def _transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
+def run_transaction(
+    conn: sqlite3.Connection, fn: Callable[..., T], *args: Any, on_rollback: Callable[[], None] | None = None,
+    **kwargs: Any,
+) -> T:
+    """Run ``fn(conn, *args, **kwargs)`` inside ``BEGIN IMMEDIATE ... COMMIT``: the one way anything writes.
+
+    COMMIT is inside the try: when it fails (disk full, I/O error, a deferred constraint) SQLite
+    may keep the transaction open, and a writer left inside it would defer every later write.
+    On any failure the transaction is rolled back, then ``on_rollback()`` runs so the caller can
+    forget what it cached about rows of this transaction (SQLite reuses the row ids of
+    rolled-back rows), and the error is re-raised. ``conn`` must be in autocommit mode
+    (``isolation_level=None``), as :func:`connect_sync` and :class:`Database` open it.
+    """
+    if conn.in_transaction:
+        # Only a ROLLBACK that itself failed leaves one behind: end it rather than nest in it.
+        log.warning("a transaction was left open on the writer; rolling it back")
+        conn.execute("ROLLBACK")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        result = fn(conn, *args)
+        result = fn(conn, *args, **kwargs)
+        conn.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as err:
+            log.error("ROLLBACK failed (retried before the next write): %s", err)
+        finally:
+            if on_rollback is not None:
+                on_rollback()
         raise
-    conn.execute("COMMIT")
     return result
 
 

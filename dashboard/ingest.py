@@ -593,8 +593,8 @@ class Preparer:
 class _IdCache:
     """name -> id of minions and nodeid -> id of tests; rows that are never deleted, so safe to keep.
 
-    Only touched on the writer's thread. Cleared whenever a transaction fails (ids created in a
-    rolled-back transaction must not survive).
+    Only touched on the writer's thread. Cleared whenever a transaction rolls back, COMMIT failing
+    included (ids created in a rolled-back transaction must not survive: SQLite reuses them).
     """
 
     def __init__(self) -> None:
@@ -928,23 +928,23 @@ def _sort_key(record: RunRecord | JobRecord) -> tuple:
 
 
 def write_records(conn: sqlite3.Connection, records: list[RunRecord | JobRecord], ids: _IdCache) -> list[str]:
-    """Store ``records`` in the current transaction; one outcome per record ('ingested' | 'duplicate' | 'manifest')."""
-    try:
-        batch = _Batch(conn, ids)
-        outcomes: dict[int, str] = {}
-        # Oldest first per minion, so "latest" summaries are built in order within a batch.
-        for index in sorted(range(len(records)), key=lambda i: _sort_key(records[i])):
-            record = records[index]
-            if isinstance(record, JobRecord):
-                batch.add_job(record)
-                outcomes[index] = "manifest"
-            else:
-                outcomes[index] = batch.add_run(record)
-        batch.flush()
-        return [outcomes[i] for i in range(len(records))]
-    except BaseException:
-        ids.clear()
-        raise
+    """Store ``records`` in the current transaction; one outcome per record ('ingested' | 'duplicate' | 'manifest').
+
+    Run it through ``run_transaction(..., on_rollback=ids.clear)``: ids it caches belong to rows
+    of this transaction until it commits.
+    """
+    batch = _Batch(conn, ids)
+    outcomes: dict[int, str] = {}
+    # Oldest first per minion, so "latest" summaries are built in order within a batch.
+    for index in sorted(range(len(records)), key=lambda i: _sort_key(records[i])):
+        record = records[index]
+        if isinstance(record, JobRecord):
+            batch.add_job(record)
+            outcomes[index] = "manifest"
+        else:
+            outcomes[index] = batch.add_run(record)
+    batch.flush()
+    return [outcomes[i] for i in range(len(records))]
 
 
 # -- moving files after the commit -------------------------------------------------------------
@@ -1243,7 +1243,7 @@ async def _store(
 ) -> None:
     """Commit ``records`` in one transaction, then archive their files; on failure retry one by one."""
     try:
-        outcomes = await db.write(write_records, records, state.ids)
+        outcomes = await db.write(write_records, records, state.ids, on_rollback=state.ids.clear)
     except Exception as err:
         if len(records) == 1:
             await _handle_failure(settings, work, records[0], err, report)

@@ -162,26 +162,26 @@ def current_version(conn: sqlite3.Connection) -> int:
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Apply every pending migration; returns the resulting version."""
+    """Apply every pending migration, each in its own transaction; returns the resulting version."""
+    # Imported here: dashboard.db imports this module at its top.
+    from dashboard.db import run_transaction
+
     version = current_version(conn)
     for target, sql in MIGRATIONS:
         if target <= version:
             continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Re-check under the write lock: another process may have migrated.
-            if current_version(conn) >= target:
-                conn.execute("ROLLBACK")
-                continue
-            for statement in _split(sql):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {int(target)}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        version = target
+        run_transaction(conn, _apply, target, sql)
+        version = current_version(conn)
     return version
+
+
+def _apply(conn: sqlite3.Connection, target: int, sql: str) -> None:
+    # Re-check under the write lock: another process may have migrated.
+    if current_version(conn) >= target:
+        return
+    for statement in _split(sql):
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {int(target)}")
 
 
 def _split(sql: str) -> list[str]:

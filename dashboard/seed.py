@@ -29,6 +29,8 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dashboard.db import run_transaction
+
 FAIL = frozenset({"failed", "error"})
 PASS = frozenset({"passed", "xpassed", "xfailed"})
 PRECEDENCE = {"failed": 0, "error": 1, "passed": 2, "xpassed": 3, "xfailed": 4, "skipped": 5}
@@ -134,8 +136,7 @@ def seed(
         for i, name in enumerate(minion_names)
     ]
 
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    def fill(conn: sqlite3.Connection) -> tuple[int, int]:
         minion_ids = []
         for name, grains in zip(minion_names, grains_by_minion, strict=True):
             first = _ts(start)
@@ -225,13 +226,11 @@ def seed(
             "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             [("runs", runs), ("results", results), ("tests", tests)],
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        return results, len(jobs)
+
+    results, job_count = run_transaction(conn, fill)
     conn.execute("PRAGMA optimize")
-    return {"runs": runs, "results": results, "minions": minions, "tests": tests, "jobs": len(jobs)}
+    return {"runs": runs, "results": results, "minions": minions, "tests": tests, "jobs": job_count}
 
 
 def _flush(conn: sqlite3.Connection, run_rows: list, result_rows: list) -> None:

@@ -2,7 +2,7 @@
 
 Writes are plain functions of a ``sqlite3.Connection`` (suffix ``_tx``), so the web app
 runs them through ``Database.write`` (one writer, ``BEGIN IMMEDIATE``) and the CLI runs the
-very same functions in its own ``BEGIN IMMEDIATE`` transaction. That transaction is what
+very same functions through ``dashboard.db.run_transaction`` on its own connection. That transaction is what
 makes "the first user becomes admin" hold under concurrent sign-ups, across processes too.
 """
 
@@ -257,19 +257,6 @@ async def list_users(db) -> list[dict[str, Any]]:
 
 
 # -- the CLI's helpers (sync, own connection) ------------------------------------------------
-
-
-def run_tx(conn: sqlite3.Connection, fn, *args, **kwargs):
-    """Run fn(conn, ...) in BEGIN IMMEDIATE..COMMIT on a sync connection (the CLI's writer)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(conn, *args, **kwargs)
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result
 
 
 def find_user_sync(conn: sqlite3.Connection, username: str) -> dict[str, Any] | None:

@@ -9,7 +9,8 @@ from datetime import timedelta
 
 import pytest
 
-from dashboard.db import Database, QueryTimeout, connect_sync
+from dashboard.db import Database, QueryTimeout, connect_sync, run_transaction
+from dashboard.ingest import ingest_pending
 from dashboard.migrations import MIGRATIONS, current_version
 from dashboard.retention import parse_age, prune
 from tests.functional.ingest_support import (
@@ -83,6 +84,73 @@ def test_write_commits_returns_and_rolls_back_on_error(tmp_path):
             )
 
     assert run(scenario()) == ([{"name": "a", "value": 1}], 51, None, -1)
+
+
+def _insert_dangling_result(conn):
+    """A result of a run that does not exist, checked only at COMMIT: COMMIT itself fails."""
+    conn.execute("PRAGMA defer_foreign_keys = ON")
+    conn.execute(
+        "INSERT INTO results (run_id, test_id, phase, outcome, duration) VALUES (999999, 999999, 'call', 'passed', 0)"
+    )
+
+
+def test_a_failing_commit_is_rolled_back_and_the_writer_keeps_writing(tmp_path):
+    rolled_back = []
+
+    async def scenario():
+        async with Database(tmp_path / "db.sqlite") as db:
+            with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+                await db.write(_insert_dangling_result, on_rollback=lambda: rolled_back.append("writer"))
+            # Without the ROLLBACK the writer would still be inside that transaction.
+            await db.write(lambda conn: conn.execute("INSERT INTO counters (name, value) VALUES ('after', 1)"))
+            return await db.fetchval("SELECT count(*) FROM results"), await db.fetchval("SELECT value FROM counters")
+
+    assert run(scenario()) == (0, 1)
+    assert rolled_back == ["writer"]
+
+
+def test_a_failing_commit_on_a_cli_connection_is_rolled_back(tmp_path):
+    conn = connect_sync(tmp_path / "db.sqlite")
+    rolled_back = []
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        run_transaction(conn, _insert_dangling_result, on_rollback=lambda: rolled_back.append("cli"))
+    assert not conn.in_transaction and rolled_back == ["cli"]
+    run_transaction(conn, lambda c: c.execute("INSERT INTO counters (name, value) VALUES ('after', 1)"))
+    assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 0
+    conn.close()
+
+
+def test_ingest_ids_do_not_outlive_a_failed_commit(tmp_path):
+    """A minion inserted by a transaction whose COMMIT failed must not keep its (reused) id in the cache."""
+    settings = make_settings(tmp_path)
+    conn = connect_sync(settings.db_path)
+    # A deferred foreign key broken by one jid: that file's transaction fails at COMMIT, not before.
+    conn.execute("CREATE TABLE trap (run_id INTEGER REFERENCES runs(id) DEFERRABLE INITIALLY DEFERRED)")
+    conn.execute(
+        "CREATE TRIGGER spring_trap AFTER INSERT ON runs WHEN NEW.jid = '20261128070000000901' "
+        "BEGIN INSERT INTO trap VALUES (-1); END"
+    )
+    conn.close()
+
+    async def scenario():
+        async with Database(settings.db_path) as db:
+            drop_doc(settings.inbox, make_doc("web-new", "20261128070000000901"))
+            failed = await ingest_pending(db, settings)
+            # web-new's row was rolled back; SQLite hands its id to the next minion inserted.
+            drop_doc(settings.inbox, make_doc("web-other", "20261128070000000902"))
+            other = await ingest_pending(db, settings)
+            drop_doc(settings.inbox, make_doc("web-new", "20261128070000000903"))
+            again = await ingest_pending(db, settings)
+            return failed, other, again
+
+    failed, other, again = run(scenario())
+    assert (failed.ingested, failed.quarantined) == (0, 1)
+    assert (other.ingested, other.deferred, again.ingested) == (1, 0, 1)
+    filed = rows(settings, "SELECT r.jid, m.name FROM runs r JOIN minions m ON m.id = r.minion_id ORDER BY r.jid")
+    assert filed == [
+        {"jid": "20261128070000000902", "name": "web-other"},
+        {"jid": "20261128070000000903", "name": "web-new"},
+    ]
 
 
 def test_reads_are_time_limited_and_read_only(tmp_path):
