@@ -2,8 +2,9 @@
 
 Writes are plain functions of a ``sqlite3.Connection`` (suffix ``_tx``), so the web app
 runs them through ``Database.write`` (one writer, ``BEGIN IMMEDIATE``) and the CLI runs the
-very same functions through ``dashboard.db.run_transaction`` on its own connection. That transaction is what
-makes "the first user becomes admin" hold under concurrent sign-ups, across processes too.
+very same functions through ``dashboard.db.run_transaction`` on its own connection. That
+transaction is what makes "the first user becomes admin" hold under concurrent sign-ups,
+across processes too.
 """
 
 # SQL here is built only from constant column lists and '?' placeholders; values are always bound.
