@@ -1,10 +1,10 @@
 """Deterministic bulk test data: N runs x M tests over K minions, inserted directly with executemany.
 
 For benchmarks and query-plan checks, not for production. Summary tables (``minions``,
-``test_status``, ``counters``, ``jobs``) are filled consistently with what the ingester would
-have built from the same runs (same pass/fail verdicts, flips, same-code flips and streak
-rules), so every page shows the same numbers it would after a real ingest. Every run carries a
-``code_hash``; the seeded code changes every :data:`CODE_EVERY` jobs.
+``test_status``, ``counters``, ``jobs``) are filled with what the ingester would have built from
+the same runs (the same fold, dashboard/ingest/status.py), so every page shows the numbers it
+would after a real ingest. Every run carries a ``code_hash``; the seeded code changes every
+:data:`CODE_EVERY` jobs.
 
 .. code-block:: python
 
@@ -30,10 +30,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dashboard.db import run_transaction
+from dashboard.ingest.status import FAIL, fold_status
 
-FAIL = frozenset({"failed", "error"})
-PASS = frozenset({"passed", "xpassed", "xfailed"})
-PRECEDENCE = {"failed": 0, "error": 1, "passed": 2, "xpassed": 3, "xfailed": 4, "skipped": 5}
 BATCH_RUNS = 1000
 # The seeded test code changes every this many jobs (a new code_hash for every minion at once).
 CODE_EVERY = 10
@@ -76,32 +74,6 @@ def _outcome(rng: random.Random, behaviour: str, minion_index: int) -> str:
 def code_hash_of(job_index: int) -> str:
     """The seeded code fingerprint of a job: one version per :data:`CODE_EVERY` jobs."""
     return hashlib.sha256(f"seed-code-{job_index // CODE_EVERY}".encode()).hexdigest()[:32]
-
-
-def _fold(row: dict | None, run_id: int, started_at: str, outcome: str, duration: float, code_hash: str) -> dict:
-    # The ingester's rules (dashboard/ingest.py): verdicts pass/fail/none, flips between verdicts,
-    # code_flips when the previous verdict's code hash is the same.
-    if row is None:
-        row = {"runs": 0, "fails": 0, "flips": 0, "first_fail_at": None, "last_pass_at": None,
-               "total_duration": 0.0, "last_code_hash": None, "code_flips": 0}
-    previous = "fail" if row["first_fail_at"] else ("pass" if row["last_pass_at"] else None)
-    verdict = "fail" if outcome in FAIL else ("pass" if outcome in PASS else None)
-    row["runs"] += 1
-    row["total_duration"] += duration
-    if verdict == "fail":
-        row["fails"] += 1
-        row["first_fail_at"] = row["first_fail_at"] or started_at
-    elif verdict == "pass":
-        row["first_fail_at"] = None
-        row["last_pass_at"] = started_at
-    if previous and verdict and previous != verdict:
-        row["flips"] += 1
-        if code_hash == row["last_code_hash"]:
-            row["code_flips"] += 1
-    if verdict:
-        row["last_code_hash"] = code_hash
-    row.update(last_run_id=run_id, last_outcome=outcome, last_started_at=started_at)
-    return row
 
 
 def seed(
@@ -184,7 +156,9 @@ def seed(
                         "captured output\n" if failing else None, None, "[]",
                     ))  # fmt: skip
                     key = (minion_id, test_id)
-                    status[key] = _fold(status.get(key), run_id, started_at, outcome, duration, code_hash)
+                    status[key] = fold_status(
+                        status.get(key), minion_id, test_id, run_id, started_at, outcome, duration, code_hash
+                    )
                 finished = started + timedelta(seconds=total)
                 run_status = "failed" if counts["failed"] or counts["error"] else "passed"
                 run_rows.append((

@@ -62,7 +62,7 @@ def test_seed_summaries_match_the_ingesters_rules(seeded_conn):
     )
     for minion_id, test_id, run_id, started_at, outcome, duration in rows:
         key = (minion_id, test_id)
-        rebuilt[key] = ingest._fold(rebuilt.get(key), minion_id, test_id, run_id, started_at, outcome, duration)
+        rebuilt[key] = ingest.fold_status(rebuilt.get(key), minion_id, test_id, run_id, started_at, outcome, duration)
     columns = ("last_run_id", "last_outcome", "last_started_at", "runs", "fails", "flips", "first_fail_at",
                "last_pass_at")
     stored = {

@@ -200,7 +200,7 @@ def test_seeded_code_flips_match_the_ingesters_fold_and_the_flaky_query_uses_the
             "JOIN runs r ON r.id = x.run_id ORDER BY r.started_at, r.id"
         ):
             key = (minion_id, test_id)
-            rebuilt[key] = ingest_module._fold(rebuilt.get(key), minion_id, test_id, run_id, started_at, outcome,
+            rebuilt[key] = ingest_module.fold_status(rebuilt.get(key), minion_id, test_id, run_id, started_at, outcome,
                                                duration, code_hash)
         stored = {(r["minion_id"], r["test_id"]): r for r in conn.execute("SELECT * FROM test_status")}
         assert stored.keys() == rebuilt.keys()

@@ -21,6 +21,7 @@ from dashboard import ingest as ingest_module
 from dashboard.config import Settings
 from dashboard.db import Database, connect_sync
 from dashboard.ingest import CRASH_AFTER_COMMIT_ENV, IngestReport, run_ingester
+from dashboard.ingest import worker as ingest_worker
 from tests.functional.ingest_support import (
     counters,
     drop,
@@ -156,7 +157,7 @@ def test_big_passes_validate_in_a_worker_process_that_is_replaced_when_it_dies(s
     monkeypatch.delenv(ingest_module.WORKER_ENV, raising=False)
     _drop_many(settings, 150)
     assert ingest(settings).ingested == 150
-    worker = ingest_module._worker
+    worker = ingest_worker._worker
     assert worker is not None and worker.process.poll() is None
     # The worker dies (OOM killer, a crash): the next big pass validates in-process and a new worker starts.
     worker.process.kill()
@@ -165,7 +166,7 @@ def test_big_passes_validate_in_a_worker_process_that_is_replaced_when_it_dies(s
     report = ingest(settings)
     assert (report.ingested, report.quarantined) == (150, 0)
     assert counters(settings)["runs"] == 300
-    replacement = ingest_module._worker
+    replacement = ingest_worker._worker
     assert replacement is not None and replacement is not worker
 
     # A worker that fails mid-request: that batch is validated here, the worker is discarded.
@@ -176,7 +177,7 @@ def test_big_passes_validate_in_a_worker_process_that_is_replaced_when_it_dies(s
     _drop_many(settings, 150, prefix="20261130")
     report = ingest(settings)
     assert (report.ingested, report.quarantined) == (150, 0)
-    assert ingest_module._worker is not replacement
+    assert ingest_worker._worker is not replacement
     assert replacement.process.poll() is not None  # killed, not leaked
 
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dashboard.db import connect_sync
-from dashboard.ingest import Candidate, InboxDir, Preparer, Rejected, RunRecord, _IdCache, write_records
+from dashboard.ingest import Candidate, IdCache, InboxDir, Preparer, Rejected, RunRecord, write_records
 from tests.functional.ingest_support import make_doc, make_settings, test_entry
 
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -41,7 +41,7 @@ class Harness:
         self.inbox_dir = InboxDir("web-1", os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY))
         self.preparer = Preparer(self.settings)
         self.conn = connect_sync(self.settings.db_path)
-        self.ids = _IdCache()
+        self.ids = IdCache()
 
     def prepare(self, content: bytes, name: str = "20261128090000000001.json", kind: str = "result"):
         (self.dir / name).write_bytes(content)

@@ -1,0 +1,184 @@
+"""The inbox on disk: scanning it, and moving files out of it (quarantine, archive).
+
+Only final names are acted on (``^[0-9A-Za-z_.-]+\\.(json|xml)$``); dot-names are uploads in
+progress. Directories are opened with ``O_NOFOLLOW`` and every later operation is relative to
+that descriptor, so a symlink (or a directory swapped for one) is never followed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import shutil
+import stat
+import time
+from pathlib import Path
+
+from dashboard.config import Settings
+from dashboard.ingest.records import Candidate, InboxDir, IngestReport, utc_now
+from dashboard.models import id_problem
+
+log = logging.getLogger(__name__)
+
+
+JOBS_DIR = "_jobs"
+JSON_NAME = re.compile(r"^[0-9A-Za-z_.-]+\.json$")
+XML_NAME = re.compile(r"^[0-9A-Za-z_.-]+\.xml$")
+
+
+def _label(name: str) -> str:
+    """A directory or file name made safe to create under the quarantine/archive root."""
+    safe = re.sub(r"[^0-9A-Za-z_.-]", "_", name)[:200].lstrip(".")
+    return safe or "_invalid"
+
+
+def _unique(target: Path) -> Path:
+    if not os.path.lexists(target):
+        return target
+    return target.with_name(f"{target.name}.{time.time_ns()}")
+
+
+def _move_out(dir_fd: int, name: str, target: Path) -> None:
+    """Move ``name`` (relative to ``dir_fd``, never followed) to ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(name, target, src_dir_fd=dir_fd)
+        return
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+    # Another filesystem: copy what the entry itself is (a link stays a link), then unlink.
+    info = os.lstat(name, dir_fd=dir_fd)
+    if stat.S_ISLNK(info.st_mode):
+        os.symlink(os.readlink(name, dir_fd=dir_fd), target)
+        os.unlink(name, dir_fd=dir_fd)
+    elif stat.S_ISREG(info.st_mode):
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        with os.fdopen(fd, "rb") as src, open(target, "xb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.unlink(name, dir_fd=dir_fd)
+    elif stat.S_ISDIR(info.st_mode):
+        # Rare (quarantining a whole directory across filesystems): resolve through /proc's fd link.
+        shutil.move(os.path.join(f"/proc/self/fd/{dir_fd}", name), target)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+        target.with_name(target.name + ".gone").write_text("a special file (fifo/socket/device) was removed\n")
+
+
+def quarantine_entry(settings: Settings, dir_fd: int, dir_label: str, name: str, reason: str) -> bool:
+    """Move an inbox entry to ``<quarantine>/<dir_label>/<name>`` with a ``.reason`` file; True on success."""
+    target = _unique(Path(settings.quarantine) / _label(dir_label) / _label(name))
+    reason_file = target.with_name(target.name + ".reason")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # The reason first: a crash between the two leaves a reason without a file, never the reverse.
+        reason_file.write_text(
+            f"reason: {reason}\nwhen: {utc_now()}\nentry: {dir_label!r}/{name!r}\n", encoding="utf-8", errors="replace"
+        )
+        _move_out(dir_fd, name, target)
+    except FileNotFoundError:
+        reason_file.unlink(missing_ok=True)
+        return False  # gone already (another ingester, or the uploader replaced it)
+    except OSError as err:
+        log.error("cannot quarantine %r/%r (%s): %s", dir_label, name, reason, err)
+        return False
+    log.warning("quarantined %r/%r: %s", dir_label, name, reason)
+    return True
+
+
+def _scan_dir(settings: Settings, inbox_dir: InboxDir, report: IngestReport) -> list[Candidate]:
+    jobs = inbox_dir.name == JOBS_DIR
+    found: list[Candidate] = []
+    bad: list[tuple[str, str]] = []
+    with os.scandir(inbox_dir.fd) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue  # an upload in progress (.<jid>.json.<random>.part)
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                bad.append((name, "a symlink where a file belongs (not followed)"))
+            elif not stat.S_ISREG(info.st_mode):
+                bad.append((name, "not a regular file (directory, fifo, socket or device)"))
+            elif JSON_NAME.match(name):
+                found.append(Candidate(inbox_dir.name, name, "job" if jobs else "result", info.st_size, info.st_mtime, inbox_dir))
+            elif XML_NAME.match(name) and not jobs:
+                found.append(Candidate(inbox_dir.name, name, "junit", info.st_size, info.st_mtime, inbox_dir))
+            else:
+                bad.append((name, "unexpected file name (want <jid>.json or <name>.xml)"))
+    for name, reason in bad:
+        if quarantine_entry(settings, inbox_dir.fd, inbox_dir.name, name, reason):
+            report.quarantined += 1
+    return found
+
+
+def scan_inbox(settings: Settings, report: IngestReport, opened: list[InboxDir]) -> list[Candidate]:
+    """List every final-named file in the inbox; quarantine entries that do not belong there.
+
+    Opened directory descriptors are appended to ``opened``; the caller closes them.
+    """
+    try:
+        inbox_fd = os.open(settings.inbox, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return []
+    opened.append(InboxDir("", inbox_fd))
+    candidates: list[Candidate] = []
+    bad: list[tuple[str, str]] = []
+    with os.scandir(inbox_fd) as entries:
+        names = [(entry.name, entry) for entry in entries]
+    for name, entry in sorted(names, key=lambda item: item[0]):
+        if name.startswith("."):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            bad.append((name, "a symlink where a minion directory belongs (not followed)"))
+            continue
+        if not stat.S_ISDIR(info.st_mode):
+            bad.append((name, "not a directory: the inbox holds one directory per minion"))
+            continue
+        problem = None if name == JOBS_DIR else id_problem(name)
+        if problem:
+            bad.append((name, f"invalid minion id as directory name: {problem}"))
+            continue
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=inbox_fd)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                bad.append((name, "swapped for a symlink or file while scanning (not followed)"))
+            continue
+        inbox_dir = InboxDir(name, fd)
+        opened.append(inbox_dir)
+        found = _scan_dir(settings, inbox_dir, report)
+        candidates.extend(sorted(found, key=lambda c: c.name))
+    for name, reason in bad:
+        if quarantine_entry(settings, inbox_fd, "_inbox", name, reason):
+            report.quarantined += 1
+    return candidates
+
+
+# -- moving files after the commit -------------------------------------------------------------
+
+
+def archive_file(settings: Settings, candidate: Candidate, duplicate: bool) -> None:
+    dir_fd = candidate.inbox_dir.fd
+    try:
+        if settings.archive_mode == "delete":
+            os.unlink(candidate.name, dir_fd=dir_fd)
+            return
+        target = Path(settings.archive) / _label(candidate.dir_name) / candidate.name
+        if duplicate and os.path.lexists(target):
+            target = target.with_name(f"{target.name}.dup-{time.time_ns()}")
+        _move_out(dir_fd, candidate.name, _unique(target))
+    except FileNotFoundError:
+        pass  # already moved (another ingester did it)
+    except OSError as err:
+        # Stored already: next scan sees a duplicate and tries the move again.
+        log.error("cannot archive %s/%s: %s", candidate.dir_name, candidate.name, err)

@@ -1,0 +1,257 @@
+"""The ingest passes: scan, validate (maybe in the worker), store, then archive, in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
+
+from dashboard.config import Settings
+from dashboard.db import Database
+from dashboard.ingest.inbox import archive_file, quarantine_entry, scan_inbox
+from dashboard.ingest.records import Candidate, InboxDir, IngestReport, JobRecord, RunRecord
+from dashboard.ingest.store import IdCache, write_records
+from dashboard.ingest.validate import Preparer, prepare_chunk, sort_out
+from dashboard.ingest.worker import discard_worker, validation_worker, warm_up_validation_worker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+# Files per transaction. 100 files of 50 results commit in well under 100 ms, short enough
+# that the web app's own writes (logins, sessions) never wait long behind the ingester.
+BATCH_FILES = 100
+# ... and at most this many bytes of files per transaction, so a few huge runs (10,000s of tests
+# each) neither hold the write lock for long nor sit in memory all at once.
+BATCH_BYTES = 8_000_000
+# Test hook: exit right after a commit, before the files are moved (crash-safety tests).
+CRASH_AFTER_COMMIT_ENV = "DISTMON_TEST_CRASH_AFTER_COMMIT"
+
+
+def _batches(candidates: list[Candidate]) -> Iterator[list[Candidate]]:
+    batch: list[Candidate] = []
+    size = 0
+    for candidate in candidates:
+        if batch and (len(batch) >= BATCH_FILES or size + candidate.size > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(candidate)
+        size += candidate.size
+    if batch:
+        yield batch
+
+
+# -- the passes --------------------------------------------------------------------------------
+
+
+@dataclass
+class _IngestState:
+    preparer: Preparer
+    ids: IdCache = field(default_factory=IdCache)
+
+
+_STATES: WeakKeyDictionary[Database, _IngestState] = WeakKeyDictionary()
+
+
+def _state(db: Database, settings: Settings) -> _IngestState:
+    state = _STATES.get(db)
+    if state is None or state.preparer.settings is not settings:
+        state = _IngestState(Preparer(settings), state.ids if state else IdCache())
+        _STATES[db] = state
+    return state
+
+
+async def _prepare(
+    work: _FileWork, preparer: Preparer, chunk: list[Candidate], *, in_worker: bool
+) -> tuple[list[RunRecord | JobRecord], int]:
+    worker = validation_worker() if in_worker else None
+    if worker is not None:
+        items = [(c.dir_name, c.name, c.kind, c.size, c.mtime) for c in chunk]
+        try:
+            outcomes = await work.run(worker.validate, preparer.settings, items)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # the worker died or misbehaved: validate here instead
+            log.warning("validation worker failed (%s: %s); validating in-process", type(err).__name__, err)
+            discard_worker(worker)
+        else:
+            if len(outcomes) == len(chunk):
+                return await work.run(sort_out, preparer.settings, chunk, outcomes)
+            discard_worker(worker)
+    return await work.run(prepare_chunk, preparer, chunk)
+
+
+def _transient(err: BaseException) -> bool:
+    """A database error that is about the database (locked, disk full, I/O), not about the file."""
+    return isinstance(err, sqlite3.OperationalError)
+
+
+def _finish(settings: Settings, records: list, outcomes: list[str], report: IngestReport) -> None:
+    for record, outcome in zip(records, outcomes, strict=True):
+        if outcome == "ingested":
+            report.ingested += 1
+            report.results += len(record.rows)
+        elif outcome == "duplicate":
+            report.duplicates += 1
+            log.info("duplicate %s/%s: already stored, archiving the file", record.minion, record.jid)
+        else:
+            report.manifests += 1
+        archive_file(settings, record.candidate, outcome == "duplicate")
+
+
+class _FileWork:
+    """Runs a pass's file-system work in threads and owns the pass's directory descriptors.
+
+    The descriptors are closed only once no thread uses them any more, even when the pass is
+    cancelled mid-way (a cancelled await does not stop its thread; a descriptor number closed
+    under a running thread could be reused for another directory).
+    """
+
+    def __init__(self) -> None:
+        self.opened: list[InboxDir] = []
+        self._busy = 0
+        self._closing = False
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("this ingest pass is over: its directory descriptors are released")
+            self._busy += 1
+        future = _FILE_THREADS.submit(fn, *args)
+        future.add_done_callback(self._done)
+        return asyncio.wrap_future(future)
+
+    def _done(self, _future: concurrent.futures.Future) -> None:
+        with self._lock:
+            self._busy -= 1
+            close = self._closing and self._busy == 0
+        if close:
+            self._close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            close = self._busy == 0
+        if close:
+            self._close()
+
+    def _close(self) -> None:
+        with self._lock:
+            opened, self.opened = self.opened, []
+        for inbox_dir in opened:
+            try:
+                os.close(inbox_dir.fd)
+            except OSError:
+                pass
+
+
+# Two threads: one validates the next chunk while the other moves the files of the last one.
+_FILE_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="distmon-ingest")
+
+
+async def _store(
+    db: Database, settings: Settings, state: _IngestState, work: _FileWork, records: list, report: IngestReport
+) -> None:
+    """Commit ``records`` in one transaction, then archive their files; on failure retry one by one."""
+    try:
+        outcomes = await db.write(write_records, records, state.ids, on_rollback=state.ids.clear)
+    except Exception as err:
+        if len(records) == 1:
+            await _handle_failure(settings, work, records[0], err, report)
+            return
+        log.warning("batch of %d files failed (%s: %s); retrying them one by one", len(records), type(err).__name__, err)
+        for record in records:
+            await _store(db, settings, state, work, [record], report)
+        return
+    _crash_hook()
+    await work.run(_finish, settings, records, outcomes, report)
+
+
+async def _handle_failure(settings: Settings, work: _FileWork, record, err: BaseException, report: IngestReport) -> None:
+    candidate = record.candidate
+    if _transient(err):
+        log.warning("database error on %s/%s, left in the inbox for the next scan: %s", candidate.dir_name, candidate.name, err)
+        report.deferred += 1
+        return
+    reason = f"the database rejected it: {type(err).__name__}: {str(err)[:200]}"
+    if await work.run(quarantine_entry, settings, candidate.inbox_dir.fd, candidate.dir_name, candidate.name, reason):
+        report.quarantined += 1
+
+
+def _crash_hook() -> None:
+    if os.environ.get(CRASH_AFTER_COMMIT_ENV) == "1":
+        os._exit(99)
+
+
+async def ingest_pending(db: Database, settings: Settings) -> IngestReport:
+    """One pass over the inbox: store every valid file found, quarantine the rest."""
+    state = _state(db, settings)
+    report = IngestReport()
+    work = _FileWork()
+    pending: asyncio.Future | None = None
+    try:
+        candidates = await work.run(scan_inbox, settings, report, work.opened)
+        chunks = list(_batches(candidates))
+        in_worker = len(chunks) > 1
+        if chunks:
+            pending = asyncio.ensure_future(_prepare(work, state.preparer, chunks[0], in_worker=in_worker))
+        for index in range(len(chunks)):
+            records, quarantined = await pending
+            report.quarantined += quarantined
+            if index + 1 < len(chunks):
+                # Validation of the next chunk overlaps the commit of this one.
+                pending = asyncio.ensure_future(_prepare(work, state.preparer, chunks[index + 1], in_worker=in_worker))
+            if records:
+                await _store(db, settings, state, work, records, report)
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()  # it must not start new file work once the descriptors are released
+        work.close()
+    if report:
+        log.info(
+            "ingest: %d runs (%d results), %d duplicates, %d quarantined, %d manifests, %d deferred",
+            report.ingested, report.results, report.duplicates, report.quarantined, report.manifests, report.deferred,
+        )  # fmt: skip
+    return report
+
+
+async def run_ingester(db: Database, settings: Settings, stop: asyncio.Event) -> None:
+    """Scan at start, then every ``settings.scan_interval`` seconds until ``stop`` is set; never dies."""
+    interval = max(0.01, float(settings.scan_interval))
+    warm_up_validation_worker()
+    while not stop.is_set():
+        try:
+            await ingest_pending(db, settings)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("ingest pass failed; retrying in %.1f s", max(interval, 1.0))
+            interval_now = max(interval, 1.0)
+        else:
+            interval_now = interval
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval_now)
+        except TimeoutError:
+            pass
+
+
+def ingest_pending_sync(settings: Settings) -> IngestReport:
+    """One ingest pass without a running event loop (CLI, benchmarks)."""
+
+    async def once() -> IngestReport:
+        db = Database(settings.db_path)
+        await db.open()
+        try:
+            return await ingest_pending(db, settings)
+        finally:
+            await db.close()
+
+    return asyncio.run(once())

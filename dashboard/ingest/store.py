@@ -1,0 +1,312 @@
+"""Storing: every write the ingester makes to the database lives here.
+
+:func:`write_records` runs on the writer connection inside one transaction: runs, results,
+jobs, and the summaries (``minions``, ``test_status``, ``counters``) maintained with them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+from dashboard.ingest.records import JobRecord, RunRecord, utc_now
+from dashboard.ingest.status import PRECEDENCE, fold_status
+
+SQL_CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
+
+
+# -- storage (runs on the writer connection, inside one transaction) ----------------------------
+
+
+class IdCache:
+    """name -> id of minions and nodeid -> id of tests; rows that are never deleted, so safe to keep.
+
+    Only touched on the writer's thread. Cleared whenever a transaction rolls back, COMMIT failing
+    included (ids created in a rolled-back transaction must not survive: SQLite reuses them).
+    """
+
+    def __init__(self) -> None:
+        self.minions: dict[str, int] = {}
+        self.tests: dict[str, int] = {}
+
+    def clear(self) -> None:
+        self.minions.clear()
+        self.tests.clear()
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+_STATUS_COLUMNS = (
+    "minion_id", "test_id", "last_run_id", "last_outcome", "last_started_at", "runs", "fails", "flips",
+    "first_fail_at", "last_pass_at", "total_duration", "last_code_hash", "code_flips",
+)  # fmt: skip
+_INSERT_STATUS = (
+    f"INSERT INTO test_status ({', '.join(_STATUS_COLUMNS)}) "  # noqa: S608 (constant columns)
+    f"VALUES ({', '.join('?' for _ in _STATUS_COLUMNS)})"
+)
+# Existing rows are updated in place, not REPLACEd: a REPLACE deletes and re-inserts the row in
+# the table and both its indexes, which cost more than inserting the results themselves.
+_UPDATE_STATUS = (
+    "UPDATE test_status SET last_run_id = ?, last_outcome = ?, last_started_at = ?, runs = ?, fails = ?, "
+    "flips = ?, first_fail_at = ?, last_pass_at = ?, total_duration = ?, last_code_hash = ?, code_flips = ? "
+    "WHERE minion_id = ? AND test_id = ?"
+)
+_INSERT_RUN = """
+    INSERT INTO runs (minion_id, jid, fun, source, status, exitcode, passed, failed, skipped, xfailed,
+                      xpassed, errors, started_at, finished_at, duration, returned_at, ingested_at,
+                      paths, args, python_version, pytest_version, grains, message, signed, code_hash)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (minion_id, jid) DO NOTHING
+"""
+_INSERT_RESULT = """
+    INSERT INTO results (run_id, test_id, phase, outcome, duration, message, longrepr, stdout, stderr, markers)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+class _Batch:
+    """One transaction's worth of summary state, flushed at its end."""
+
+    def __init__(self, conn: sqlite3.Connection, ids: IdCache):
+        self.conn = conn
+        self.ids = ids
+        self.status: dict[tuple[int, int], dict | None] = {}
+        self.dirty: set[tuple[int, int]] = set()
+        self.stored: set[tuple[int, int]] = set()  # keys that have a row in the database
+        self.minions: dict[int, dict] = {}
+        self.runs = 0
+        self.results = 0
+        self.new_tests = 0
+        self.now = utc_now()
+
+    # minions ------------------------------------------------------------------------------
+    def minion_id(self, name: str, seen_at: str) -> int:
+        known = self.ids.minions.get(name)
+        if known is not None:
+            return known
+        row = self.conn.execute("SELECT id FROM minions WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            cursor = self.conn.execute(
+                "INSERT INTO minions (name, first_seen, last_seen) VALUES (?, ?, ?)", (name, seen_at, seen_at)
+            )
+            minion_id = cursor.lastrowid
+        else:
+            minion_id = row[0]
+        self.ids.minions[name] = minion_id
+        return minion_id
+
+    def minion_state(self, minion_id: int) -> dict:
+        state = self.minions.get(minion_id)
+        if state is None:
+            row = self.conn.execute(
+                "SELECT m.first_seen, m.last_seen, m.last_run_id, r.started_at FROM minions m "
+                "LEFT JOIN runs r ON r.id = m.last_run_id WHERE m.id = ?",
+                (minion_id,),
+            ).fetchone()
+            state = {
+                "first_seen": row[0],
+                "last_seen": row[1],
+                "last_run_id": row[2],
+                "last_started": row[3],
+                "runs": 0,
+                "grains": None,
+            }
+            self.minions[minion_id] = state
+        return state
+
+    # tests --------------------------------------------------------------------------------
+    def test_ids(self, record: RunRecord) -> dict[str, int]:
+        known = self.ids.tests
+        if any(nodeid not in known for nodeid in record.per_test):
+            missing = [nodeid for nodeid in record.per_test if nodeid not in known]
+            before = self.conn.total_changes
+            self.conn.executemany(
+                "INSERT INTO tests (nodeid, file, line) VALUES (?, ?, ?) ON CONFLICT (nodeid) DO NOTHING",
+                [
+                    (nodeid, record.per_test[nodeid][2] or nodeid.split("::", 1)[0], record.per_test[nodeid][3])
+                    for nodeid in missing
+                ],
+            )
+            self.new_tests += self.conn.total_changes - before
+            for chunk in _chunks(missing, SQL_CHUNK):
+                marks = ",".join("?" * len(chunk))
+                for test_id, nodeid in self.conn.execute(
+                    f"SELECT id, nodeid FROM tests WHERE nodeid IN ({marks})",  # noqa: S608 (placeholders only)
+                    chunk,
+                ):
+                    known[nodeid] = test_id
+        return known
+
+    def load_status(self, minion_id: int, test_ids: list[int]) -> None:
+        wanted = [tid for tid in test_ids if (minion_id, tid) not in self.status]
+        for chunk in _chunks(wanted, SQL_CHUNK):
+            for tid in chunk:
+                self.status[(minion_id, tid)] = None
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                f"SELECT {', '.join(_STATUS_COLUMNS)} FROM test_status "  # noqa: S608 (constant columns)
+                f"WHERE minion_id = ? AND test_id IN ({marks})",
+                [minion_id, *chunk],
+            ):
+                self.status[(minion_id, row[1])] = dict(zip(_STATUS_COLUMNS, row, strict=True))
+                self.stored.add((minion_id, row[1]))
+
+    def recompute_status(self, minion_id: int, test_id: int) -> dict | None:
+        """Rebuild a test_status row from the full history (for out-of-order arrivals)."""
+        row: dict | None = None
+        current: list | None = None
+        history = self.conn.execute(
+            "SELECT r.id, r.started_at, res.outcome, res.duration, r.code_hash FROM results res "
+            "JOIN runs r ON r.id = res.run_id WHERE res.test_id = ? AND r.minion_id = ? "
+            "ORDER BY r.started_at, r.id",
+            (test_id, minion_id),
+        )
+        for run_id, started_at, outcome, duration, code_hash in history:
+            if current and current[0] == run_id:
+                if PRECEDENCE[outcome] < PRECEDENCE[current[2]]:
+                    current[2] = outcome
+                current[3] += duration or 0.0
+                continue
+            if current:
+                row = fold_status(row, minion_id, test_id, *current)
+            current = [run_id, started_at, outcome, duration or 0.0, code_hash]
+        if current:
+            row = fold_status(row, minion_id, test_id, *current)
+        return row
+
+    # runs ---------------------------------------------------------------------------------
+    def add_run(self, record: RunRecord) -> str:
+        """Insert one run with its results and summaries: 'ingested' or 'duplicate'."""
+        conn = self.conn
+        minion_id = self.minion_id(record.minion, record.returned_at)
+        counts = record.counts
+        cursor = conn.execute(
+            _INSERT_RUN,
+            (
+                minion_id, record.jid, record.fun, record.source, record.status, record.exitcode,
+                counts["passed"], counts["failed"], counts["skipped"], counts["xfailed"], counts["xpassed"],
+                counts["errors"], record.started_at, record.finished_at, record.duration, record.returned_at,
+                self.now, record.paths, record.args, record.python_version, record.pytest_version,
+                record.grains, record.message, record.signed, record.code_hash,
+            ),
+        )  # fmt: skip
+        if cursor.rowcount == 0:
+            return "duplicate"
+        run_id = cursor.lastrowid
+        self.runs += 1
+        if record.rows:
+            ids = self.test_ids(record)
+            conn.executemany(
+                _INSERT_RESULT,
+                [
+                    (run_id, ids[nodeid], when, outcome, duration, message, longrepr, stdout, stderr, markers)
+                    for nodeid, when, outcome, duration, message, longrepr, stdout, stderr, markers in record.rows
+                ],
+            )
+            self.results += len(record.rows)
+            self._update_status(minion_id, run_id, record, ids)
+        self._update_minion(minion_id, run_id, record)
+        return "ingested"
+
+    def _update_status(self, minion_id: int, run_id: int, record: RunRecord, ids: dict[str, int]) -> None:
+        per_test = record.per_test
+        self.load_status(minion_id, [ids[nodeid] for nodeid in per_test])
+        status, dirty = self.status, self.dirty
+        started_at = record.started_at
+        for nodeid, (outcome, duration, _file, _line) in per_test.items():
+            tid = ids[nodeid]
+            key = (minion_id, tid)
+            row = status[key]
+            if row is not None and (started_at, run_id) < (row["last_started_at"], row["last_run_id"]):
+                # An older run arrived after a newer one: rebuild from history (its results are in).
+                status[key] = self.recompute_status(minion_id, tid)
+            else:
+                status[key] = fold_status(row, minion_id, tid, run_id, started_at, outcome, duration, record.code_hash)
+            dirty.add(key)
+
+    def _update_minion(self, minion_id: int, run_id: int, record: RunRecord) -> None:
+        state = self.minion_state(minion_id)
+        state["runs"] += 1
+        state["first_seen"] = min(state["first_seen"], record.returned_at)
+        state["last_seen"] = max(state["last_seen"], record.returned_at)
+        newest = state["last_run_id"] is None or (record.started_at, run_id) > (
+            state["last_started"] or "",
+            state["last_run_id"],
+        )
+        if newest:
+            state["last_run_id"] = run_id
+            state["last_started"] = record.started_at
+            state["grains"] = record.grains
+
+    def add_job(self, record: JobRecord) -> None:
+        self.conn.execute(
+            "INSERT INTO jobs (jid, fun, tgt, tgt_type, targeted, started_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (jid) DO UPDATE SET fun = excluded.fun, tgt = excluded.tgt, tgt_type = excluded.tgt_type, "
+            "targeted = excluded.targeted, started_at = excluded.started_at",
+            (record.jid, record.fun, record.tgt, record.tgt_type, record.targeted, record.started_at),
+        )
+
+    def flush(self) -> None:
+        conn = self.conn
+        updates, inserts = [], []
+        for key in self.dirty:
+            row = self.status[key]
+            if key in self.stored:
+                updates.append(
+                    (
+                        row["last_run_id"], row["last_outcome"], row["last_started_at"], row["runs"], row["fails"],
+                        row["flips"], row["first_fail_at"], row["last_pass_at"], row["total_duration"],
+                        row["last_code_hash"], row["code_flips"], key[0], key[1],
+                    )
+                )  # fmt: skip
+            else:
+                inserts.append(tuple(row[c] for c in _STATUS_COLUMNS))
+        if updates:
+            conn.executemany(_UPDATE_STATUS, updates)
+        if inserts:
+            conn.executemany(_INSERT_STATUS, inserts)
+        for minion_id, state in self.minions.items():
+            if state["grains"] is None:
+                conn.execute(
+                    "UPDATE minions SET runs = runs + ?, first_seen = ?, last_seen = ? WHERE id = ?",
+                    (state["runs"], state["first_seen"], state["last_seen"], minion_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE minions SET runs = runs + ?, first_seen = ?, last_seen = ?, last_run_id = ?, grains = ? "
+                    "WHERE id = ?",
+                    (state["runs"], state["first_seen"], state["last_seen"], state["last_run_id"], state["grains"], minion_id),
+                )
+        conn.executemany(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            [(name, value) for name, value in (("runs", self.runs), ("results", self.results), ("tests", self.new_tests)) if value],
+        )
+
+
+def _sort_key(record: RunRecord | JobRecord) -> tuple:
+    if isinstance(record, JobRecord):
+        return (0, "", "", record.jid)
+    return (1, record.minion, record.started_at, record.jid)
+
+
+def write_records(conn: sqlite3.Connection, records: list[RunRecord | JobRecord], ids: IdCache) -> list[str]:
+    """Store ``records`` in the current transaction; one outcome per record ('ingested' | 'duplicate' | 'manifest').
+
+    Run it through ``run_transaction(..., on_rollback=ids.clear)``: ids it caches belong to rows
+    of this transaction until it commits.
+    """
+    batch = _Batch(conn, ids)
+    outcomes: dict[int, str] = {}
+    # Oldest first per minion, so "latest" summaries are built in order within a batch.
+    for index in sorted(range(len(records)), key=lambda i: _sort_key(records[i])):
+        record = records[index]
+        if isinstance(record, JobRecord):
+            batch.add_job(record)
+            outcomes[index] = "manifest"
+        else:
+            outcomes[index] = batch.add_run(record)
+    batch.flush()
+    return [outcomes[i] for i in range(len(records))]

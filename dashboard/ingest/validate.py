@@ -1,0 +1,298 @@
+"""Validation and preparation of inbox files, before any transaction.
+
+A file becomes a :class:`RunRecord` or :class:`JobRecord` (rows flattened off the writer's
+thread), or a :class:`Rejected` with the reason it is quarantined for. Nothing here writes to
+the database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from typing import Any
+
+from pydantic import ValidationError
+
+from dashboard.config import Settings
+from dashboard.ingest.inbox import quarantine_entry
+from dashboard.ingest.records import Candidate, JobRecord, Rejected, RunRecord
+from dashboard.ingest.status import PRECEDENCE
+from dashboard.junit import JUnitError, parse_junit
+from dashboard.models import (
+    JOB_FORMAT,
+    RESULT_FORMAT,
+    JobManifest,
+    PytestResult,
+    ResultDocument,
+    describe_validation_error,
+    id_problem,
+)
+from dashboard.signing import KeyStore, check_document
+
+log = logging.getLogger(__name__)
+
+
+# -- validation (before any transaction) ------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _read(candidate: Candidate, cap: int) -> bytes:
+    fd = os.open(candidate.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=candidate.inbox_dir.fd)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise _Reject("not a regular file")
+        raw = handle.read(cap + 1)
+    if len(raw) > cap:
+        raise _Reject(f"larger than the {cap}-byte cap (DISTMON_MAX_FILE_BYTES)")
+    return raw
+
+
+class _Reject(Exception):
+    """The file must be quarantined; the message is the reason."""
+
+
+def _decode_json(raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _Reject(f"not valid UTF-8 (byte {err.start})") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise _Reject("JSON nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, huge ints, NaN/Infinity
+        raise _Reject(f"not valid JSON: {str(err)[:200]}") from None
+
+
+def _junit_sources(settings: Settings) -> frozenset[str]:
+    return settings.junit_sources
+
+
+def _flatten(tests: list[dict[str, Any]]) -> tuple[list[tuple], dict[str, tuple]]:
+    rows = []
+    per_test: dict[str, tuple] = {}
+    for t in tests:
+        nodeid, outcome, duration = t["nodeid"], t["outcome"], t.get("duration", 0.0)
+        markers = t.get("markers")
+        rows.append(
+            (
+                nodeid, t["when"], outcome, duration, t.get("message"), t.get("longrepr"), t.get("stdout"),
+                t.get("stderr"), json.dumps(markers) if markers else "[]",
+            )
+        )  # fmt: skip
+        seen = per_test.get(nodeid)
+        if seen is None:
+            per_test[nodeid] = (outcome, duration, t.get("file"), t.get("line"))
+        else:
+            # One outcome per test and run: the worst of its entries (passed + teardown error = error).
+            worst = outcome if PRECEDENCE[outcome] < PRECEDENCE[seen[0]] else seen[0]
+            per_test[nodeid] = (worst, seen[1] + duration, seen[2], seen[3])
+    return rows, per_test
+
+
+def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signed: bool) -> RunRecord:
+    result = doc.result
+    if isinstance(result, PytestResult):
+        counts = result.counts.model_dump()
+        rows, per_test = _flatten(result.tests)
+        return RunRecord(
+            candidate=candidate,
+            minion=doc.minion_id,
+            jid=doc.jid,
+            fun=doc.fun,
+            source=source,
+            status=result.status,
+            exitcode=result.exitcode,
+            counts=counts,
+            started_at=result.started_at,
+            finished_at=result.finished_at,
+            duration=result.duration,
+            returned_at=doc.returned_at,
+            paths=json.dumps(result.paths),
+            args=json.dumps(result.args),
+            python_version=result.python_version,
+            pytest_version=result.pytest_version,
+            grains=json.dumps(doc.grains, sort_keys=True),
+            message=result.message,
+            signed=int(signed),
+            rows=rows,
+            per_test=per_test,
+            code_hash=result.code_hash,
+        )
+    # Another function's return (the returner's all_jobs option): a run without tests.
+    return RunRecord(
+        candidate=candidate,
+        minion=doc.minion_id,
+        jid=doc.jid,
+        fun=doc.fun,
+        source=source,
+        status="passed" if doc.success else "error",
+        exitcode=doc.retcode,
+        counts={k: 0 for k in ("passed", "failed", "skipped", "xfailed", "xpassed", "errors")},
+        started_at=doc.returned_at,
+        finished_at=doc.returned_at,
+        duration=None,
+        returned_at=doc.returned_at,
+        paths="[]",
+        args="[]",
+        python_version=None,
+        pytest_version=None,
+        grains=json.dumps(doc.grains, sort_keys=True),
+        message=None,
+        signed=int(signed),
+        rows=[],
+        per_test={},
+    )
+
+
+class Preparer:
+    """Reads and validates candidates; holds what survives between passes (the key cache)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.keys = KeyStore(settings.pubkeys_dir)
+
+    def prepare(self, candidate: Candidate) -> RunRecord | JobRecord | Rejected:
+        """Validate one file; never raises (anything unexpected becomes a rejection)."""
+        try:
+            return self._prepare(candidate)
+        except _Reject as err:
+            return Rejected(candidate, str(err))
+        except FileNotFoundError:
+            return Rejected(candidate, "")  # vanished: nothing to quarantine
+        except RecursionError:
+            return Rejected(candidate, "nested too deeply")
+        except Exception as err:  # a bug or an input we did not foresee: quarantine, keep going
+            log.exception("unexpected error validating %s/%s", candidate.dir_name, candidate.name)
+            return Rejected(candidate, f"could not be validated: {type(err).__name__}: {str(err)[:200]}")
+
+    def _prepare(self, candidate: Candidate) -> RunRecord | JobRecord:
+        settings = self.settings
+        cap = int(settings.max_file_bytes)
+        if candidate.size > cap:
+            raise _Reject(f"larger than the {cap}-byte cap (DISTMON_MAX_FILE_BYTES): {candidate.size} bytes")
+        stem = candidate.name.rsplit(".", 1)[0]
+        if candidate.kind == "junit":
+            return self._prepare_junit(candidate, stem, cap)
+        raw = _read(candidate, cap)
+        if candidate.kind == "job":
+            return self._prepare_job(candidate, stem, _decode_json(raw))
+        doc = None
+        if not settings.require_signature:
+            # Fast path: parse and validate in one pass in pydantic-core (no intermediate dict).
+            doc = self._validate_json(raw)
+            if doc.signature is not None:
+                doc = None  # verify on the exact object json.loads builds, then validate that
+        if doc is None:
+            document = _decode_json(raw)
+            if not isinstance(document, dict):
+                raise _Reject(f"not a JSON object but a {type(document).__name__}")
+            if document.get("format") != RESULT_FORMAT:
+                raise _Reject(f"wrong schema: format is {str(document.get('format'))[:60]!r}, not {RESULT_FORMAT!r}")
+            try:
+                doc = ResultDocument.model_validate(document)
+            except ValidationError as err:
+                raise _Reject(f"wrong schema: {describe_validation_error(err)}") from None
+        else:
+            document = {}
+        if doc.minion_id != candidate.dir_name:
+            raise _Reject(
+                f"minion_id {doc.minion_id[:80]!r} in the file differs from its inbox directory {candidate.dir_name!r}"
+            )
+        if doc.jid != stem:
+            raise _Reject(f"jid {doc.jid[:80]!r} in the file differs from its file name {candidate.name!r}")
+        signed, problem = check_document(
+            document, candidate.dir_name, self.keys, require=bool(settings.require_signature)
+        )
+        if problem:
+            raise _Reject(f"authenticity: {problem}")
+        if doc.signature is not None and not signed:
+            log.warning("storing %s/%s as unsigned: its signature could not be verified", doc.minion_id, doc.jid)
+        return _run_record(doc, candidate, source="distmon", signed=signed)
+
+    @staticmethod
+    def _validate_json(raw: bytes) -> ResultDocument:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise _Reject(f"not valid UTF-8 (byte {err.start})") from None
+        try:
+            return ResultDocument.model_validate_json(text)
+        except ValidationError as err:
+            first = err.errors(include_url=False, include_input=False)[0]
+            if first["type"] == "json_invalid":
+                if "recursion limit" in first["msg"]:
+                    raise _Reject("not valid JSON: nested too deeply") from None
+                raise _Reject(f"not valid JSON: {first['msg'].removeprefix('Invalid JSON: ')[:200]}") from None
+            if first["type"] == "model_type":
+                raise _Reject("not a JSON object") from None
+            if first["loc"] == ("format",):
+                raise _Reject(f"wrong schema: format is not {RESULT_FORMAT!r}") from None
+            raise _Reject(f"wrong schema: {describe_validation_error(err)}") from None
+
+    def _prepare_junit(self, candidate: Candidate, stem: str, cap: int) -> RunRecord:
+        settings = self.settings
+        if not settings.accept_junit:
+            raise _Reject("JUnit XML is not accepted (DISTMON_ACCEPT_JUNIT is off)")
+        if settings.require_signature and candidate.dir_name not in _junit_sources(settings):
+            raise _Reject("unsigned JUnit XML while DISTMON_REQUIRE_SIGNATURE is on (source not in DISTMON_JUNIT_SOURCES)")
+        problem = id_problem(stem)
+        if problem:
+            raise _Reject(f"file name is not a valid jid: {problem}")
+        raw = _read(candidate, cap)
+        try:
+            document = parse_junit(raw, source=candidate.dir_name, jid=stem, mtime=candidate.mtime)
+        except JUnitError as err:
+            raise _Reject(f"JUnit XML: {err}") from None
+        try:
+            doc = ResultDocument.model_validate(document)
+        except ValidationError as err:
+            raise _Reject(f"JUnit XML: {describe_validation_error(err)}") from None
+        return _run_record(doc, candidate, source="junit", signed=False)
+
+    def _prepare_job(self, candidate: Candidate, stem: str, document: dict) -> JobRecord:
+        if document.get("format") != JOB_FORMAT:
+            raise _Reject(f"wrong schema: format is {str(document.get('format'))[:60]!r}, not {JOB_FORMAT!r}")
+        try:
+            manifest = JobManifest.model_validate(document)
+        except ValidationError as err:
+            raise _Reject(f"wrong schema: {describe_validation_error(err)}") from None
+        if manifest.jid != stem:
+            raise _Reject(f"jid {manifest.jid[:80]!r} in the manifest differs from its file name {candidate.name!r}")
+        tgt = manifest.tgt if isinstance(manifest.tgt, str) or manifest.tgt is None else json.dumps(manifest.tgt)
+        return JobRecord(
+            candidate=candidate,
+            jid=manifest.jid,
+            fun=manifest.fun,
+            tgt=tgt,
+            tgt_type=manifest.tgt_type,
+            targeted=json.dumps(manifest.targeted),
+            started_at=manifest.started_at,
+        )
+
+
+def prepare_chunk(preparer: Preparer, chunk: list[Candidate]) -> tuple[list[RunRecord | JobRecord], int]:
+    """Validate a chunk of files; quarantine the bad ones. Returns (records, files quarantined)."""
+    return sort_out(preparer.settings, chunk, [preparer.prepare(candidate) for candidate in chunk])
+
+
+def sort_out(
+    settings: Settings, chunk: list[Candidate], outcomes: list[RunRecord | JobRecord | Rejected]
+) -> tuple[list[RunRecord | JobRecord], int]:
+    records: list[RunRecord | JobRecord] = []
+    quarantined = 0
+    for candidate, outcome in zip(chunk, outcomes, strict=True):
+        outcome.candidate = candidate
+        if isinstance(outcome, Rejected):
+            if outcome.reason and quarantine_entry(
+                settings, candidate.inbox_dir.fd, candidate.dir_name, candidate.name, outcome.reason
+            ):
+                quarantined += 1
+        else:
+            records.append(outcome)
+    return records, quarantined
