@@ -14,7 +14,11 @@ never hold a connection for long.
     rows = await db.fetchall("SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", (50,))
     await db.close()
 
-Both connection kinds are ``aiosqlite`` connections (pinned to 0.22.1 in requirements_host.txt):
+``Database("postgresql://...")`` is the PostgreSQL backend (:class:`PgDatabase`, same interface;
+SQL differences live in dashboard/dialect.py). :func:`connect_sync` likewise returns a
+:class:`dashboard.dialect.PgConnection` for a URL.
+
+Both SQLite connection kinds are ``aiosqlite`` connections (pinned to 0.22.1 in requirements_host.txt):
 each owns one thread; :func:`_run_in_thread` is the single place that runs our own function on
 that thread with the underlying ``sqlite3.Connection``.
 """
@@ -32,6 +36,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from dashboard.dialect import DATABASE_ERRORS, connect_postgres, is_postgres, redact
 from dashboard.migrations import migrate
 
 T = TypeVar("T")
@@ -65,8 +70,13 @@ def connect_sync(path: str | Path) -> sqlite3.Connection:
     """Open a migrated database synchronously (CLI, tests, benchmarks).
 
     Autocommit mode (``isolation_level=None``): write through :func:`run_transaction`.
-    Rows are :class:`sqlite3.Row`.
+    Rows are :class:`sqlite3.Row`. A ``postgresql://`` URL gives a migrated
+    :class:`dashboard.dialect.PgConnection` of the same shape.
     """
+    if is_postgres(path):
+        conn = connect_postgres(str(path))
+        migrate(conn)
+        return conn
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -87,7 +97,17 @@ async def _run_in_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args
 
 
 class Database:
-    """The app's database: one serialized writer, ``readers`` pooled read connections."""
+    """The app's database: one serialized writer, ``readers`` pooled read connections.
+
+    ``Database(path)`` is SQLite; ``Database("postgresql://...")`` builds a :class:`PgDatabase`.
+    """
+
+    dialect = "sqlite"
+
+    def __new__(cls, path: str | Path, **_kwargs: Any) -> Database:
+        if cls is Database and is_postgres(path):
+            return super().__new__(PgDatabase)
+        return super().__new__(cls)
 
     def __init__(self, path: str | Path, *, readers: int = 4, read_timeout: float = 2.0):
         self.path = Path(path)
@@ -218,7 +238,7 @@ def run_transaction(
         try:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-        except sqlite3.Error as err:
+        except DATABASE_ERRORS as err:
             log.error("ROLLBACK failed (retried before the next write): %s", err)
         finally:
             if on_rollback is not None:
@@ -250,3 +270,108 @@ def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence | Mapping) ->
 
 def _fetchone(conn: sqlite3.Connection, sql: str, params: Sequence | Mapping) -> dict | None:
     return conn.execute(sql, params).fetchone()
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------
+
+
+class _PgThread:
+    """One PostgreSQL connection and the one thread that uses it (psycopg's sync API, so the
+    same plain functions of a connection run on both backends)."""
+
+    def __init__(self, conn: Any):
+        import concurrent.futures
+
+        self.conn = conn
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="distmon-pg")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(self.conn, *args))
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.conn.close)
+        self._executor.shutdown(wait=True)
+
+
+class PgDatabase(Database):
+    """The PostgreSQL backend: one writer connection (writes take the writer lock, see
+    dashboard/dialect.py, so several ingesters and replicas write one at a time), ``readers``
+    read connections with ``statement_timeout`` as the time limit."""
+
+    dialect = "postgresql"
+
+    def __init__(self, path: str | Path, *, readers: int = 4, read_timeout: float = 2.0):
+        self.url = str(path)
+        self.path = self.url  # type: ignore[assignment]  # the location, as DISTMON_DB gave it
+        self.readers = max(1, int(readers))
+        self.read_timeout = float(read_timeout)
+        self._writer_thread: _PgThread | None = None
+        self._write_lock = asyncio.Lock()
+        self._all_pg_readers: list[_PgThread] = []
+        self._idle_pg_readers: asyncio.Queue[_PgThread] | None = None
+
+    def __repr__(self) -> str:
+        return f"PgDatabase({redact(self.url)!r})"
+
+    async def open(self) -> None:
+        """Migrate the schema, open the writer and the readers."""
+        def connect_and_migrate():
+            conn = connect_postgres(self.url)
+            migrate(conn)
+            return conn
+
+        writer = await asyncio.to_thread(connect_and_migrate)
+        self._writer_thread = _PgThread(writer)
+        self._idle_pg_readers = asyncio.Queue()
+        timeout_ms = max(1, int(self.read_timeout * 1000))
+        for _ in range(self.readers):
+            reader = await asyncio.to_thread(
+                connect_postgres, self.url, dict_rows=True, statement_timeout_ms=timeout_ms
+            )
+            # A reader never writes: a stray INSERT through fetchall fails instead of racing the writer.
+            await asyncio.to_thread(reader.raw.execute, "SET default_transaction_read_only = on")
+            thread = _PgThread(reader)
+            self._all_pg_readers.append(thread)
+            self._idle_pg_readers.put_nowait(thread)
+
+    async def close(self) -> None:
+        readers, self._all_pg_readers = self._all_pg_readers, []
+        for reader in readers:
+            await reader.close()
+        self._idle_pg_readers = None
+        if self._writer_thread is not None:
+            writer, self._writer_thread = self._writer_thread, None
+            await writer.close()
+
+    async def write(self, fn: Callable[..., T], *args: Any, on_rollback: Callable[[], None] | None = None) -> T:
+        if self._writer_thread is None:
+            raise RuntimeError("Database is not open")
+        async with self._write_lock:
+            transaction = functools.partial(run_transaction, on_rollback=on_rollback)
+            return await self._writer_thread.run(transaction, fn, *args)
+
+    async def _read(self, fn: Callable[..., T], sql: str, params: Sequence | Mapping, timeout: float | None) -> T:
+        if self._idle_pg_readers is None:
+            raise RuntimeError("Database is not open")
+        limit = self.read_timeout if timeout is None else float(timeout)
+        reader = await self._idle_pg_readers.get()
+        try:
+            return await reader.run(_pg_timed, fn, sql, params, limit, self.read_timeout)
+        finally:
+            if self._idle_pg_readers is not None:
+                self._idle_pg_readers.put_nowait(reader)
+
+
+def _pg_timed(conn: Any, fn: Callable[..., T], sql: str, params: Sequence | Mapping, limit: float, default: float) -> T:
+    import psycopg.errors
+
+    other_limit = abs(limit - default) > 1e-9
+    if other_limit:
+        conn.raw.execute(f"SET statement_timeout = {max(0, int(limit * 1000))}")
+    try:
+        return fn(conn, sql, params)
+    except psycopg.errors.QueryCanceled as err:
+        raise QueryTimeout(f"query exceeded {limit:g} s: {sql[:200]}") from err
+    finally:
+        if other_limit:
+            conn.raw.execute(f"SET statement_timeout = {max(1, int(default * 1000))}")

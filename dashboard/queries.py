@@ -387,8 +387,9 @@ async def fleet(db, *, max_files: int = 60) -> dict[str, Any]:
     minions = await list_minions(db, limit=500)
     cells = await db.fetchall(
         "SELECT ts.minion_id, t.file, COUNT(*) AS tests, "
-        "SUM(ts.last_outcome IN ('failed', 'error')) AS failing, "
-        "SUM(ts.last_outcome IN ('passed', 'xpassed', 'xfailed')) AS passing, MAX(ts.last_started_at) AS last_started_at "
+        "SUM(CASE WHEN ts.last_outcome IN ('failed', 'error') THEN 1 ELSE 0 END) AS failing, "
+        "SUM(CASE WHEN ts.last_outcome IN ('passed', 'xpassed', 'xfailed') THEN 1 ELSE 0 END) AS passing, "
+        "MAX(ts.last_started_at) AS last_started_at "
         "FROM test_status ts JOIN tests t ON t.id = ts.test_id GROUP BY ts.minion_id, t.file LIMIT 100000"
     )
     files: dict[str, int] = {}

@@ -7,7 +7,8 @@ Standard library only: `make setup` runs it with the system Python before .venv 
   sshd), openssh-client (ssh-keygen makes its keys), procps (``ps`` finds leftovers);
 - ``test`` (`make test`, `.ci/run`): the stack's packages plus chromium (the end-to-end
   browser test; Playwright drives /usr/bin/chromium, never a downloaded browser) and cron
-  (the minion state's cron mode).
+  (the minion state's cron mode), postgresql (the server tools/postgres.py starts for the
+  PostgreSQL pass of the tests; also for `make up DB=postgres`).
 
 Run as root with apt-get on PATH, it installs what is missing; otherwise it prints the
 apt-get command to run and exits 1. It never removes anything.
@@ -34,13 +35,16 @@ PROBES: dict[str, tuple[str, ...]] = {
     "procps": ("/usr/bin/ps", "/bin/ps"),
     "chromium": ("/usr/bin/chromium",),
     "cron": ("/usr/bin/crontab",),
+    # Debian 12 ships 15; tools/postgres.py also looks in /usr/local/bin and any /usr/lib/postgresql/*/bin.
+    "postgresql": ("/usr/local/bin/postgres", *(f"/usr/lib/postgresql/{v}/bin/postgres" for v in range(13, 19))),
 }
 
 STACK = ("openssh-server", "openssh-client", "procps")
 NEEDS: dict[str, tuple[str, ...]] = {
     "setup": (VENV_PACKAGE,),
     "stack": STACK,
-    "test": (*STACK, "chromium", "cron"),
+    "test": (*STACK, "chromium", "cron", "postgresql"),
+    "postgres": ("postgresql",),
 }
 
 
