@@ -6,7 +6,7 @@ wrote ``.run/stack.env``, unset variables fall back to the local stack's values,
 
 | variable | default | meaning |
 | --- | --- | --- |
-| DISTMON_DB | .run/host/distmon.sqlite | SQLite database file |
+| DISTMON_DB | .run/host/distmon.sqlite | SQLite database file, or a `postgresql://user@host:port/db` URL |
 | DISTMON_INBOX | .run/host/chroot/inbox | where the returner uploads (<inbox>/<minion>/<jid>.json) |
 | DISTMON_ARCHIVE | <db dir>/archive | ingested files are moved here ... |
 | DISTMON_ARCHIVE_MODE | archive | ... or `delete`d |
@@ -29,6 +29,8 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dashboard.dialect import is_postgres
 
 STACK_ENV = Path(".run/stack.env")
 
@@ -61,7 +63,7 @@ def _flag(value: str | None, default: bool) -> bool:
 
 @dataclass
 class Settings:
-    db_path: Path
+    db_path: Path | str  # a str only for a postgresql:// URL
     inbox: Path
     archive: Path
     archive_mode: str = "archive"
@@ -80,8 +82,10 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = dict(_stack_env())
         env.update(os.environ if environ is None else environ)
-        db_path = Path(env.get("DISTMON_DB") or ".run/host/distmon.sqlite").resolve()
-        base = db_path.parent
+        db_value = env.get("DISTMON_DB") or ".run/host/distmon.sqlite"
+        # A PostgreSQL URL is kept as it is; files then default under .run/host as with SQLite.
+        db_path = db_value if is_postgres(db_value) else Path(db_value).resolve()
+        base = Path(".run/host").resolve() if is_postgres(db_value) else db_path.parent
         registration = (env.get("DISTMON_REGISTRATION") or "approval").lower()
         if registration not in {"approval", "open", "closed"}:
             raise ValueError(f"DISTMON_REGISTRATION must be approval, open or closed, not {registration!r}")

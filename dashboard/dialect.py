@@ -108,17 +108,17 @@ def _placeholders(sql: str) -> tuple[str, tuple[int, ...] | None]:
 
     def replace(match: re.Match) -> str:
         nonlocal numbered
-        token = match.group(0)
-        if token == "%":
+        piece = match.group(0)
+        if piece == "%":
             return "%%"
-        if token.startswith("?"):
+        if piece.startswith("?"):
             if match.group(1):
                 numbered = True
                 order.append(int(match.group(1)) - 1)
             else:
                 order.append(len(order))
             return "%s"
-        return token.replace("%", "%%")
+        return piece.replace("%", "%%")
 
     text = _TOKEN.sub(replace, sql)
     return text, tuple(order) if numbered else None

@@ -18,11 +18,10 @@ Writing one:
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
-from dashboard.dialect import PG_BOOTSTRAP, POSTGRES, SQLITE, dialect_of, render_ddl
+from dashboard.dialect import PG_BOOTSTRAP, POSTGRES, dialect_of, render_ddl
 
 MigrationSQL = Union[str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]  # noqa: UP007
 

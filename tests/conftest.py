@@ -13,10 +13,14 @@ Everything here is session-scoped so the suite starts each daemon once:
 
 Tests that break daemons on purpose (faults) must start their own, with
 ``start_minion()`` / ``make_storage_host()`` below, and never touch the shared ones.
+
+``--db-backend=postgres`` runs the tests on a real PostgreSQL server (tests/db_backend.py);
+``@pytest.mark.sqlite_only`` tests are skipped there.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -25,12 +29,41 @@ from pathlib import Path
 
 import pytest
 
+from tests import db_backend
 from tools.storage_host import StorageHost, free_port, remove_external_chroots
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # sshd's ChrootDirectory needs root-owned, non-world-writable parents: /tmp is not.
 HARNESS_ROOT = REPO_ROOT / ".run" / "pytest"
 SYNCED_DIRS = ("_modules", "_runners", "_returners", "sample_tests")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--db-backend", choices=db_backend.BACKENDS, default=None,
+                     help="database the dashboard's tests use (default: $DISTMON_TEST_DB or sqlite)")
+
+
+def pytest_configure(config):
+    chosen = config.getoption("--db-backend")
+    if chosen:
+        os.environ[db_backend.BACKEND_ENV] = chosen
+
+
+def pytest_collection_modifyitems(config, items):
+    if not db_backend.on_postgres():
+        return
+    skip = pytest.mark.skip(reason="about SQLite itself (sqlite_only)")
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)
+
+
+def pytest_report_header(config):
+    return f"distmon database backend: {db_backend.backend()}"
+
+
+def pytest_unconfigure(config):
+    db_backend.shutdown()
 
 
 @pytest.fixture(scope="session")

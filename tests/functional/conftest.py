@@ -26,6 +26,7 @@ os.environ.setdefault("DISTMON_BCRYPT_ROUNDS", "4")
 
 from dashboard.app import create_app  # noqa: E402
 from dashboard.config import Settings  # noqa: E402
+from tests.db_backend import database_location  # noqa: E402
 
 ADMIN = ("admin", "admin-password-1")
 XSS = '<script>alert("x")</script>'
@@ -42,7 +43,7 @@ def make_settings(root: Path, **overrides) -> Settings:
     # Every setting explicit: run from the repo root, Settings.from_env also reads the local
     # stack's .run/stack.env (signatures required, its pubkeys), which must not leak in here.
     env = {
-        "DISTMON_DB": str(root / "distmon.sqlite"),
+        "DISTMON_DB": str(database_location(root)),
         "DISTMON_INBOX": str(root / "inbox"),
         "DISTMON_ARCHIVE": str(root / "archive"),
         "DISTMON_ARCHIVE_MODE": "archive",

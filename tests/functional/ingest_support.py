@@ -9,6 +9,7 @@ from typing import Any
 from dashboard.config import Settings
 from dashboard.db import connect_sync
 from dashboard.ingest import IngestReport, ingest_pending_sync
+from tests.db_backend import database_location
 
 COUNT_KEYS = {"passed": "passed", "failed": "failed", "skipped": "skipped", "xfailed": "xfailed", "xpassed": "xpassed", "error": "errors"}
 
@@ -101,7 +102,7 @@ def drop_doc(inbox: Path, doc: dict) -> Path:
 
 def make_settings(root: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "db_path": root / "db" / "distmon.sqlite",
+        "db_path": database_location(root / "db"),
         "inbox": root / "inbox",
         "archive": root / "archive",
         "quarantine": root / "quarantine",
