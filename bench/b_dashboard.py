@@ -67,7 +67,7 @@ def bench_token(path: Path) -> str:
     try:
         existing = users.find_user_sync(conn, "bench")
         if existing is None:
-            password_hash = security.hash_password_sync("bench-password-not-secret")
+            password_hash = security.hash_password_sync("bench-password-not-secret", 4)
             created = run_transaction(conn, users.create_user_tx, "bench", password_hash, admin=True, status="active")
             user_id = created["id"]
         else:
@@ -207,7 +207,7 @@ class Uvicorn:
             "DISTMON_SCAN_INTERVAL": str(SCAN_INTERVAL),
         }
         self.log = open(work / "uvicorn.log", "wb")  # noqa: SIM115 - closed in stop()
-        # cwd is the work dir: dashboard/config.py would otherwise fall back to ./.run/stack.env.
+        # cwd is the work dir: nothing of the checkout's .run/ is near the app under test.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "dashboard.app:app", "--host", "127.0.0.1", "--port", str(self.port),
              "--no-access-log", "--log-level", "warning"],

@@ -211,9 +211,9 @@ def context() -> dict[str, Any]:
 def stack_env() -> dict[str, str]:
     """The coordinates `make up` wrote to .run/stack.env."""
     sys.path.insert(0, str(REPO))
-    from dashboard.config import _stack_env
+    from tools.stack import read_stack_env
 
-    values = _stack_env(RUN / "stack.env")
+    values = read_stack_env(RUN / "stack.env")
     if not values:
         raise RuntimeError(f"{RUN / 'stack.env'} is missing: run `make up` first (make bench does)")
     return values
@@ -255,7 +255,8 @@ class StackToken:
 
         if self._user_id() is None:
             created = subprocess.run(
-                [str(VENV_PY), "-m", "dashboard", "user", "create", self.username, "--password-stdin"],
+                [str(VENV_PY), "-m", "dashboard", "--env-file", str(RUN / "stack.env"), "user", "create", self.username,
+             "--password-stdin"],
                 input=secrets.token_urlsafe(24) + "\n", capture_output=True, text=True, cwd=REPO, check=False,
                 env={**os.environ, "DISTMON_BCRYPT_ROUNDS": "4"},
             )
@@ -263,7 +264,8 @@ class StackToken:
                 raise RuntimeError(f"could not create the bench user: {created.stderr.strip()}")
             self.created_user = True
         made = subprocess.run(
-            [str(VENV_PY), "-m", "dashboard", "token", "create", self.username, "--label", "bench"],
+            [str(VENV_PY), "-m", "dashboard", "--env-file", str(RUN / "stack.env"), "token", "create", self.username,
+             "--label", "bench"],
             capture_output=True, text=True, cwd=REPO, check=False,
         )
         if made.returncode != 0:

@@ -1,8 +1,9 @@
 """The admin CLI of the storage host: users, tokens, pruning, ingesting, seeding.
 
-It acts on the same database as the running app (``DISTMON_DB``; from the repo root, the
-local stack's ``.run/host/distmon.sqlite`` via ``.run/stack.env``). Writes use their own
-``BEGIN IMMEDIATE`` transactions, so running it next to the app is safe.
+It acts on the database of the environment's ``DISTMON_DB`` (dashboard/config.py), or of
+``--db``; ``--env-file FILE`` reads settings from a file of ``KEY=value`` lines first (variables
+set in the environment still win). Next to the local stack: ``--env-file .run/stack.env``.
+Writes use their own ``BEGIN IMMEDIATE`` transactions, so running it next to the app is safe.
 
 CLI Example:
 
@@ -16,15 +17,19 @@ CLI Example:
     python -m dashboard prune --older-than 90d
     python -m dashboard ingest                      # run the ingester alone (Ctrl-C stops it)
     python -m dashboard ingest --once
+    python -m dashboard --env-file .run/stack.env ingest --once   # as the local stack's app would
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
+
+from pydantic import ValidationError
 
 from dashboard import security, users
 from dashboard.config import Settings
@@ -52,7 +57,7 @@ def _connect(settings: Settings):
 def cmd_user_create(args, settings: Settings) -> int:
     """Create an active user (an admin with --admin)."""
     username = users.check_username(args.name)
-    password_hash = security.hash_password_sync(_read_password(args))
+    password_hash = security.hash_password_sync(_read_password(args), settings.bcrypt_rounds)
     conn = _connect(settings)
     try:
         outcome = run_transaction(conn, users.create_user_tx, username, password_hash, admin=args.admin, status="active")
@@ -67,7 +72,7 @@ def cmd_user_create(args, settings: Settings) -> int:
 
 def cmd_user_reset_password(args, settings: Settings) -> int:
     """Set a new password; every session of the user ends."""
-    password_hash = security.hash_password_sync(_read_password(args))
+    password_hash = security.hash_password_sync(_read_password(args), settings.bcrypt_rounds)
     conn = _connect(settings)
     try:
         user = users.find_user_sync(conn, args.name)
@@ -182,7 +187,8 @@ def cmd_seed(args, settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__.split("\n")[0])
-    parser.add_argument("--db", help="database file (default: DISTMON_DB or the local stack's)")
+    parser.add_argument("--db", help="the database (default: DISTMON_DB, else .run/host/distmon.sqlite)")
+    parser.add_argument("--env-file", help="read DISTMON_* settings from this file (e.g. .run/stack.env)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True)
@@ -224,16 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _settings(args) -> Settings:
+    if args.env_file and not os.path.isfile(args.env_file):
+        raise CliError(f"--env-file {args.env_file}: no such file")
+    overrides = {"db_path": args.db} if args.db else {}
+    try:
+        return Settings(_env_file=args.env_file, **overrides)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"DISTMON_{str(e['loc'][0]).upper()}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in err.errors(include_url=False)
+        )
+        raise CliError(f"invalid settings: {problems}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments and run one command; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        environ = None
-        if args.db:
-            import os
-
-            environ = {**os.environ, "DISTMON_DB": args.db}
-        settings = Settings.from_env(environ)
+        settings = _settings(args)
         return args.func(args, settings)
     except (CliError, users.UserError, security.PasswordPolicyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

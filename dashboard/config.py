@@ -1,8 +1,11 @@
 """Settings of the storage host (ingester + dashboard): one home, documented defaults.
 
-Read from the environment (``DISTMON_*``). When run from a repo root where ``make up``
-wrote ``.run/stack.env``, unset variables fall back to the local stack's values, so
-``python -m dashboard ...`` acts on the same database as the running app.
+Read from the environment (``DISTMON_*``) by :class:`Settings` (pydantic-settings); nothing
+else in ``dashboard/`` reads the environment (tests/unit/test_config.py checks it). There is no
+implicit fall-back to the local stack's ``.run/stack.env``: ``make up`` hands its environment
+to the dashboard it starts, and the admin CLI reads such a file only when told to
+(``python -m dashboard --env-file .run/stack.env ...``, or ``set -a; . .run/stack.env; set +a``).
+Variables set in the environment win over the file.
 
 | variable | default | meaning |
 | --- | --- | --- |
@@ -17,97 +20,142 @@ wrote ``.run/stack.env``, unset variables fall back to the local stack's values,
 | DISTMON_ACCEPT_JUNIT | 1 | accept JUnit XML dropped in the inbox |
 | DISTMON_JUNIT_SOURCES | (none) | comma-separated inbox dirs whose JUnit XML is accepted even with require_signature |
 | DISTMON_INGEST | 1 | run the ingester inside the web app |
+| DISTMON_INGEST_WORKER | 1 | 0: big ingest passes validate in-process, never in a worker process |
 | DISTMON_SCAN_INTERVAL | 0.2 | seconds between inbox scans (the watcher's backstop) |
 | DISTMON_REGISTRATION | approval | approval, open or closed |
 | DISTMON_SECURE_COOKIES | auto | auto (Secure when the request is https), 1, 0 |
-| DISTMON_BCRYPT_ROUNDS | 12 | bcrypt cost (read by dashboard/security.py; tests lower it, never below 4) |
+| DISTMON_BCRYPT_ROUNDS | 12 | bcrypt cost (tests lower it; clamped to 4..31) |
+| DISTMON_TEST_CRASH_AFTER_COMMIT | 0 | test hook: the ingester exits right after a commit (crash-safety tests) |
+
+With a database URL instead of a file, ``<db dir>`` above is ``.run/host``.
 """
 
 from __future__ import annotations
 
-import os
-import shlex
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from dashboard.dialect import is_postgres
 
-STACK_ENV = Path(".run/stack.env")
+DEFAULT_DB = ".run/host/distmon.sqlite"
+DEFAULT_INBOX = ".run/host/chroot/inbox"
+
+# Settings.from_env(mapping): the mapping the environment source reads instead of os.environ.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("distmon_settings_environ", default=None)
 
 
-def _stack_env(path: Path = STACK_ENV) -> dict[str, str]:
-    values: dict[str, str] = {}
-    try:
-        text = path.read_text()
-    except OSError:
-        return values
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, raw = line.partition("=")
-        key = key.removeprefix("export ").strip()
-        try:
-            parts = shlex.split(raw)
-        except ValueError:
-            continue
-        values[key] = parts[0] if parts else ""
-    return values
+class _Environment(EnvSettingsSource):
+    """The environment, or the mapping given to :meth:`Settings.from_env`."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        environ = _ENVIRON.get()
+        if environ is None:
+            return super()._load_env_vars()
+        return parse_env_vars(environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
-def _flag(value: str | None, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+class Settings(BaseSettings):
+    """Every setting of the storage host; build it once and pass it down."""
 
+    model_config = SettingsConfigDict(
+        env_prefix="DISTMON_", env_ignore_empty=True, extra="ignore", populate_by_name=True, case_sensitive=False
+    )
 
-@dataclass
-class Settings:
-    db_path: Path | str  # a str only for a postgresql:// URL
-    inbox: Path
-    archive: Path
-    archive_mode: str = "archive"
-    quarantine: Path = field(default_factory=Path)
+    # DISTMON_DB; ``db_path`` keeps its historical name. A file path is resolved to an absolute
+    # Path; a URL (postgresql://...) stays the string it is.
+    db_path: Path | str = Field(
+        default=DEFAULT_DB, validation_alias=AliasChoices("db_path", "db", "DISTMON_DB")
+    )
+    inbox: Path = Path(DEFAULT_INBOX)
+    archive: Path | None = None
+    archive_mode: Literal["archive", "delete"] = "archive"
+    quarantine: Path | None = None
     max_file_bytes: int = 20_000_000
     pubkeys_dir: Path | None = None
     require_signature: bool = False
     accept_junit: bool = True
-    junit_sources: frozenset[str] = frozenset()
+    junit_sources: Annotated[frozenset[str], NoDecode] = frozenset()
     ingest: bool = True
+    ingest_worker: bool = True
     scan_interval: float = 0.2
-    registration: str = "approval"
+    registration: Literal["approval", "open", "closed"] = "approval"
     secure_cookies: str = "auto"
+    bcrypt_rounds: int = 12
+    test_crash_after_commit: bool = False
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        env = dict(_stack_env())
-        env.update(os.environ if environ is None else environ)
-        db_value = env.get("DISTMON_DB") or ".run/host/distmon.sqlite"
-        # A PostgreSQL URL is kept as it is; files then default under .run/host as with SQLite.
-        db_path = db_value if is_postgres(db_value) else Path(db_value).resolve()
-        base = Path(".run/host").resolve() if is_postgres(db_value) else db_path.parent
-        registration = (env.get("DISTMON_REGISTRATION") or "approval").lower()
-        if registration not in {"approval", "open", "closed"}:
-            raise ValueError(f"DISTMON_REGISTRATION must be approval, open or closed, not {registration!r}")
-        archive_mode = (env.get("DISTMON_ARCHIVE_MODE") or "archive").lower()
-        if archive_mode not in {"archive", "delete"}:
-            raise ValueError(f"DISTMON_ARCHIVE_MODE must be archive or delete, not {archive_mode!r}")
-        pubkeys = env.get("DISTMON_PUBKEYS_DIR")
-        return cls(
-            db_path=db_path,
-            inbox=Path(env.get("DISTMON_INBOX") or ".run/host/chroot/inbox").resolve(),
-            archive=Path(env.get("DISTMON_ARCHIVE") or base / "archive").resolve(),
-            archive_mode=archive_mode,
-            quarantine=Path(env.get("DISTMON_QUARANTINE") or base / "quarantine").resolve(),
-            max_file_bytes=int(env.get("DISTMON_MAX_FILE_BYTES") or 20_000_000),
-            pubkeys_dir=Path(pubkeys).resolve() if pubkeys else None,
-            require_signature=_flag(env.get("DISTMON_REQUIRE_SIGNATURE"), False),
-            accept_junit=_flag(env.get("DISTMON_ACCEPT_JUNIT"), True),
-            junit_sources=frozenset(
-                name.strip() for name in (env.get("DISTMON_JUNIT_SOURCES") or "").split(",") if name.strip()
-            ),
-            ingest=_flag(env.get("DISTMON_INGEST"), True),
-            scan_interval=float(env.get("DISTMON_SCAN_INTERVAL") or 0.2),
-            registration=registration,
-            secure_cookies=(env.get("DISTMON_SECURE_COOKIES") or "auto").lower(),
-        )
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Arguments first, then the environment, then an --env-file: never a file found by itself.
+        return init_settings, _Environment(settings_cls), dotenv_settings
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> Settings:
+        """Settings from ``environ`` (default: the process environment), then ``env_file`` if given.
+
+        With a mapping, only that mapping is read: the process environment is ignored.
+        """
+        token = _ENVIRON.set(environ)
+        try:
+            return cls(_env_file=env_file) if env_file is not None else cls()
+        finally:
+            _ENVIRON.reset(token)
+
+    @field_validator("db_path", mode="before")
+    @classmethod
+    def _db_location(cls, value: Any) -> Path | str:
+        if is_postgres(value):
+            return value
+        return Path(value).resolve()
+
+    @field_validator("archive_mode", "registration", "secure_cookies", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("junit_sources", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return frozenset(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator("pubkeys_dir", mode="before")
+    @classmethod
+    def _none_when_empty(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+    @field_validator("bcrypt_rounds")
+    @classmethod
+    def _bcrypt_range(cls, value: int) -> int:
+        return min(max(value, 4), 31)  # bcrypt's own limits; below 4 it refuses
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        self.inbox = Path(self.inbox).resolve()
+        # Beside the SQLite file; with a server, where the local stack keeps it (never the inbox's
+        # parent: that may be the SFTP chroot the minions write to).
+        base = Path(DEFAULT_DB).parent if is_postgres(self.db_path) else Path(self.db_path).parent
+        self.archive = Path(self.archive or base / "archive").resolve()
+        self.quarantine = Path(self.quarantine or base / "quarantine").resolve()
+        if self.pubkeys_dir is not None:
+            self.pubkeys_dir = Path(self.pubkeys_dir).resolve()
+        return self

@@ -1,11 +1,11 @@
 """Security primitives of the dashboard: passwords, session ids, CSRF, login rate limit, headers.
 
-Configuration (environment):
+Configuration (dashboard/config.py; callers pass the values in):
 
 .. code-block:: yaml
 
-    DISTMON_BCRYPT_ROUNDS: 12      # bcrypt cost; tests lower it (4) to stay fast. Never below 4.
-    DISTMON_SECURE_COOKIES: auto   # (config.py) auto: Secure when the request is https; 1; 0
+    DISTMON_BCRYPT_ROUNDS: 12      # Settings.bcrypt_rounds, the ``rounds`` argument here; tests use 4
+    DISTMON_SECURE_COOKIES: auto   # auto: Secure when the request is https; 1; 0
 
 - Passwords: bcrypt called directly (passlib breaks with bcrypt 5), hashed and checked in a
   worker thread so the event loop never blocks for the ~250 ms a cost-12 hash takes.
@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -63,13 +62,7 @@ class PasswordPolicyError(ValueError):
     """The password is refused before hashing; the message is shown to the user."""
 
 
-def bcrypt_rounds() -> int:
-    """The bcrypt cost: DISTMON_BCRYPT_ROUNDS or 12, clamped to bcrypt's 4..31."""
-    try:
-        rounds = int(os.environ.get("DISTMON_BCRYPT_ROUNDS") or 12)
-    except ValueError:
-        rounds = 12
-    return min(max(rounds, 4), 31)
+DEFAULT_BCRYPT_ROUNDS = 12  # Settings.bcrypt_rounds' default; clamped there to bcrypt's 4..31
 
 
 def check_password_policy(password: str) -> bytes:
@@ -85,29 +78,28 @@ def check_password_policy(password: str) -> bytes:
     return encoded
 
 
-def hash_password_sync(password: str) -> bytes:
+def hash_password_sync(password: str, rounds: int = DEFAULT_BCRYPT_ROUNDS) -> bytes:
     """bcrypt hash of a password that passed the policy (raises PasswordPolicyError)."""
     encoded = check_password_policy(password)
-    return bcrypt.hashpw(encoded, bcrypt.gensalt(rounds=bcrypt_rounds()))
+    return bcrypt.hashpw(encoded, bcrypt.gensalt(rounds=rounds))
 
 
-async def hash_password(password: str) -> bytes:
+async def hash_password(password: str, rounds: int = DEFAULT_BCRYPT_ROUNDS) -> bytes:
     """hash_password_sync in a worker thread."""
-    return await asyncio.to_thread(hash_password_sync, password)
+    return await asyncio.to_thread(hash_password_sync, password, rounds)
 
 
 _dummy_hashes: dict[int, bytes] = {}
 
 
-def _dummy_hash() -> bytes:
+def _dummy_hash(rounds: int) -> bytes:
     # A hash at the current cost, so checking an unknown user costs what checking a known one does.
-    rounds = bcrypt_rounds()
     if rounds not in _dummy_hashes:
         _dummy_hashes[rounds] = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=rounds))
     return _dummy_hashes[rounds]
 
 
-def verify_password_sync(password: str, stored_hash: bytes | str | None) -> bool:
+def verify_password_sync(password: str, stored_hash: bytes | str | None, rounds: int = DEFAULT_BCRYPT_ROUNDS) -> bool:
     """True when password matches stored_hash; with no hash, burns the same time and returns False."""
     encoded = password.encode("utf-8")
     if len(encoded) > PASSWORD_MAX_BYTES:
@@ -119,15 +111,17 @@ def verify_password_sync(password: str, stored_hash: bytes | str | None) -> bool
     if isinstance(stored_hash, str):
         stored_hash = stored_hash.encode()
     try:
-        matched = bcrypt.checkpw(encoded, stored_hash if real else _dummy_hash())
+        matched = bcrypt.checkpw(encoded, stored_hash if real else _dummy_hash(rounds))
     except ValueError:
         return False
     return matched and real
 
 
-async def verify_password(password: str, stored_hash: bytes | str | None) -> bool:
-    """verify_password_sync in a worker thread."""
-    return await asyncio.to_thread(verify_password_sync, password, stored_hash)
+async def verify_password(
+    password: str, stored_hash: bytes | str | None, rounds: int = DEFAULT_BCRYPT_ROUNDS
+) -> bool:
+    """verify_password_sync in a worker thread (``rounds``: the cost of the stand-in hash)."""
+    return await asyncio.to_thread(verify_password_sync, password, stored_hash, rounds)
 
 
 def new_secret() -> str:

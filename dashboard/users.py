@@ -152,14 +152,16 @@ def _active_admins(conn: sqlite3.Connection) -> int:
 # -- the app's async API -------------------------------------------------------------------
 
 
-async def register(db, username: str, password: str, registration: str) -> dict[str, Any]:
+async def register(
+    db, username: str, password: str, registration: str, *, rounds: int = security.DEFAULT_BCRYPT_ROUNDS
+) -> dict[str, Any]:
     """Sign a user up. Raises UserError / PasswordPolicyError with a message for the form.
 
     The password is hashed before the name is looked at, so a taken name costs the same time;
     callers show the same message for "taken" as for "pending" (see routes/auth.py).
     """
     username = check_username(username)
-    password_hash = await security.hash_password(password)
+    password_hash = await security.hash_password(password, rounds)
     status = "active" if registration == "open" else "pending"
     return await db.write(_register_tx, username, password_hash, status, registration)
 
@@ -171,13 +173,15 @@ def _register_tx(conn, username, password_hash, status, registration):
     return create_user_tx(conn, username, password_hash, status=status)
 
 
-async def authenticate(db, username: str, password: str) -> dict[str, Any] | None:
+async def authenticate(
+    db, username: str, password: str, *, rounds: int = security.DEFAULT_BCRYPT_ROUNDS
+) -> dict[str, Any] | None:
     """The user row when the password matches (any status), else None. Same cost either way."""
     row = await db.fetchone(
         "SELECT id, username, password_hash, is_admin, status FROM users WHERE username = ?",
         ((username or "").strip(),),
     )
-    ok = await security.verify_password(password, row["password_hash"] if row else None)
+    ok = await security.verify_password(password, row["password_hash"] if row else None, rounds)
     return row if ok else None
 
 
@@ -225,13 +229,15 @@ async def user_for_token(db, token: str) -> dict[str, Any] | None:
     return row
 
 
-async def change_password(db, user: dict, current: str, new: str) -> None:
+async def change_password(
+    db, user: dict, current: str, new: str, *, rounds: int = security.DEFAULT_BCRYPT_ROUNDS
+) -> None:
     """Check the current password, set the new one, end the user's other sessions."""
     security.check_password_policy(new)
     row = await db.fetchone("SELECT password_hash FROM users WHERE id = ?", (user["id"],))
-    if row is None or not await security.verify_password(current, row["password_hash"]):
+    if row is None or not await security.verify_password(current, row["password_hash"], rounds):
         raise UserError("The current password is wrong.")
-    new_hash = await security.hash_password(new)
+    new_hash = await security.hash_password(new, rounds)
     await db.write(set_password_tx, user["id"], new_hash, user.get("id_hash"))
 
 

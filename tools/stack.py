@@ -169,10 +169,29 @@ def write_stack_env(host: StorageHost) -> None:
     (RUN / "stack.env").write_text("\n".join(lines) + "\n")
 
 
-def stack_env() -> dict[str, str]:
-    from dashboard.config import _stack_env
+def read_stack_env(path: Path) -> dict[str, str]:
+    """KEY=value lines as :func:`write_stack_env` writes them (shell-quoted); {} when there is no file."""
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return values
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, raw = line.partition("=")
+        try:
+            parts = shlex.split(raw)
+        except ValueError:
+            continue
+        values[key.removeprefix("export ").strip()] = parts[0] if parts else ""
+    return values
 
-    return _stack_env(RUN / "stack.env")
+
+def stack_env() -> dict[str, str]:
+    """The coordinates of the running stack (.run/stack.env)."""
+    return read_stack_env(RUN / "stack.env")
 
 
 # -- services ----------------------------------------------------------------
@@ -259,7 +278,8 @@ def up() -> None:
     say("minions answering: " + ", ".join(MINIONS))
     sync()
     start_dashboard()
-    say(f"stack up; coordinates in {RUN / 'stack.env'}")
+    say(f"stack up; coordinates in {RUN / 'stack.env'} (admin CLI: .venv/bin/python -m dashboard "
+        "--env-file .run/stack.env ...)")
 
 
 def stop_services(names: list[str], timeout: float = 20.0) -> None:
@@ -365,7 +385,8 @@ def demo() -> None:
     print()
     say(f"all {len(MINIONS)} minions' results are in the dashboard: {DASHBOARD_URL}/runs")
     say(f"open {DASHBOARD_URL}/register: the first account you register becomes the admin")
-    say("or from the shell: .venv/bin/python -m dashboard user create NAME --admin --password-stdin")
+    say("or from the shell: .venv/bin/python -m dashboard --env-file .run/stack.env user create NAME --admin "
+        "--password-stdin")
     say("stop everything with: make down")
 
 

@@ -19,6 +19,7 @@ JUnit XML as ``<inbox>/<source>/<name>.xml``. This module turns them into rows.
                                               # signatures are required (comma separated)
     DISTMON_SCAN_INTERVAL: 0.2                # seconds between inbox scans
     DISTMON_INGEST_WORKER: 1                  # 0: never validate in a worker process
+    # all of them are fields of dashboard.config.Settings
 
 How it works, and why:
 
@@ -82,7 +83,7 @@ from dashboard.ingest.records import Candidate, InboxDir, IngestReport, JobRecor
 from dashboard.ingest.status import FAIL, PASS, PRECEDENCE, fold_status
 from dashboard.ingest.store import IdCache, write_records
 from dashboard.ingest.validate import Preparer
-from dashboard.ingest.worker import WORKER_ENV, warm_up_validation_worker
+from dashboard.ingest.worker import warm_up_validation_worker
 
 __all__ = [
     "BATCH_BYTES",
@@ -92,7 +93,6 @@ __all__ = [
     "JOBS_DIR",
     "PASS",
     "PRECEDENCE",
-    "WORKER_ENV",
     "Candidate",
     "IdCache",
     "InboxDir",

@@ -31,7 +31,8 @@ BATCH_FILES = 100
 # ... and at most this many bytes of files per transaction, so a few huge runs (10,000s of tests
 # each) neither hold the write lock for long nor sit in memory all at once.
 BATCH_BYTES = 8_000_000
-# Test hook: exit right after a commit, before the files are moved (crash-safety tests).
+# Test hook (Settings.test_crash_after_commit): exit right after a commit, before the files are
+# moved (crash-safety tests).
 CRASH_AFTER_COMMIT_ENV = "DISTMON_TEST_CRASH_AFTER_COMMIT"
 
 
@@ -71,7 +72,7 @@ def _state(db: Database, settings: Settings) -> _IngestState:
 async def _prepare(
     work: _FileWork, preparer: Preparer, chunk: list[Candidate], *, in_worker: bool
 ) -> tuple[list[RunRecord | JobRecord], int]:
-    worker = validation_worker() if in_worker else None
+    worker = validation_worker(preparer.settings) if in_worker else None
     if worker is not None:
         items = [(c.dir_name, c.name, c.kind, c.size, c.mtime) for c in chunk]
         try:
@@ -171,7 +172,7 @@ async def _store(
         for record in records:
             await _store(db, settings, state, work, [record], report)
         return
-    _crash_hook()
+    _crash_hook(settings)
     await work.run(_finish, settings, records, outcomes, report)
 
 
@@ -186,8 +187,8 @@ async def _handle_failure(settings: Settings, work: _FileWork, record, err: Base
         report.quarantined += 1
 
 
-def _crash_hook() -> None:
-    if os.environ.get(CRASH_AFTER_COMMIT_ENV) == "1":
+def _crash_hook(settings: Settings) -> None:
+    if settings.test_crash_after_commit:
         os._exit(99)
 
 
@@ -226,7 +227,7 @@ async def ingest_pending(db: Database, settings: Settings) -> IngestReport:
 async def run_ingester(db: Database, settings: Settings, stop: asyncio.Event) -> None:
     """Scan at start, then every ``settings.scan_interval`` seconds until ``stop`` is set; never dies."""
     interval = max(0.01, float(settings.scan_interval))
-    warm_up_validation_worker()
+    warm_up_validation_worker(settings)
     while not stop.is_set():
         try:
             await ingest_pending(db, settings)

@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 #
 # The worker is a plain ``python -c`` child talking over two pipes, not multiprocessing's spawn:
 # spawn re-imports the parent's __main__ script in the child, which would re-run any caller's
-# unguarded script (a benchmark, a one-off tool). DISTMON_INGEST_WORKER=0 turns it off.
+# unguarded script (a benchmark, a one-off tool). DISTMON_INGEST_WORKER=0 (Settings.ingest_worker)
+# turns it off.
 
-WORKER_ENV = "DISTMON_INGEST_WORKER"
 WORKER_REPLY_TIMEOUT = 300  # seconds for one batch; a stuck worker is killed and replaced
 
 
@@ -37,13 +37,16 @@ class _ValidationWorker:
     def __init__(self) -> None:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-        code = f"from dashboard.ingest.worker import worker_main; worker_main({to_child_r}, {from_child_w})"
+        # This checkout first on the child's path (the parent may run from anywhere); the child
+        # inherits the parent's environment as it is.
+        package_root = str(Path(__file__).resolve().parents[2])
+        code = (
+            f"import sys; sys.path.insert(0, {package_root!r}); "
+            f"from dashboard.ingest.worker import worker_main; worker_main({to_child_r}, {from_child_w})"
+        )
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL
+                [sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL
             )
         finally:
             os.close(to_child_r)
@@ -79,10 +82,13 @@ _worker_lock = threading.Lock()
 _worker_preparers: dict[str, Preparer] = {}  # in the worker process: one per settings
 
 
-def validation_worker() -> _ValidationWorker | None:
+def validation_worker(settings: Settings) -> _ValidationWorker | None:
+    """The running worker (started if need be), or None when it is off or cannot start."""
+    return _start_worker() if settings.ingest_worker else None
+
+
+def _start_worker() -> _ValidationWorker | None:
     global _worker
-    if os.environ.get(WORKER_ENV, "1") == "0":
-        return None
     with _worker_lock:
         if _worker is None or _worker.process.poll() is not None:
             if _worker is not None:
@@ -103,9 +109,10 @@ def discard_worker(worker: _ValidationWorker) -> None:
     worker.close()
 
 
-def warm_up_validation_worker() -> None:
+def warm_up_validation_worker(settings: Settings | None = None) -> None:
     """Start the validation worker ahead of the first big pass (its imports take a moment)."""
-    validation_worker()
+    if settings is None or settings.ingest_worker:
+        _start_worker()
 
 
 def worker_main(read_fd: int, write_fd: int) -> None:

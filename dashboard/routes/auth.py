@@ -45,7 +45,7 @@ async def login_page(request: Request, auth: OptionalAuthDep, next: str = "/", r
 
 
 @router.post("/login", include_in_schema=False)
-async def login(request: Request, form: CsrfFormDep, db: DbDep):
+async def login(request: Request, form: CsrfFormDep, db: DbDep, settings: SettingsDep):
     username = _field(form, "username").strip()
     password = _field(form, "password")
     next_url = security.safe_next_url(_field(form, "next"))
@@ -60,7 +60,7 @@ async def login(request: Request, form: CsrfFormDep, db: DbDep):
         return again("Too many failed attempts. Wait a few minutes and try again.", 429)
     if len(password.encode("utf-8")) > security.PASSWORD_MAX_BYTES:
         return again(f"Passwords are at most {security.PASSWORD_MAX_BYTES} bytes (UTF-8); this one is longer.", 400)
-    user = await users.authenticate(db, username, password)
+    user = await users.authenticate(db, username, password, rounds=settings.bcrypt_rounds)
     if user is None:
         limiter.record_failure(username, ip)
         return again(LOGIN_FAILED, 401)
@@ -106,7 +106,7 @@ async def register(request: Request, form: CsrfFormDep, db: DbDep, settings: Set
     if password != confirm:
         return again("The two passwords differ.", 400)
     try:
-        outcome = await users.register(db, username, password, settings.registration)
+        outcome = await users.register(db, username, password, settings.registration, rounds=settings.bcrypt_rounds)
     except security.PasswordPolicyError as err:
         return again(str(err), 400)
     except users.UserError as err:
@@ -125,14 +125,14 @@ async def account_page(request: Request, auth: AuthDep, db: DbDep):
 
 
 @router.post("/account/password", include_in_schema=False)
-async def change_password(request: Request, auth: AuthDep, form: CsrfFormDep, db: DbDep):
+async def change_password(request: Request, auth: AuthDep, form: CsrfFormDep, db: DbDep, settings: SettingsDep):
     new = _field(form, "new_password")
     context = {"tokens": await users.list_tokens(db, auth.user["id"])}
     if new != _field(form, "new_password2"):
         return render(request, "account.html", {**context, "error": "The two new passwords differ."}, status_code=400)
     try:
         await users.change_password(db, {**auth.user, "id_hash": auth.session_hash},
-                                    _field(form, "current_password"), new)
+                                    _field(form, "current_password"), new, rounds=settings.bcrypt_rounds)
     except (security.PasswordPolicyError, users.UserError) as err:
         return render(request, "account.html", {**context, "error": str(err)}, status_code=400)
     return render(request, "account.html", {**context, "notice": "Password changed. Your other sessions ended."})

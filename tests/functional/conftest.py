@@ -40,8 +40,8 @@ def anyio_backend():
 
 
 def make_settings(root: Path, **overrides) -> Settings:
-    # Every setting explicit: run from the repo root, Settings.from_env also reads the local
-    # stack's .run/stack.env (signatures required, its pubkeys), which must not leak in here.
+    # Every setting explicit, from this mapping only: a developer's exported DISTMON_* must not
+    # leak in here.
     env = {
         "DISTMON_DB": str(database_location(root)),
         "DISTMON_INBOX": str(root / "inbox"),
@@ -55,6 +55,7 @@ def make_settings(root: Path, **overrides) -> Settings:
         "DISTMON_INGEST": "0",
         "DISTMON_REGISTRATION": "approval",
         "DISTMON_SECURE_COOKIES": "auto",
+        "DISTMON_BCRYPT_ROUNDS": "4",
     }
     env.update({f"DISTMON_{key.upper()}": str(value) for key, value in overrides.items()})
     (root / "inbox").mkdir(parents=True, exist_ok=True)

@@ -122,3 +122,35 @@ def test_ingest_runs_until_signalled(tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
     assert proc.returncode == 0, proc.stderr.read()
+
+
+def test_settings_come_from_an_env_file_only_when_asked_and_bad_ones_are_named(tmp_path):
+    # A stack.env-like file in the working directory: its database is not used unless --env-file names it.
+    elsewhere = tmp_path / "stack" / "distmon.sqlite"
+    (tmp_path / ".run").mkdir()
+    env_file = tmp_path / ".run" / "stack.env"
+    env_file.write_text(f"# Written by `make up`\nDISTMON_DB={elsewhere}\nDISTMON_BCRYPT_ROUNDS=4\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DISTMON_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dashboard", *args], input="alice-password\n", capture_output=True,
+                              text=True, env={**env, **extra}, cwd=tmp_path, timeout=120)
+
+    made = run("--env-file", ".run/stack.env", "user", "create", "alice", "--password-stdin")
+    assert made.returncode == 0, made.stderr
+    assert elsewhere.exists()
+    assert not (tmp_path / ".run" / "host").exists()  # the default database was never created
+    listed = run("--env-file", str(env_file), "user", "list")
+    assert "alice" in listed.stdout
+    # Without --env-file: the documented default, an empty database of its own.
+    assert "alice" not in run("user", "list").stdout
+    assert (tmp_path / ".run" / "host" / "distmon.sqlite").exists()
+    # The environment wins over the file.
+    other = tmp_path / "other.sqlite"
+    assert "alice" not in run("--env-file", str(env_file), "user", "list", DISTMON_DB=str(other)).stdout
+    assert other.exists()
+    missing = run("--env-file", "no-such.env", "user", "list")
+    assert missing.returncode == 2 and "no-such.env" in missing.stderr
+    bad = run("user", "list", DISTMON_REGISTRATION="maybe")
+    assert bad.returncode == 2 and "DISTMON_REGISTRATION" in bad.stderr and "Traceback" not in bad.stderr

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from dashboard import ingest as ingest_module
 from dashboard.config import Settings
 from dashboard.db import Database, connect_sync
 from dashboard.ingest import CRASH_AFTER_COMMIT_ENV, IngestReport, run_ingester
@@ -154,7 +153,7 @@ def _drop_many(settings, count: int, prefix: str = "20261128") -> None:
 
 
 def test_big_passes_validate_in_a_worker_process_that_is_replaced_when_it_dies(settings, monkeypatch):
-    monkeypatch.delenv(ingest_module.WORKER_ENV, raising=False)
+    assert settings.ingest_worker  # the default
     _drop_many(settings, 150)
     assert ingest(settings).ingested == 150
     worker = ingest_worker._worker
@@ -189,8 +188,11 @@ def test_bad_files_found_by_the_worker_are_quarantined_by_this_process(settings)
     assert "JSON" in quarantined(settings)["m-0/20261128999999999999.json"]
 
 
-def test_without_the_worker_big_passes_validate_in_process(settings, monkeypatch):
-    monkeypatch.setenv(ingest_module.WORKER_ENV, "0")
+def test_without_the_worker_big_passes_validate_in_process(tmp_path, monkeypatch):
+    settings = make_settings(tmp_path, ingest_worker=False)
+    # Any use of the worker fails the test: with ingest_worker off, none is started or asked.
+    monkeypatch.setattr(ingest_worker, "_start_worker", lambda: pytest.fail("the worker was started"))
+    monkeypatch.setattr(ingest_worker._ValidationWorker, "validate", lambda *_: pytest.fail("the worker was asked"))
     _drop_many(settings, 130)
     assert ingest(settings).ingested == 130
 

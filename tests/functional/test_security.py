@@ -248,7 +248,7 @@ async def test_unknown_and_known_usernames_are_indistinguishable(make_app):
             assert taken.status_code == fresh.status_code == 200
             assert strip_tokens(taken.text) == strip_tokens(fresh.text)
         # The unknown user's check costs a real bcrypt verification too.
-        assert not security.verify_password_sync("x" * 10, None)
+        assert not security.verify_password_sync("x" * 10, None, 4)
 
 
 async def test_login_rate_limit(make_app):
@@ -260,7 +260,7 @@ async def test_login_rate_limit(make_app):
         assert blocked.status_code == 429
         assert "Too many failed attempts" in blocked.text
         # Another username from the same address is not locked out by these failures.
-        bob_hash = security.hash_password_sync("bob-password")
+        bob_hash = security.hash_password_sync("bob-password", 4)
         await app.db.write(lambda conn: users.create_user_tx(conn, "bob", bob_hash, status="active"))
         assert (await app.login("bob", "bob-password")).status_code == 303
     limiter = security.LoginRateLimiter(per_user=2, window=10)
