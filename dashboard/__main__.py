@@ -18,6 +18,7 @@ CLI Example:
     python -m dashboard ingest                      # run the ingester alone (Ctrl-C stops it)
     python -m dashboard ingest --once
     python -m dashboard --env-file .run/stack.env ingest --once   # as the local stack's app would
+    python -m dashboard serve --host 127.0.0.1 --port 8000   # the web app, with its limits (dashboard/serve.py)
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def cmd_user_create(args, settings: Settings) -> int:
     finally:
         conn.close()
     if not outcome["created"]:
-        raise CliError(f"User {username!r} already exists (use reset-password).")
+        raise CliError(f"User {username!r} already exists, or one whose name looks like it (use reset-password).")
     role = "admin" if outcome["is_admin"] else "user"
     print(f"created {role} {username}")
     return 0
@@ -172,6 +173,14 @@ def cmd_ingest(args, settings: Settings) -> int:
     return asyncio.run(run())
 
 
+def cmd_serve(args, settings: Settings) -> int:
+    """Run the dashboard (and its ingester) under uvicorn with the limits of dashboard/serve.py."""
+    from dashboard.serve import serve
+
+    serve(settings, args.host, args.port, log_level=args.log_level, access_log=not args.no_access_log)
+    return 0
+
+
 def cmd_seed(args, settings: Settings) -> int:
     """Fill the database with deterministic synthetic runs (benchmarks, demos)."""
     from dashboard.seed import seed
@@ -220,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="run the ingester alone")
     ingest.add_argument("--once", action="store_true", help="one pass over the inbox, then exit")
     ingest.set_defaults(func=cmd_ingest)
+
+    serve = sub.add_parser("serve", help="run the web app (uvicorn with the dashboard's limits)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--no-access-log", action="store_true")
+    serve.set_defaults(func=cmd_serve)
 
     seed = sub.add_parser("seed", help="insert synthetic runs (benchmarks)")
     seed.add_argument("--runs", type=int, default=20_000)

@@ -17,16 +17,17 @@ import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from dashboard import security
 from dashboard.config import Settings
 from dashboard.db import Database, QueryTimeout
-from dashboard.deps import CsrfError, NotAuthenticated, login_url, make_templates
+from dashboard.deps import CsrfError, NotAuthenticated, check_input_lengths, login_url, make_templates
 from dashboard.queries import InputError
 from dashboard.routes import admin, api, auth, pages
 from dashboard.routes.common import render
@@ -43,6 +44,15 @@ def _error(request: Request, status: int, message: str, headers: dict | None = N
     if is_api(request):
         return JSONResponse({"detail": message}, status_code=status, headers=headers)
     return render(request, "error.html", {"status": status, "message": message}, status_code=status, headers=headers)
+
+
+class DistmonApp(FastAPI):
+    """FastAPI with the security headers outside everything, Starlette's own error pages included."""
+
+    def build_middleware_stack(self):
+        # Starlette puts ServerErrorMiddleware (the 500 page of an unhandled exception) outside
+        # every added middleware: wrapping the whole stack is the only way its answer gets them.
+        return security.SecurityHeadersMiddleware(super().build_middleware_stack())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -75,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     log.exception("ingester stopped with an error")
             await db.close()
 
-    app = FastAPI(
+    app = DistmonApp(
         title="distmon",
         summary="Salt-native distributed test monitoring: results of pytest runs across minions.",
         version="1",
@@ -83,11 +93,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        dependencies=[Depends(check_input_lengths)],
     )
     app.state.settings = settings
     app.state.templates = make_templates()
-    app.state.login_limiter = security.LoginRateLimiter()
-    app.add_middleware(security.SecurityHeadersMiddleware)
+    # DNS rebinding: a page of another origin resolving its name to this host is refused here.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts), www_redirect=False)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(auth.router)
     app.include_router(admin.router)
@@ -128,6 +139,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         return _error(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception):
+        # Starlette logs the exception and re-raises it after sending this page.
+        try:
+            return _error(request, 500, "Internal error. It has been logged; try again or tell an admin.")
+        except Exception:  # the error page itself failed (templates, database): plain text then
+            return PlainTextResponse("Internal error.", status_code=500)
 
     return app
 

@@ -26,6 +26,15 @@ Variables set in the environment win over the file.
 | DISTMON_SECURE_COOKIES | auto | auto (Secure when the request is https), 1, 0 |
 | DISTMON_BCRYPT_ROUNDS | 12 | bcrypt cost (tests lower it; clamped to 4..31) |
 | DISTMON_TEST_CRASH_AFTER_COMMIT | 0 | test hook: the ingester exits right after a commit (crash-safety tests) |
+| DISTMON_ALLOWED_HOSTS | localhost,127.0.0.1,[::1] | Host header values the app answers (comma-separated; `*.example.com` wildcards; `*` any); others get a 400 (DNS rebinding) |
+| DISTMON_TRUSTED_PROXIES | (none) | addresses whose X-Forwarded-For / -Proto are believed (uvicorn's forwarded_allow_ips); none: never |
+| DISTMON_LIMIT_CONCURRENCY | 2048 | open connections at most; more are answered 503 and closed (`python -m dashboard serve`) |
+| DISTMON_REQUEST_TIMEOUT | 10 | seconds a client has to send a whole request (headers and body) before it is disconnected |
+| DISTMON_KEEP_ALIVE_TIMEOUT | 5 | seconds an idle keep-alive connection stays open |
+| DISTMON_STALE_UPLOAD_AGE | 3600 | seconds after which a dot-named or `.part` inbox entry is an abandoned upload: quarantined |
+| DISTMON_LOGIN_MAX_FAILURES_ACCOUNT | 10 | failed logins per account within the window before its logins answer 429 |
+| DISTMON_LOGIN_MAX_FAILURES_ADDRESS | 30 | failed logins per client address within the window before its logins answer 429 |
+| DISTMON_LOGIN_FAILURE_WINDOW | 900 | the window of both login-failure limits, seconds |
 
 With a database URL instead of a file, ``<db dir>`` above is ``.run/host``.
 """
@@ -37,7 +46,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -94,6 +103,15 @@ class Settings(BaseSettings):
     secure_cookies: str = "auto"
     bcrypt_rounds: int = 12
     test_crash_after_commit: bool = False
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ("localhost", "127.0.0.1", "[::1]")
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    limit_concurrency: PositiveInt = 2048
+    request_timeout: PositiveFloat = 10.0
+    keep_alive_timeout: PositiveFloat = 5.0
+    stale_upload_age: PositiveFloat = 3600.0
+    login_max_failures_account: PositiveInt = 10
+    login_max_failures_address: PositiveInt = 30
+    login_failure_window: PositiveFloat = 900.0
 
     @classmethod
     def settings_customise_sources(
@@ -136,6 +154,13 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return frozenset(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator("allowed_hosts", "trusted_proxies", mode="before")
+    @classmethod
+    def _comma_separated_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
 
     @field_validator("pubkeys_dir", mode="before")

@@ -7,6 +7,7 @@ an HTML route with a redirect to the login page and an API route (``/api/...``) 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +21,8 @@ from starlette.datastructures import FormData
 from dashboard import security, users
 from dashboard.config import Settings
 from dashboard.db import Database
+from dashboard.models import MAX_NODEID_CHARS
+from dashboard.queries import InputError
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
@@ -28,6 +31,24 @@ INT64_MAX = 2**63 - 1
 # Ids from URLs: SQLite integers are 64-bit; a larger number is a 400, never an OverflowError.
 RowId = Annotated[int, PathParam(ge=0, le=INT64_MAX)]
 QueryRowId = Annotated[int, Query(ge=0, le=INT64_MAX)]
+
+
+# The longest value a URL legitimately carries is a test id; a query string with more parameters
+# than any form or filter has is not a user's.
+MAX_PARAM_CHARS = MAX_NODEID_CHARS
+MAX_QUERY_PARAMS = 50
+# security.new_secret(): 32 random bytes, URL-safe base64 without padding.
+_ANONYMOUS_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def check_input_lengths(request: Request) -> None:
+    """Every route's first dependency: over-long URL parameters are a 400 with a message (InputError)."""
+    params = request.query_params.multi_items()
+    if len(params) > MAX_QUERY_PARAMS:
+        raise InputError(f"Too many query parameters: at most {MAX_QUERY_PARAMS}.")
+    for name, value in [*params, *request.path_params.items()]:
+        if isinstance(value, str) and len(value) > MAX_PARAM_CHARS:
+            raise InputError(f"Parameter {name[:40]} is too long: at most {MAX_PARAM_CHARS} characters.")
 
 
 class NotAuthenticated(Exception):
@@ -118,9 +139,10 @@ async def csrf_form(request: Request, auth: OptionalAuthDep) -> FormData:
         return form
     sent = form.get("csrf_token")
     sent = sent if isinstance(sent, str) else None
-    expected = [auth.csrf_token] if auth is not None else []
-    expected.append(request.cookies.get(security.CSRF_COOKIE))
-    if not any(security.tokens_equal(sent, token) for token in expected if token):
+    # Logged in: the session's own token, never the anonymous cookie (a value an attacker can
+    # plant from a sibling host). Anonymous (login, register): the double-submit cookie.
+    expected = auth.csrf_token if auth is not None else anonymous_cookie_token(request)
+    if not security.tokens_equal(sent, expected):
         raise CsrfError("Missing or invalid CSRF token. Reload the page and try again.")
     return form
 
@@ -137,10 +159,19 @@ def secure_cookies(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
+def anonymous_cookie_token(request: Request) -> str | None:
+    """The ``distmon_csrf`` cookie's value when it has the shape of a token we issue, else None."""
+    value = request.cookies.get(security.CSRF_COOKIE)
+    return value if value and _ANONYMOUS_TOKEN.fullmatch(value) else None
+
+
 def anonymous_csrf_token(request: Request) -> tuple[str, bool]:
-    """The double-submit token for login/register forms; (token, needs to be set as a cookie)."""
-    existing = request.cookies.get(security.CSRF_COOKIE)
-    if existing and 20 <= len(existing) <= 100:
+    """The double-submit token for login/register forms; (token, needs to be set as a cookie).
+
+    A cookie that is not of our shape is replaced, never adopted.
+    """
+    existing = anonymous_cookie_token(request)
+    if existing:
         return existing, False
     return security.new_secret(), True
 

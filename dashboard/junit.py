@@ -4,9 +4,11 @@
 run's jid. The document built here goes through the same validation and storage path as a
 returner's file (``fun`` = ``"junit"``, stored with ``source`` = ``junit``).
 
-Defences (the file comes from anywhere): the caller caps the size before reading; a
-``DOCTYPE`` or ``ENTITY`` declaration is refused before parsing (no entity expansion, no
-external entities: only XML's five predefined entities remain); the element count is capped.
+Defences (the file comes from anywhere): the caller caps the size before reading; the parser
+is defusedxml's (pinned in requirements_host.txt) with DTDs forbidden, so a ``DOCTYPE`` (and
+with it any ``ENTITY``) is refused by the parser itself, on the decoded document, in whatever
+encoding the file declares (UTF-16 included): no entity expansion, no external entities, only
+XML's five predefined entities remain. The element count is capped.
 
 Mapping: ``testcase`` -> one entry; ``nodeid`` = ``<classname>::<name>`` (or ``<name>``);
 ``failure`` -> failed, ``error`` -> error, ``skipped`` -> skipped (``xfailed`` when its type is
@@ -16,15 +18,16 @@ Mapping: ``testcase`` -> one entry; ``nodeid`` = ``<classname>::<name>`` (or ``<
 
 from __future__ import annotations
 
-import re
-import xml.etree.ElementTree as ET  # noqa: S405  (DOCTYPE/ENTITY refused before parsing, see below)
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from xml.etree.ElementTree import Element, ParseError  # noqa: S405 (types only; parsing is defusedxml's)
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as defused_fromstring
 
 from dashboard.models import MAX_NODEID_CHARS, RESULT_FORMAT, format_timestamp
 
 MAX_ELEMENTS = 500_000
-_DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
 class JUnitError(ValueError):
@@ -58,7 +61,7 @@ def _local(tag: Any) -> str:
     return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
 
 
-def _entry(case: ET.Element) -> dict[str, Any]:
+def _entry(case: Element) -> dict[str, Any]:
     classname = case.get("classname") or ""
     name = case.get("name") or ""
     nodeid = f"{classname}::{name}" if classname and name else (name or classname or "<unnamed>")
@@ -97,12 +100,14 @@ def _entry(case: ET.Element) -> dict[str, Any]:
 
 def parse_junit(raw: bytes, *, source: str, jid: str, mtime: float) -> dict[str, Any]:
     """Parse a JUnit XML report into a ``distmon-result/1`` document (a dict, still to be validated)."""
-    if _DECLARATION.search(raw):
-        raise JUnitError("DOCTYPE/ENTITY declarations are refused in JUnit XML")
     try:
-        root = ET.fromstring(raw)  # noqa: S314  (no DOCTYPE: no entity expansion possible)
-    except ET.ParseError as err:
+        root = defused_fromstring(raw, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException as err:
+        raise JUnitError(f"DOCTYPE/ENTITY declarations are refused in JUnit XML ({type(err).__name__})") from None
+    except ParseError as err:
         raise JUnitError(f"not well-formed XML: {err}") from None
+    except (ValueError, LookupError) as err:  # pyexpat: a declared multi-byte (UTF-16-LE) or unknown encoding
+        raise JUnitError(f"unreadable XML: {err}") from None
     if _local(root.tag) not in ("testsuites", "testsuite"):
         raise JUnitError(f"root element is <{_local(root.tag)[:40]}>, not <testsuites> or <testsuite>")
     suites, tests, elements = [], [], 0

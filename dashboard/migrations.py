@@ -231,6 +231,20 @@ MIGRATIONS: list[tuple[int, MigrationSQL]] = [
             ],
         },
     ),
+    (
+        4,
+        """
+        -- One row per failed login, per account and per client address (dashboard/users.py):
+        -- the login limit holds across restarts and for every worker on this database.
+        CREATE TABLE login_failures (
+            scope TEXT NOT NULL,        -- 'account' (normalised, casefolded username) or 'address'
+            key TEXT NOT NULL,
+            failed_at REAL NOT NULL     -- unix time
+        );
+        CREATE INDEX login_failures_key ON login_failures (scope, key, failed_at);
+        CREATE INDEX login_failures_time ON login_failures (failed_at);
+        """,
+    ),
 ]
 
 

@@ -13,15 +13,18 @@ Configuration (dashboard/config.py; callers pass the values in):
   form refuses it with a clear message instead of silently truncating.
 - Sessions: the cookie ``distmon_session`` holds 32 random bytes; the database stores only
   their sha256 (a leaked database row cannot be replayed as a cookie).
-- CSRF: every form POST carries ``csrf_token``. Logged in, it must equal the session's token;
-  anonymous (login, register), it must equal the ``distmon_csrf`` cookie (double submit; the
-  cookie is SameSite=Lax so a cross-site POST never carries it). A request whose ``Origin``
-  names another host, or whose ``Sec-Fetch-Site`` is ``cross-site``, is refused too.
-  Behind a reverse proxy, pass the browser's Host through (nginx: ``proxy_set_header Host $host``)
-  and run uvicorn with ``--proxy-headers`` so https is seen (Secure cookies) and Origin matches.
-- Login rate limit: in memory, per process (restarting the app forgets it; several workers
-  would each count separately): 5 failures per username+IP in 5 minutes, or 30 per IP, → 429.
-  The IP is the direct peer's (X-Forwarded-For is not trusted unless uvicorn is told to).
+- CSRF: every form POST carries ``csrf_token``. Logged in, it must equal the session's token
+  (and only that); anonymous (login, register), it must equal the ``distmon_csrf`` cookie
+  (double submit; the cookie is SameSite=Lax so a cross-site POST never carries it; a cookie
+  not shaped like a token we issue is replaced, never adopted; a login rotates it). A request
+  whose ``Origin`` names another host, or whose ``Sec-Fetch-Site`` is ``cross-site``, is
+  refused too. Behind a reverse proxy, pass the browser's Host through (nginx:
+  ``proxy_set_header Host $host``), list it in ``DISTMON_ALLOWED_HOSTS`` and the proxy's
+  address in ``DISTMON_TRUSTED_PROXIES`` so https is seen (Secure cookies) and Origin matches.
+- Login rate limit: stored in the database (dashboard/users.py, docs/security.md), per account
+  and per client address; the address is the direct peer's unless it is a trusted proxy.
+- Headers: :data:`SECURITY_HEADERS` on every response, error pages included (app.py wraps the
+  whole middleware stack in :class:`SecurityHeadersMiddleware`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,6 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-import time
-from collections import OrderedDict, deque
 from urllib.parse import urlsplit
 
 import bcrypt
@@ -169,49 +170,6 @@ def safe_next_url(value: str | None, default: str = "/") -> str:
     if parts.scheme or parts.netloc:
         return default
     return value
-
-
-class LoginRateLimiter:
-    """Counts failed logins per (username, ip) and per ip in a sliding window (in memory)."""
-
-    def __init__(self, per_user: int = 5, per_ip: int = 30, window: float = 300.0, max_keys: int = 100_000):
-        self.per_user = per_user
-        self.per_ip = per_ip
-        self.window = window
-        self.max_keys = max_keys
-        self._failures: OrderedDict[tuple, deque] = OrderedDict()
-
-    def _recent(self, key: tuple, now: float) -> deque:
-        stamps = self._failures.get(key)
-        if stamps is None:
-            return deque()
-        while stamps and now - stamps[0] > self.window:
-            stamps.popleft()
-        if not stamps:
-            del self._failures[key]
-        return stamps
-
-    def blocked(self, username: str, ip: str, now: float | None = None) -> bool:
-        """True when this username+ip (or this ip) has failed too often lately."""
-        now = time.monotonic() if now is None else now
-        return (
-            len(self._recent(("u", username.casefold(), ip), now)) >= self.per_user
-            or len(self._recent(("ip", ip), now)) >= self.per_ip
-        )
-
-    def record_failure(self, username: str, ip: str, now: float | None = None) -> None:
-        """Remember one failed attempt."""
-        now = time.monotonic() if now is None else now
-        for key in (("u", username.casefold(), ip), ("ip", ip)):
-            stamps = self._failures.setdefault(key, deque())
-            stamps.append(now)
-            self._failures.move_to_end(key)
-        while len(self._failures) > self.max_keys:
-            self._failures.popitem(last=False)
-
-    def reset(self, username: str, ip: str) -> None:
-        """Forget the username+ip failures after a successful login."""
-        self._failures.pop(("u", username.casefold(), ip), None)
 
 
 class SecurityHeadersMiddleware:

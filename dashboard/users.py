@@ -1,10 +1,23 @@
-"""Users, sessions and API tokens: the data functions behind login, admin pages and the CLI.
+"""Users, sessions, API tokens and login failures: the data functions behind login, admin pages and the CLI.
 
 Writes are plain functions of a ``sqlite3.Connection`` (suffix ``_tx``), so the web app
 runs them through ``Database.write`` (one writer, ``BEGIN IMMEDIATE``) and the CLI runs the
 very same functions through ``dashboard.db.run_transaction`` on its own connection. That
 transaction is what makes "the first user becomes admin" hold under concurrent sign-ups,
 across processes too.
+
+Usernames: NFKC-normalised, then 1-64 characters, each a letter, a combining mark, a decimal
+digit (any script) or one of ``. _ - @``, starting with a letter or a digit. Spaces, bidi
+overrides, zero-width and other invisible characters, and C0/C1 controls are refused. A name
+that looks like an existing one (confusable characters, ``confusables`` package, case
+included: ``аdmin`` with a Cyrillic а, ``Admin``, ``adrnin``) is answered like a taken one.
+
+Login failures are rows of ``login_failures`` (migration 4), so the limit holds across
+restarts and for every worker on the database: more than ``login_max_failures_account``
+failures for one account, or ``login_max_failures_address`` from one client address, within
+``login_failure_window`` seconds, and the next attempts answer 429 without checking the
+password, until the oldest failure leaves the window. A successful login clears its account's
+failures (not its address's).
 """
 
 # SQL here is built only from constant column lists and '?' placeholders; values are always bound.
@@ -12,16 +25,21 @@ across processes too.
 
 from __future__ import annotations
 
-import re
+import asyncio
 import sqlite3
+import time
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dashboard import security
 
 USERNAME_MAX = 64
-# Any printable characters: output is escaped everywhere; control characters are refused.
-_USERNAME_BAD = re.compile(r"[\x00-\x1f\x7f]")
+USERNAME_PUNCTUATION = frozenset("._-@")
+# Letters, combining marks and decimal digits of any script. Not: Zs (spaces), Cf (bidi
+# overrides, zero-width), Cc (C0/C1 controls), Co/Cn (private, unassigned), symbols.
+_USERNAME_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Nd"})
+_MAX_MARKS_IN_A_ROW = 2  # enough for any real letter after NFKC; refuses stacked "zalgo" marks
 # A token's last_used_at is refreshed at most this often (a write per API call would be waste).
 TOKEN_TOUCH_SECONDS = 60
 
@@ -38,27 +56,65 @@ def iso_now(delta: timedelta | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def normalize_username(username: str | None) -> str:
+    """NFKC form without surrounding whitespace: how a username is stored and looked up."""
+    return unicodedata.normalize("NFKC", username or "").strip()
+
+
+def _describe(char: str) -> str:
+    return f"U+{ord(char):04X} {unicodedata.name(char, 'unnamed character')}"
+
+
 def check_username(username: str) -> str:
-    """The username stripped, or UserError with a message for the form."""
-    username = (username or "").strip()
+    """The username normalised (see the module docstring), or UserError with a message for the form."""
+    username = normalize_username(username)
     if not username:
         raise UserError("Enter a username.")
     if len(username) > USERNAME_MAX:
         raise UserError(f"The username must be at most {USERNAME_MAX} characters long.")
-    if _USERNAME_BAD.search(username):
-        raise UserError("The username must not contain control characters.")
+    marks = 0
+    for char in username:
+        category = unicodedata.category(char)
+        if char not in USERNAME_PUNCTUATION and category not in _USERNAME_CATEGORIES:
+            raise UserError(
+                "A username may contain letters, digits and . _ - @ only "
+                f"(no spaces, invisible or control characters): {_describe(char)} is not allowed."
+            )
+        marks = marks + 1 if category in {"Mn", "Mc"} else 0
+        if marks > _MAX_MARKS_IN_A_ROW:
+            raise UserError("The username stacks too many combining marks on one letter.")
+    if unicodedata.category(username[0])[0] not in {"L", "N"}:
+        raise UserError("The username must start with a letter or a digit.")
     return username
+
+
+def lookalike(username: str, others: list[str]) -> str | None:
+    """The first of ``others`` that ``username`` could be mistaken for (equal, case or homoglyphs), or None."""
+    import confusables  # loads its mapping on import: only when someone registers
+
+    folded = username.casefold()
+    for other in others:
+        if other.casefold() == folded or confusables.is_confusable(username, other):
+            return other
+    return None
 
 
 # -- writes (run inside one transaction) ---------------------------------------------------
 
 
 def create_user_tx(
-    conn: sqlite3.Connection, username: str, password_hash: bytes, *, admin: bool = False, status: str = "pending"
+    conn: sqlite3.Connection, username: str, password_hash: bytes, *, admin: bool = False, status: str = "pending",
+    compared_up_to: int = 0,
 ) -> dict[str, Any]:
-    """Insert a user; the very first user is always an active admin. Returns {"created", "is_admin", "status"}."""
+    """Insert a user; the very first user is always an active admin. Returns {"created", "is_admin", "status"}.
+
+    Not created when the name is taken or looks like a taken one. Names of users with an id up to
+    ``compared_up_to`` were already compared by the caller outside the transaction (the
+    comparison is slow; the writer must not wait for it): only newer ones are compared here.
+    """
     first = conn.execute("SELECT 1 FROM users LIMIT 1").fetchone() is None
-    if conn.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone():
+    newer = [row[0] for row in conn.execute("SELECT username FROM users WHERE id > ?", (compared_up_to,))]
+    if lookalike(username, newer) is not None:
         return {"created": False, "is_admin": False, "status": None}
     if first:
         admin, status = True, "active"
@@ -163,14 +219,20 @@ async def register(
     username = check_username(username)
     password_hash = await security.hash_password(password, rounds)
     status = "active" if registration == "open" else "pending"
-    return await db.write(_register_tx, username, password_hash, status, registration)
+    existing = await db.fetchall("SELECT id, username FROM users")
+    if await asyncio.to_thread(lookalike, username, [row["username"] for row in existing]) is not None:
+        if registration == "closed":
+            raise UserError("Registration is closed. Ask an admin to create your account.")
+        return {"created": False, "is_admin": False, "status": None}
+    compared_up_to = max((row["id"] for row in existing), default=0)
+    return await db.write(_register_tx, username, password_hash, status, registration, compared_up_to)
 
 
-def _register_tx(conn, username, password_hash, status, registration):
+def _register_tx(conn, username, password_hash, status, registration, compared_up_to):
     # Closed means closed, even on an empty database: the first admin then comes from the CLI.
     if registration == "closed":
         raise UserError("Registration is closed. Ask an admin to create your account.")
-    return create_user_tx(conn, username, password_hash, status=status)
+    return create_user_tx(conn, username, password_hash, status=status, compared_up_to=compared_up_to)
 
 
 async def authenticate(
@@ -179,7 +241,7 @@ async def authenticate(
     """The user row when the password matches (any status), else None. Same cost either way."""
     row = await db.fetchone(
         "SELECT id, username, password_hash, is_admin, status FROM users WHERE username = ?",
-        ((username or "").strip(),),
+        (normalize_username(username),),
     )
     ok = await security.verify_password(password, row["password_hash"] if row else None, rounds)
     return row if ok else None
@@ -263,12 +325,48 @@ async def list_users(db) -> list[dict[str, Any]]:
     )
 
 
+# -- login failures (the persistent rate limit) ---------------------------------------------
+
+
+def _failure_keys(username: str, address: str) -> list[tuple[str, str]]:
+    return [("account", normalize_username(username).casefold()[:USERNAME_MAX * 4]), ("address", address[:64])]
+
+
+async def login_blocked(db, settings, username: str, address: str) -> bool:
+    """True when the account or the address has too many recent failed logins."""
+    since = time.time() - settings.login_failure_window
+    (_, account_key), (_, address_key) = _failure_keys(username, address)
+    row = await db.fetchone(
+        "SELECT (SELECT COUNT(*) FROM login_failures WHERE scope = 'account' AND key = ? AND failed_at > ?) AS account,"
+        " (SELECT COUNT(*) FROM login_failures WHERE scope = 'address' AND key = ? AND failed_at > ?) AS address",
+        (account_key, since, address_key, since),
+    )
+    return row["account"] >= settings.login_max_failures_account or row["address"] >= settings.login_max_failures_address
+
+
+def record_login_failure_tx(conn: sqlite3.Connection, username: str, address: str, window: float) -> None:
+    """Store one failed login for its account and its address; drop rows that left the window."""
+    now = time.time()
+    conn.execute("DELETE FROM login_failures WHERE failed_at <= ?", (now - window,))
+    conn.executemany(
+        "INSERT INTO login_failures (scope, key, failed_at) VALUES (?, ?, ?)",
+        [(scope, key, now) for scope, key in _failure_keys(username, address)],
+    )
+
+
+def clear_login_failures_tx(conn: sqlite3.Connection, username: str) -> None:
+    """Forget an account's failures after its owner logged in (the address's stay counted)."""
+    scope, key = _failure_keys(username, "")[0]
+    conn.execute("DELETE FROM login_failures WHERE scope = ? AND key = ?", (scope, key))
+
+
 # -- the CLI's helpers (sync, own connection) ------------------------------------------------
 
 
 def find_user_sync(conn: sqlite3.Connection, username: str) -> dict[str, Any] | None:
     row = conn.execute(
-        "SELECT id, username, is_admin, status, created_at FROM users WHERE username = ?", (username.strip(),)
+        "SELECT id, username, is_admin, status, created_at FROM users WHERE username = ?",
+        (normalize_username(username),),
     ).fetchone()
     if row is None:
         return None

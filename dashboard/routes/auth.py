@@ -30,8 +30,9 @@ def _field(form, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _client_ip(request: Request) -> str:
-    # The direct peer: X-Forwarded-For is not trusted (anyone could set it to dodge the limit).
+def _client_address(request: Request) -> str:
+    # The peer as uvicorn reports it: X-Forwarded-For counts only from DISTMON_TRUSTED_PROXIES
+    # (dashboard/serve.py), so a client cannot pick a new address per guess.
     return request.client.host if request.client else "unknown"
 
 
@@ -46,33 +47,34 @@ async def login_page(request: Request, auth: OptionalAuthDep, next: str = "/", r
 
 @router.post("/login", include_in_schema=False)
 async def login(request: Request, form: CsrfFormDep, db: DbDep, settings: SettingsDep):
-    username = _field(form, "username").strip()
+    username = _field(form, "username").strip()[: users.USERNAME_MAX * 4]
     password = _field(form, "password")
     next_url = security.safe_next_url(_field(form, "next"))
-    limiter: security.LoginRateLimiter = request.app.state.login_limiter
-    ip = _client_ip(request)
+    address = _client_address(request)
 
     def again(message: str, status: int):
         return render(request, "login.html", {"next": next_url, "error": message, "username": username},
                       status_code=status)
 
-    if limiter.blocked(username, ip):
+    if await users.login_blocked(db, settings, username, address):
         return again("Too many failed attempts. Wait a few minutes and try again.", 429)
     if len(password.encode("utf-8")) > security.PASSWORD_MAX_BYTES:
         return again(f"Passwords are at most {security.PASSWORD_MAX_BYTES} bytes (UTF-8); this one is longer.", 400)
     user = await users.authenticate(db, username, password, rounds=settings.bcrypt_rounds)
     if user is None:
-        limiter.record_failure(username, ip)
+        await db.write(users.record_login_failure_tx, username, address, settings.login_failure_window)
         return again(LOGIN_FAILED, 401)
     # The password was right: telling its owner why they cannot come in reveals nothing new.
     if user["status"] == "pending":
         return again("Your account is waiting for an admin's approval.", 403)
     if user["status"] != "active":
         return again("This account is disabled. Ask an admin.", 403)
-    limiter.reset(username, ip)
+    await db.write(users.clear_login_failures_tx, username)
     cookie, _csrf = await users.start_session(db, user["id"], request.cookies.get(security.SESSION_COOKIE))
     response = RedirectResponse(next_url, status_code=303)
     deps.set_session_cookie(request, response, cookie)
+    # The anonymous token served the login form only: a new one for the next anonymous form.
+    deps.set_csrf_cookie(request, response, security.new_secret())
     return response
 
 

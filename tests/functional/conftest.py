@@ -56,6 +56,7 @@ def make_settings(root: Path, **overrides) -> Settings:
         "DISTMON_REGISTRATION": "approval",
         "DISTMON_SECURE_COOKIES": "auto",
         "DISTMON_BCRYPT_ROUNDS": "4",
+        "DISTMON_ALLOWED_HOSTS": "testserver",
     }
     env.update({f"DISTMON_{key.upper()}": str(value) for key, value in overrides.items()})
     (root / "inbox").mkdir(parents=True, exist_ok=True)

@@ -140,8 +140,9 @@ async def test_hostile_strings_are_rendered_escaped(seeded_app):
 
 
 async def test_username_is_rendered_escaped(seeded_app):
-    async with seeded_app.new_client() as other:
-        assert (await seeded_app.register(XSS, "password-xss-1", client=other)).status_code == 200
+    # Markup is refused as a username now; a name stored before that rule must still come out escaped.
+    password_hash = security.hash_password_sync("password-xss-1", rounds=4)
+    await seeded_app.db.write(lambda conn: users.create_user_tx(conn, XSS, password_hash))
     html = (await seeded_app.http.get("/admin/users")).text
     assert RAW_XSS not in html
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
@@ -252,7 +253,7 @@ async def test_unknown_and_known_usernames_are_indistinguishable(make_app):
 
 
 async def test_login_rate_limit(make_app):
-    async with make_app() as app:
+    async with make_app(login_max_failures_account=5) as app:
         await app.register(*ADMIN)
         for _ in range(5):
             assert (await app.login(ADMIN[0], "wrong-password")).status_code == 401
@@ -263,11 +264,18 @@ async def test_login_rate_limit(make_app):
         bob_hash = security.hash_password_sync("bob-password", 4)
         await app.db.write(lambda conn: users.create_user_tx(conn, "bob", bob_hash, status="active"))
         assert (await app.login("bob", "bob-password")).status_code == 303
-    limiter = security.LoginRateLimiter(per_user=2, window=10)
-    limiter.record_failure("u", "ip", now=0)
-    limiter.record_failure("u", "ip", now=1)
-    assert limiter.blocked("u", "ip", now=5)
-    assert not limiter.blocked("u", "ip", now=12)  # the window slid past
+
+
+async def test_login_failures_leave_the_window(make_app):
+    async with make_app(login_max_failures_account=2, login_failure_window=1) as app:
+        await app.register(*ADMIN)
+        for _ in range(2):
+            assert (await app.login(ADMIN[0], "wrong-password")).status_code == 401
+        assert (await app.login(*ADMIN)).status_code == 429
+        # Age the stored failures past the window (instead of sleeping through it).
+        await app.db.write(lambda conn: conn.execute("UPDATE login_failures SET failed_at = failed_at - 5"))
+        assert (await app.login(*ADMIN)).status_code == 303
+        assert await app.db.fetchval("SELECT COUNT(*) FROM login_failures WHERE scope = 'account'") == 0
 
 
 # -- sessions -----------------------------------------------------------------------------
@@ -442,8 +450,160 @@ async def test_out_of_range_numbers_and_odd_strings_are_4xx(seeded_app):
                  "/api/runs?limit=" + huge, "/runs/-1"):
         response = await seeded_app.http.get(path)
         assert response.status_code == 400, (path, response.status_code)
-    for path in ("/runs?q=%00", "/runs?minion=%00", "/api/runs?jid=%00", "/api/tests?q=" + "a" * 5000):
+    for path in ("/runs?q=%00", "/runs?minion=%00", "/api/runs?jid=%00", "/api/tests?q=" + "a" * 4096):
         response = await seeded_app.http.get(path)
         assert response.status_code == 200, path
     for path in ("/tests?nodeid=%00", "/minions/%00", "/jobs/%00"):
         assert (await seeded_app.http.get(path)).status_code == 404, path
+
+
+# -- hardening after the attack pass (issue 15) ---------------------------------------------
+
+
+def assert_security_headers(response: httpx.Response) -> None:
+    assert "frame-ancestors 'none'" in response.headers.get("content-security-policy", ""), response
+    assert response.headers.get("x-content-type-options") == "nosniff", response
+    assert response.headers.get("x-frame-options") == "DENY", response
+
+
+async def test_a_foreign_host_header_is_refused_before_anything_runs(make_app):
+    """DNS rebinding: the attacker's page names its own host; on a fresh database it would register the admin."""
+    async with make_app(registration="open") as app:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app),
+                                     base_url="http://rebind.evil.example") as rebound:
+            page = await rebound.get("/register")
+            assert page.status_code == 400 and "Invalid host header" in page.text
+            assert_security_headers(page)
+            posted = await rebound.post("/register", data={"username": "mallory", "password": "p" * 12,
+                                                           "password2": "p" * 12, "csrf_token": "x" * 43},
+                                        headers={"Origin": "http://rebind.evil.example"})
+            assert posted.status_code == 400
+        assert await app.db.fetchval("SELECT COUNT(*) FROM users") == 0
+        assert (await app.http.get("/register")).status_code == 200  # the configured name still works
+
+
+async def test_error_pages_carry_the_security_headers(make_app):
+    async with make_app() as app:
+        async def explode():
+            raise RuntimeError("an unexpected bug")
+
+        app.app.add_api_route("/explode", explode)  # stands for any route with a bug
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app, raise_app_exceptions=False),
+                                     base_url="http://testserver") as client:
+            crashed = await client.get("/explode")
+            assert crashed.status_code == 500 and "Traceback" not in crashed.text
+            assert "Internal error" in crashed.text
+            assert_security_headers(crashed)
+            for path, status in (("/no/such/page", 404), ("/static/missing.css", 404), ("/api/runs", 401),
+                                 ("/tests?q=" + "a" * 50_000, 400)):
+                response = await client.get(path)
+                assert response.status_code == status, path
+                assert_security_headers(response)
+
+
+async def test_over_long_search_input_is_a_400_with_a_message(seeded_app):
+    pattern = "a" * 50_001  # as a LIKE pattern over SQLite's 50,000-byte limit: "pattern too complex", a 500
+    for path in ("/tests", "/api/tests", "/runs", "/api/runs"):
+        for name in ("q", "path"):
+            response = await seeded_app.http.get(path, params={name: pattern})
+            assert response.status_code == 400, (path, name, response.status_code)
+            assert f"Parameter {name} is too long: at most 4096 characters." in response.text
+    response = await seeded_app.http.get("/tests", params={"nodeid": "x" * 4097})
+    assert response.status_code == 400
+    response = await seeded_app.http.get("/minions/" + "m" * 5000)
+    assert response.status_code == 400 and "too long" in response.text
+
+
+async def test_a_logged_in_form_needs_the_session_token_not_the_anonymous_cookie(make_app):
+    async with make_app() as app:
+        await app.register(*ADMIN)
+        assert (await app.login(*ADMIN)).status_code == 303
+        # A value the attacker planted as the anonymous cookie (e.g. from a sibling host).
+        planted = security.new_secret()
+        app.http.cookies.set(security.CSRF_COOKIE, planted)
+        forged = await app.http.post("/account/tokens", data={"name": "t", "csrf_token": planted})
+        assert forged.status_code == 403
+        assert await app.db.fetchval("SELECT COUNT(*) FROM api_tokens") == 0
+        session_token = await app.csrf(app.http, "/account")
+        assert session_token != planted
+        assert (await app.http.post("/account/tokens", data={"name": "t", "csrf_token": session_token})).status_code == 200
+
+
+async def test_the_anonymous_csrf_cookie_is_not_adopted_when_malformed_and_rotates_at_login(make_app):
+    async with make_app() as app:
+        await app.register(*ADMIN)
+        async with app.new_client() as visitor:
+            visitor.cookies.set(security.CSRF_COOKIE, "chosen-by-the-attacker-0123456789")
+            page = await visitor.get("/login")
+            issued = page.cookies.get(security.CSRF_COOKIE)
+            assert issued and issued != "chosen-by-the-attacker-0123456789"
+            assert f'value="{issued}"' in page.text
+            # The planted value is no CSRF token for the login form either.
+            refused = await visitor.post("/login", data={"username": ADMIN[0], "password": ADMIN[1],
+                                                         "csrf_token": "chosen-by-the-attacker-0123456789"})
+            assert refused.status_code == 403
+        async with app.new_client() as visitor:
+            before = await app.csrf(visitor, "/login")
+            response = await app.login(*ADMIN, client=visitor)
+            assert response.status_code == 303
+            after = response.cookies.get(security.CSRF_COOKIE)
+            assert after and after != before
+
+
+@pytest.mark.parametrize(
+    ("username", "why"),
+    [
+        ("\u202eadmin", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+        ("ad\u200bmin", "U+200B ZERO WIDTH SPACE"),
+        ("ad\u0085min", "U+0085"),
+        ("ad\u00a0min", "not allowed"),  # NFKC makes it a plain space: refused as a space
+        ("bob smith", "U+0020 SPACE"),
+        ("<b>", "U+003C LESS-THAN SIGN"),
+        ("-bob", "start with a letter or a digit"),
+        ("e\u0301\u0301\u0301\u0301", "combining marks"),  # NFKC composes the first into é
+    ],
+)
+async def test_usernames_outside_the_safe_set_are_refused(make_app, username, why):
+    async with make_app() as app:
+        response = await app.register(username, "password-12345")
+        assert response.status_code == 400
+        assert why in response.text
+        assert await app.db.fetchval("SELECT COUNT(*) FROM users") == 0
+
+
+async def test_look_alikes_of_existing_names_are_not_created(make_app):
+    async with make_app() as app:
+        await app.register(*ADMIN)
+        for impostor in ("\u0430dmin", "Admin", "ADMIN", "\uff41\uff44\uff4d\uff49\uff4e", "adrnin", "admín"[:0] + "adm1n"):
+            async with app.new_client() as client:
+                response = await app.register(impostor, "password-12345", client=client)
+                assert response.status_code == 200 and "An admin must approve" in response.text, impostor
+        names = [row["username"] for row in await app.db.fetchall("SELECT username FROM users")]
+        assert names == [ADMIN[0]]
+        # Real, different names in any script are fine; NFKC forms are stored.
+        for name, stored in (("zoë", "zoë"), ("Дмитрий", "Дмитрий"), ("ﬁona", "fiona"), ("李雷", "李雷")):
+            async with app.new_client() as client:
+                assert (await app.register(name, "password-12345", client=client)).status_code == 200
+            assert await app.db.fetchval("SELECT COUNT(*) FROM users WHERE username = ?", (stored,)) == 1
+
+
+async def test_the_login_limit_is_stored_and_shared_by_workers_and_restarts(make_app, tmp_path):
+    limits = {"login_max_failures_account": 3, "login_max_failures_address": 5}
+    async with make_app(tmp_path, **limits) as first:
+        await first.register(*ADMIN)
+        for _ in range(2):
+            assert (await first.login(ADMIN[0], "wrong-password")).status_code == 401
+        # A second worker on the same database counts the same failures.
+        async with make_app(tmp_path, **limits) as second:
+            assert (await second.login(ADMIN[0], "wrong-password")).status_code == 401
+            assert (await second.login(*ADMIN)).status_code == 429
+        assert (await first.login(*ADMIN)).status_code == 429
+    # A restart forgets nothing.
+    async with make_app(tmp_path, **limits) as restarted:
+        assert (await restarted.login(*ADMIN)).status_code == 429
+        # Per address: spreading guesses over many accounts stops at the address limit.
+        await restarted.db.write(lambda conn: conn.execute("DELETE FROM login_failures"))
+        for index in range(5):
+            assert (await restarted.login(f"nobody-{index}", "wrong-password")).status_code == 401
+        assert (await restarted.login("nobody-else", "wrong-password")).status_code == 429
+        assert (await restarted.login(*ADMIN)).status_code == 429  # same address

@@ -57,7 +57,7 @@ def test_empty_suite_is_no_tests():
     ("raw", "why"),
     [
         (b'<!DOCTYPE x [<!ENTITY e "e">]><testsuite>&e;</testsuite>', "DOCTYPE"),
-        (b'<testsuite><!ENTITY e SYSTEM "file:///etc/passwd"></testsuite>', "DOCTYPE"),
+        (b'<testsuite><!ENTITY e SYSTEM "file:///etc/passwd"></testsuite>', "not well-formed"),
         (b"<testsuite>", "well-formed"),
         (b"not xml at all", "well-formed"),
         (b"<html><body/></html>", "root element"),
@@ -76,3 +76,32 @@ def test_odd_attribute_values_do_not_break_parsing():
     doc = parse(raw)
     ResultDocument.model_validate(doc)
     assert doc["result"]["tests"][0]["duration"] == 0.0 and doc["result"]["tests"][0]["line"] is None
+
+
+# The raw bytes of these hold no ASCII "<!DOCTYPE": only the parsed document shows the declaration.
+ENTITY_BOMB = (
+    '<?xml version="1.0" encoding="{encoding}"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+    '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>'
+    '<testsuite><testcase name="t"><failure message="&c;">&c;</failure></testcase></testsuite>'
+)
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_a_doctype_in_utf16_is_refused_by_the_parser(codec):
+    raw = "\ufeff".encode(codec) if codec != "utf-16" else b""
+    raw += ENTITY_BOMB.format(encoding="UTF-16").encode(codec)
+    assert b"<!DOCTYPE" not in raw
+    with pytest.raises(JUnitError, match="DOCTYPE/ENTITY declarations are refused"):
+        parse(raw)
+
+
+@pytest.mark.parametrize("encoding", ["UTF-16-LE", "UTF-32", "EBCDIC-definitely-not"])
+def test_an_encoding_expat_cannot_read_is_a_refusal_not_a_crash(encoding):
+    raw = ENTITY_BOMB.format(encoding=encoding).encode("utf-8")
+    with pytest.raises(JUnitError):
+        parse(raw)
+
+
+def test_utf16_without_declarations_is_still_read():
+    raw = '<?xml version="1.0" encoding="UTF-16"?><testsuite><testcase name="t"/></testsuite>'.encode("utf-16")
+    assert parse(raw)["result"]["counts"]["passed"] == 1
