@@ -67,6 +67,10 @@ def test_every_documented_variable_is_read(tmp_path):
         "DISTMON_ACCEPT_JUNIT": "0", "DISTMON_JUNIT_SOURCES": " ci, other ,", "DISTMON_INGEST": "0",
         "DISTMON_INGEST_WORKER": "0", "DISTMON_SCAN_INTERVAL": "1.5", "DISTMON_REGISTRATION": "Closed",
         "DISTMON_SECURE_COOKIES": "1", "DISTMON_BCRYPT_ROUNDS": "5", "DISTMON_TEST_CRASH_AFTER_COMMIT": "1",
+        "DISTMON_ALLOWED_HOSTS": "dash.example, *.ci.example", "DISTMON_TRUSTED_PROXIES": "10.0.0.5",
+        "DISTMON_LIMIT_CONCURRENCY": "300", "DISTMON_REQUEST_TIMEOUT": "4", "DISTMON_KEEP_ALIVE_TIMEOUT": "2",
+        "DISTMON_STALE_UPLOAD_AGE": "60", "DISTMON_LOGIN_MAX_FAILURES_ACCOUNT": "3",
+        "DISTMON_LOGIN_MAX_FAILURES_ADDRESS": "7", "DISTMON_LOGIN_FAILURE_WINDOW": "120",
     }  # fmt: skip
     s = Settings.from_env(env)
     assert (s.db_path, s.inbox, s.archive, s.quarantine, s.pubkeys_dir) == (
@@ -76,6 +80,9 @@ def test_every_documented_variable_is_read(tmp_path):
     assert s.junit_sources == {"ci", "other"}
     assert (s.ingest, s.ingest_worker, s.scan_interval, s.registration) == (False, False, 1.5, "closed")
     assert (s.secure_cookies, s.bcrypt_rounds, s.test_crash_after_commit) == ("1", 5, True)
+    assert (s.allowed_hosts, s.trusted_proxies) == (("dash.example", "*.ci.example"), ("10.0.0.5",))
+    assert (s.limit_concurrency, s.request_timeout, s.keep_alive_timeout, s.stale_upload_age) == (300, 4, 2, 60)
+    assert (s.login_max_failures_account, s.login_max_failures_address, s.login_failure_window) == (3, 7, 120)
     # The table in the docstring names every field's variable.
     documented = set(re.findall(r"^\| (DISTMON_\w+) \|", config.__doc__, re.M))
     assert documented == set(env)
