@@ -163,6 +163,8 @@ def write_stack_env(host: StorageHost) -> None:
         "DISTMON_PUBKEYS_DIR": str(RUN / "salt" / "master" / "pki" / "minions"),
         "DISTMON_REQUIRE_SIGNATURE": "1",
         "DISTMON_SALT_MASTER_CONFIG_DIR": str(RUN / "salt" / "master"),
+        # The names the browser may use for the dashboard (anything else: 400, against DNS rebinding).
+        "DISTMON_ALLOWED_HOSTS": os.environ.get("DISTMON_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]"),
     }
     lines = ["# Written by `make up` (tools/stack.py): the local stack's coordinates."]
     lines += [f"{key}={shlex.quote(value)}" for key, value in env.items()]
@@ -225,8 +227,9 @@ def start_dashboard() -> None:
         raise SystemExit(f"[distmon] port {DASHBOARD_PORT} is taken by another program: set DISTMON_DASHBOARD_PORT")
     env = {**os.environ, **stack_env()}
     log = open(LOG / "dashboard.log", "ab")  # noqa: SIM115 - handed to the child
+    # `serve`: uvicorn with the dashboard's limits and no proxy headers trusted (dashboard/serve.py).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "dashboard.app:app", "--host", "127.0.0.1",
+        [sys.executable, "-m", "dashboard", "serve", "--host", "127.0.0.1",
          "--port", str(DASHBOARD_PORT), "--no-access-log"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,

@@ -182,6 +182,10 @@ distmon-dashboard-unit:
         archive_dir: {{ (root ~ storage.archive_dir) | json }}
         quarantine_dir: {{ (root ~ storage.quarantine_dir) | json }}
         pubkeys_dir: {{ storage.get('pubkeys_dir', '') | json }}
+        allowed_hosts: {{ dashboard.allowed_hosts | json }}
+        trusted_proxies: {{ dashboard.trusted_proxies | json }}
+        limit_concurrency: {{ dashboard.limit_concurrency | int }}
+        limit_nofile: {{ dashboard.limit_nofile | int }}
     - mode: '0644'
 
 distmon-dashboard-service:

@@ -1,6 +1,6 @@
 """Helpers of the fault suite: documents, spools, polling, and the dashboard as a killable process.
 
-:class:`DashboardProcess` runs ``uvicorn dashboard.app:app`` in a subprocess on a free port over
+:class:`DashboardProcess` runs ``python -m dashboard serve`` (uvicorn with the shipped limits) in a subprocess on a free port over
 its own SQLite file, so a case can SIGKILL it and start it again. It runs in its own directory
 (never the repo root: ``.run/stack.env`` there would leak the local stack's settings in) with
 every ``DISTMON_*`` setting explicit.
@@ -17,6 +17,7 @@ import contextlib
 import functools
 import json
 import os
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -163,10 +164,15 @@ class Ledger:
 
 
 class DashboardProcess:
-    """``uvicorn dashboard.app:app`` in a subprocess over its own database; killable and restartable."""
+    """``python -m dashboard serve`` in a subprocess over its own database; killable and restartable.
+
+    ``extra_env`` adds or overrides ``DISTMON_*`` settings; ``nofile`` sets the process's
+    descriptor limit (soft and hard), as a service manager would.
+    """
 
     def __init__(self, root: Path, inbox: Path, *, pubkeys_dir: Path | None = None, require_signature: bool = False,
-                 scan_interval: float = 0.1):
+                 scan_interval: float = 0.1, extra_env: dict[str, str] | None = None, nofile: int | None = None,
+                 command: list[str] | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.inbox = Path(inbox)
@@ -177,6 +183,10 @@ class DashboardProcess:
         self.pubkeys_dir = pubkeys_dir
         self.require_signature = require_signature
         self.scan_interval = scan_interval
+        self.extra_env = dict(extra_env or {})
+        self.nofile = nofile
+        # The launcher: the shipped one unless a case compares with another (e.g. bare uvicorn).
+        self.command = command or [sys.executable, "-m", "dashboard", "serve"]
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -199,6 +209,7 @@ class DashboardProcess:
             "DISTMON_REGISTRATION": "closed",
             "DISTMON_BCRYPT_ROUNDS": "4",
         })  # fmt: skip
+        env.update(self.extra_env)
         return env
 
     @property
@@ -210,10 +221,10 @@ class DashboardProcess:
         self.port = free_port()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "dashboard.app:app", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
+                [*self.command, "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+                 "--no-access-log"],
                 cwd=self.root, env=self.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=self._limit_descriptors if self.nofile else None,
             )  # fmt: skip
         self.starts += 1
 
@@ -227,6 +238,9 @@ class DashboardProcess:
                 return False
 
         assert wait_for(answers, timeout, 0.1), f"dashboard did not answer within {timeout} s; see {self.log_path}"
+
+    def _limit_descriptors(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no lifespan exit, exactly a crash."""
