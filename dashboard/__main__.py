@@ -1,4 +1,4 @@
-"""The admin CLI of the storage host: users, tokens, pruning, ingesting, seeding.
+"""The admin CLI of the storage host: users, tokens, pruning, ingesting, seeding, triage.
 
 It acts on the database of the environment's ``DISTMON_DB`` (dashboard/config.py), or of
 ``--db``; ``--env-file FILE`` reads settings from a file of ``KEY=value`` lines first (variables
@@ -19,6 +19,13 @@ CLI Example:
     python -m dashboard ingest --once
     python -m dashboard --env-file .run/stack.env ingest --once   # as the local stack's app would
     python -m dashboard serve --host 127.0.0.1 --port 8000   # the web app, with its limits (dashboard/serve.py)
+    python -m dashboard backfill-signatures         # signatures for results stored before they existed
+    python -m dashboard triage known-issue 3f2a9c0d1e4b5a69 --note "kernel 6.1 regression" --url https://bugs/1 --user alice
+    python -m dashboard triage mute --signature 3f2a9c0d1e4b5a69 --grain osrelease=11 --expires 7d --user alice
+    python -m dashboard triage mute --test "tests/test_net.py::test_dns" --expires 2d --reason "DNS move" --user alice
+    python -m dashboard triage unmute 4 --user alice
+    python -m dashboard triage mutes --all
+    python -m dashboard triage log
 """
 
 from __future__ import annotations
@@ -194,6 +201,92 @@ def cmd_seed(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_backfill_signatures(args, settings: Settings) -> int:
+    """Give failure signatures to results stored before they existed (the app also does it at start-up)."""
+    from dashboard.failures import backfill_all, backfill_pending
+
+    conn = _connect(settings)
+    try:
+        pending = backfill_pending(conn)
+        chunks = backfill_all(conn, args.chunk)
+    finally:
+        conn.close()
+    print(f"signature backfill: {chunks} chunks over result ids up to {pending}" if chunks else
+          "signature backfill: nothing to do")
+    return 0
+
+
+def _who(args) -> str:
+    import getpass
+
+    if args.user:
+        return users.check_username(args.user)
+    # No dashboard user named: the audit log still says who, as the Unix account.
+    return f"cli:{getpass.getuser()}"
+
+
+def _triage_write(settings: Settings, fn, *args, **kwargs):
+    conn = _connect(settings)
+    try:
+        return run_transaction(conn, lambda c: fn(c, *args, **kwargs))
+    finally:
+        conn.close()
+
+
+def cmd_triage(args, settings: Settings) -> int:
+    """Known issues, mutes and the triage log from the shell (recorded with --user, or cli:<unix user>)."""
+    import json
+
+    from dashboard import triage
+    from dashboard.ingest.records import utc_now
+
+    action = args.triage_command
+    if action == "known-issue":
+        if args.remove:
+            removed = _triage_write(settings, triage.remove_known_issue, _who(args), args.signature)
+            print("removed" if removed else "no known issue on that signature")
+        else:
+            issue = _triage_write(settings, triage.set_known_issue, _who(args), args.signature, args.note or "", args.url)
+            print(f"known issue on {issue['signature']}: {issue['note']}" + (f" ({issue['url']})" if issue["url"] else ""))
+        return 0
+    if action == "mute":
+        if bool(args.signature) == bool(args.test):
+            raise CliError("Give exactly one of --signature or --test.")
+        grain = grain_value = None
+        if args.grain:
+            grain, sep, grain_value = args.grain.partition("=")
+            if not sep:
+                raise CliError("--grain takes name=value, e.g. osrelease=11 or roles=web.")
+        mute = _triage_write(
+            settings, triage.add_mute, _who(args), kind="signature" if args.signature else "test",
+            target=args.signature or args.test, expires=args.expires, grain=grain, grain_value=grain_value,
+            reason=args.reason or "",
+        )
+        where = f"{mute['grain']}={mute['grain_value']}" if mute["grain"] else "all minions"
+        print(f"mute {mute['id']}: {mute['kind']} {mute['target']} on {where} until {mute['expires_at']}")
+        return 0
+    if action == "unmute":
+        done = _triage_write(settings, triage.remove_mute, _who(args), args.id)
+        print(f"mute {done['id']} removed")
+        return 0
+    conn = _connect(settings)
+    try:
+        if action == "mutes":
+            sql = ("SELECT id, kind, target, grain, grain_value, reason, created_by, created_at, expires_at, "
+                   "removed_by, removed_at FROM mutes")
+            rows = conn.execute(sql + ("" if args.all else " WHERE removed_at IS NULL AND expires_at > ?") +
+                                " ORDER BY id DESC LIMIT 500",
+                                () if args.all else (utc_now(),))
+        else:
+            rows = conn.execute("SELECT id, at, username, action, signature, test, detail FROM triage_log "
+                                "ORDER BY id DESC LIMIT ?", (args.limit,))
+        for row in rows:
+            print(json.dumps(dict(row), sort_keys=True))
+    finally:
+        conn.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__.split("\n")[0])
     parser.add_argument("--db", help="the database (default: DISTMON_DB, else .run/host/distmon.sqlite)")
@@ -243,6 +336,33 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--minions", type=int, default=50)
     seed.add_argument("--prefix", default="")
     seed.set_defaults(func=cmd_seed)
+
+    backfill = sub.add_parser("backfill-signatures", help="failure signatures for results stored before they existed")
+    backfill.add_argument("--chunk", type=int, default=20_000, help="result ids per transaction")
+    backfill.set_defaults(func=cmd_backfill_signatures)
+
+    triage = sub.add_parser("triage", help="known issues, mutes, the triage log").add_subparsers(
+        dest="triage_command", required=True)
+    known = triage.add_parser("known-issue", help="attach (or --remove) a known-issue note to a signature")
+    known.add_argument("signature")
+    known.add_argument("--note")
+    known.add_argument("--url")
+    known.add_argument("--remove", action="store_true")
+    mute = triage.add_parser("mute", help="mute a signature or a test, on all minions or a grain match")
+    mute.add_argument("--signature")
+    mute.add_argument("--test", help="a test nodeid")
+    mute.add_argument("--grain", help="only minions whose grain matches: name=value (a list grain: contains value)")
+    mute.add_argument("--expires", default="7d", help="30m, 12h, 7d, 2w or a date (default 7d)")
+    mute.add_argument("--reason")
+    unmute = triage.add_parser("unmute", help="end a mute now")
+    unmute.add_argument("id", type=int)
+    mutes = triage.add_parser("mutes", help="list active mutes (--all: also ended ones), one JSON object a line")
+    mutes.add_argument("--all", action="store_true")
+    log = triage.add_parser("log", help="the triage log, newest first, one JSON object a line")
+    log.add_argument("--limit", type=int, default=100)
+    for command in (known, mute, unmute, mutes, log):
+        command.add_argument("--user", help="the dashboard user acting (recorded in the triage log)")
+        command.set_defaults(func=cmd_triage)
     return parser
 
 

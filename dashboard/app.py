@@ -29,7 +29,7 @@ from dashboard.config import Settings
 from dashboard.db import Database, QueryTimeout
 from dashboard.deps import CsrfError, NotAuthenticated, check_input_lengths, login_url, make_templates
 from dashboard.queries import InputError
-from dashboard.routes import admin, api, auth, pages
+from dashboard.routes import admin, api, auth, failures, pages
 from dashboard.routes.common import render
 
 log = logging.getLogger("distmon.dashboard")
@@ -55,6 +55,22 @@ class DistmonApp(FastAPI):
         return security.SecurityHeadersMiddleware(super().build_middleware_stack())
 
 
+async def _backfill_signatures(db: Database) -> None:
+    """Give results stored before failure signatures existed theirs, a chunk per short transaction
+    (the ingester and the pages go on between chunks; see docs/triage.md)."""
+    from dashboard.failures import backfill_in_background
+
+    try:
+        chunks = await backfill_in_background(db)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # the pages work without it; the next start-up resumes where it stopped
+        log.exception("signature backfill failed; it resumes at the next start")
+        return
+    if chunks:
+        log.info("signature backfill: done (%d chunks)", chunks)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
@@ -70,10 +86,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from dashboard.ingest import run_ingester
 
             ingester = asyncio.create_task(run_ingester(db, settings, stop), name="distmon-ingester")
+        backfill = asyncio.create_task(_backfill_signatures(db), name="distmon-signature-backfill")
         try:
             yield
         finally:
             stop.set()
+            backfill.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await backfill
             if ingester is not None:
                 try:
                     await asyncio.wait_for(ingester, timeout=10)
@@ -103,7 +123,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(admin.router)
     app.include_router(pages.router)
+    app.include_router(failures.router)
     app.include_router(api.router)
+    app.include_router(failures.api_router)
 
     @app.exception_handler(NotAuthenticated)
     async def not_authenticated(request: Request, exc: NotAuthenticated):

@@ -25,6 +25,65 @@ from dashboard.dialect import PG_BOOTSTRAP, POSTGRES, dialect_of, render_ddl
 
 MigrationSQL = Union[str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]  # noqa: UP007
 
+# Migration 5 (triage, docs/triage.md): the parts both engines share.
+TRIAGE_TABLES = """
+        -- Triage (docs/triage.md): failure signatures, kept at ingest so the failures page reads
+        -- summaries only, never scans results.
+        ALTER TABLE results ADD COLUMN signature TEXT;  -- failed/error results only
+        CREATE INDEX results_signature ON results (signature, run_id DESC) WHERE signature IS NOT NULL;
+        -- The signature of the test's failure in its latest run on that minion (NULL unless it failed there).
+        ALTER TABLE test_status ADD COLUMN last_signature TEXT;
+        CREATE INDEX test_status_signature ON test_status (last_signature) WHERE last_signature IS NOT NULL;
+        CREATE TABLE signatures (
+            signature TEXT PRIMARY KEY,
+            exception TEXT NOT NULL,
+            message TEXT NOT NULL,            -- masked
+            location TEXT NOT NULL,           -- the test's own failing file:line
+            first_seen TEXT NOT NULL,         -- started_at of the first run that failed with it
+            first_run_id INTEGER NOT NULL,
+            last_seen TEXT NOT NULL,
+            last_run_id INTEGER NOT NULL,
+            occurrences INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        CREATE TABLE known_issues (
+            signature TEXT PRIMARY KEY,
+            note TEXT NOT NULL,
+            url TEXT,
+            created_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_by TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE mutes (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('signature', 'test')),
+            target TEXT NOT NULL,             -- a signature or a test nodeid
+            grain TEXT,                       -- NULL: every minion; else minions whose grain matches
+            grain_value TEXT,
+            reason TEXT NOT NULL DEFAULT '',
+            created_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            removed_by TEXT,
+            removed_at TEXT
+        );
+        CREATE INDEX mutes_active ON mutes (expires_at) WHERE removed_at IS NULL;
+        CREATE TABLE triage_log (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            username TEXT NOT NULL,
+            action TEXT NOT NULL,             -- known-issue | known-issue-removed | mute | unmute
+            signature TEXT,
+            test TEXT,
+            detail TEXT NOT NULL DEFAULT '{}' -- JSON
+        );
+        CREATE INDEX triage_log_signature ON triage_log (signature, id DESC);
+        -- Results stored before this migration get their signatures from a batched backfill
+        -- (dashboard/failures.py): every failed result with an id up to this mark.
+        CREATE TABLE signature_backfill (id INTEGER PRIMARY KEY CHECK (id = 1), pending_upto INTEGER NOT NULL);
+        INSERT INTO signature_backfill (id, pending_upto) SELECT 1, COALESCE(MAX(id), 0) FROM results;
+        """
+
 # (version, sql). Append only.
 MIGRATIONS: list[tuple[int, MigrationSQL]] = [
     (
@@ -244,6 +303,20 @@ MIGRATIONS: list[tuple[int, MigrationSQL]] = [
         CREATE INDEX login_failures_key ON login_failures (scope, key, failed_at);
         CREATE INDEX login_failures_time ON login_failures (failed_at);
         """,
+    ),
+    (
+        5,
+        {
+            "sqlite": TRIAGE_TABLES + """
+            -- Full-text search over failure messages and tracebacks (failed/error results only),
+            -- filled by the ingester (dashboard/failures.py), emptied by prune.
+            CREATE VIRTUAL TABLE failure_text USING fts5(message, longrepr, content='results', content_rowid='id');
+            """,
+            # PostgreSQL: the same search through a GIN index over the failed results' text.
+            "postgresql": TRIAGE_TABLES + """
+            CREATE INDEX results_failure_text ON results USING GIN (to_tsvector('simple', coalesce(message, '') || ' ' || coalesce(longrepr, ''))) WHERE signature IS NOT NULL;
+            """,
+        },
     ),
 ]
 

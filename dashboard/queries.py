@@ -199,6 +199,8 @@ async def list_runs(
         where.append("r.started_at < ?")
         params.append(until_iso)
     if q:
+        # A run matches when it contains a test whose id contains q, or a failure whose message
+        # or traceback contains every word of q (FTS5, dashboard/failures.py).
         test_ids = [
             row["id"]
             for row in await db.fetchall(
@@ -206,11 +208,23 @@ async def list_runs(
                 (like_pattern(q), SEARCH_TESTS_LIMIT),
             )
         ]
-        if not test_ids:
+        from dashboard.failures import search_run_ids
+
+        try:
+            text_runs = await search_run_ids(db, q)
+        except InputError:
+            text_runs = []  # no word to search for (only punctuation): test ids only
+        if not test_ids and not text_runs:
             return {"runs": [], "next": None}
-        marks = ",".join("?" * len(test_ids))
-        where.append(f"EXISTS (SELECT 1 FROM results x WHERE x.test_id IN ({marks}) AND x.run_id = r.id)")
-        params.extend(test_ids)
+        either = []
+        if test_ids:
+            marks = ",".join("?" * len(test_ids))
+            either.append(f"EXISTS (SELECT 1 FROM results x WHERE x.test_id IN ({marks}) AND x.run_id = r.id)")
+            params.extend(test_ids)
+        if text_runs:
+            either.append(f"r.id IN ({','.join('?' * len(text_runs))})")
+            params.extend(text_runs)
+        where.append("(" + " OR ".join(either) + ")")
     after = decode_cursor(cursor, (str, int))
     if after:
         where.append("(r.started_at, r.id) < (?, ?)")
@@ -277,7 +291,7 @@ async def get_run(db, run_id: int) -> dict[str, Any] | None:
     run["results"] = results[:DETAIL_RESULTS_LIMIT]
     run["failures"] = await db.fetchall(
         "SELECT x.id, t.nodeid, t.file, t.line, x.phase, x.outcome, x.duration, x.message, x.longrepr, "
-        "x.stdout, x.stderr FROM results x JOIN tests t ON t.id = x.test_id "
+        "x.stdout, x.stderr, x.signature FROM results x JOIN tests t ON t.id = x.test_id "
         "WHERE x.run_id = ? AND x.outcome IN ('failed', 'error') ORDER BY x.id LIMIT 500",
         (run_id,),
     )

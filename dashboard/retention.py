@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from dashboard.db import Database
 from dashboard.dialect import POSTGRES
+from dashboard.failures import remove_from_search
 from dashboard.models import format_timestamp
 
 PRUNE_CHUNK = 500
@@ -62,6 +63,8 @@ def _prune_chunk(conn: sqlite3.Connection, cutoff: str) -> int:
     per_minion = conn.execute(
         "SELECT minion_id, count(*) FROM runs WHERE id IN (SELECT id FROM prune_runs) GROUP BY minion_id"
     ).fetchall()
+    # The failure search index (external content) must forget the rows before they go.
+    remove_from_search(conn, "SELECT id FROM prune_runs")
     conn.execute("DELETE FROM results WHERE run_id IN (SELECT id FROM prune_runs)")
     conn.execute("DELETE FROM test_status WHERE last_run_id IN (SELECT id FROM prune_runs)")
     conn.execute("DELETE FROM runs WHERE id IN (SELECT id FROM prune_runs)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from dashboard.models import format_timestamp
@@ -70,6 +70,10 @@ class RunRecord:
     per_test: dict[str, tuple[str, float, str | None, int | None]]
     # The result's code fingerprint (pytestrun's code_hash); None when unknown (JUnit, older minions).
     code_hash: str | None = None
+    # Failure signatures (dashboard/signatures.py), computed with the rows: per test the signature
+    # of its worst failing entry, per signature its (exception, masked message, location).
+    test_signatures: dict[str, str] = field(default_factory=dict)
+    signature_parts: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
 
 @dataclass

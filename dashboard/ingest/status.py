@@ -18,13 +18,14 @@ PASS = frozenset({"passed", "xpassed", "xfailed"})
 
 def fold_status(
     row: dict | None, minion_id: int, test_id: int, run_id: int, started_at: str, outcome: str, duration: float,
-    code_hash: str | None = None,
+    code_hash: str | None = None, signature: str | None = None,
 ) -> dict:
     """Apply one run's outcome of one test to its test_status row (runs must come oldest first).
 
     Updates ``row`` in place (a new row when None) and returns it. ``code_hash`` is the run's
     code fingerprint: a flip also counts in ``code_flips`` when the run that gave the previous
     verdict had the same, known, code hash (a fix or a regression is not flakiness).
+    ``signature`` is the failure signature of the test's worst entry in that run, if it failed.
     """
     if row is None:
         row = {
@@ -38,6 +39,7 @@ def fold_status(
             "total_duration": 0.0,
             "last_code_hash": None,
             "code_flips": 0,
+            "last_signature": None,
         }
     # The last pass/fail verdict, skipping neutral outcomes (skipped): a failing streak is open
     # exactly when first_fail_at is set; otherwise the last verdict was a pass if there ever was one.
@@ -62,5 +64,7 @@ def fold_status(
         row["last_code_hash"] = code_hash
     row["last_run_id"] = run_id
     row["last_outcome"] = outcome
+    # The failure signature of the latest run (NULL unless it failed): the failures page's "open".
+    row["last_signature"] = signature if outcome in FAIL else None
     row["last_started_at"] = started_at
     return row

@@ -1,7 +1,8 @@
 """Storing: every write the ingester makes to the database lives here.
 
 :func:`write_records` runs on the writer connection inside one transaction: runs, results,
-jobs, and the summaries (``minions``, ``test_status``, ``counters``) maintained with them.
+jobs, and the summaries (``minions``, ``test_status``, ``counters``, and through
+dashboard/failures.py ``signatures`` and the ``failure_text`` search index) maintained with them.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 
+from dashboard.failures import FailureBatch
 from dashboard.ingest.records import JobRecord, RunRecord, utc_now
 from dashboard.ingest.status import PRECEDENCE, fold_status
 
@@ -41,7 +43,7 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 _STATUS_COLUMNS = (
     "minion_id", "test_id", "last_run_id", "last_outcome", "last_started_at", "runs", "fails", "flips",
-    "first_fail_at", "last_pass_at", "total_duration", "last_code_hash", "code_flips",
+    "first_fail_at", "last_pass_at", "total_duration", "last_code_hash", "code_flips", "last_signature",
 )  # fmt: skip
 _INSERT_STATUS = (
     f"INSERT INTO test_status ({', '.join(_STATUS_COLUMNS)}) "  # noqa: S608 (constant columns)
@@ -51,7 +53,8 @@ _INSERT_STATUS = (
 # the table and both its indexes, which cost more than inserting the results themselves.
 _UPDATE_STATUS = (
     "UPDATE test_status SET last_run_id = ?, last_outcome = ?, last_started_at = ?, runs = ?, fails = ?, "
-    "flips = ?, first_fail_at = ?, last_pass_at = ?, total_duration = ?, last_code_hash = ?, code_flips = ? "
+    "flips = ?, first_fail_at = ?, last_pass_at = ?, total_duration = ?, last_code_hash = ?, code_flips = ?, "
+    "last_signature = ? "
     "WHERE minion_id = ? AND test_id = ?"
 )
 _INSERT_RUN = """
@@ -62,8 +65,9 @@ _INSERT_RUN = """
     ON CONFLICT (minion_id, jid) DO NOTHING
 """
 _INSERT_RESULT = """
-    INSERT INTO results (run_id, test_id, phase, outcome, duration, message, longrepr, stdout, stderr, markers)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO results (run_id, test_id, phase, outcome, duration, message, longrepr, stdout, stderr, markers,
+                         signature)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -81,6 +85,7 @@ class _Batch:
         self.results = 0
         self.new_tests = 0
         self.now = utc_now()
+        self.failures = FailureBatch(conn)  # signatures and the failure text index
 
     # minions ------------------------------------------------------------------------------
     def minion_id(self, name: str, seen_at: str) -> int:
@@ -159,20 +164,21 @@ class _Batch:
         row: dict | None = None
         current: list | None = None
         history = self.conn.execute(
-            "SELECT r.id, r.started_at, res.outcome, res.duration, r.code_hash FROM results res "
+            "SELECT r.id, r.started_at, res.outcome, res.duration, r.code_hash, res.signature FROM results res "
             "JOIN runs r ON r.id = res.run_id WHERE res.test_id = ? AND r.minion_id = ? "
             "ORDER BY r.started_at, r.id",
             (test_id, minion_id),
         )
-        for run_id, started_at, outcome, duration, code_hash in history:
+        for run_id, started_at, outcome, duration, code_hash, signature in history:
             if current and current[0] == run_id:
                 if PRECEDENCE[outcome] < PRECEDENCE[current[2]]:
                     current[2] = outcome
+                    current[5] = signature or current[5]
                 current[3] += duration or 0.0
                 continue
             if current:
                 row = fold_status(row, minion_id, test_id, *current)
-            current = [run_id, started_at, outcome, duration or 0.0, code_hash]
+            current = [run_id, started_at, outcome, duration or 0.0, code_hash, signature]
         if current:
             row = fold_status(row, minion_id, test_id, *current)
         return row
@@ -202,11 +208,13 @@ class _Batch:
             conn.executemany(
                 _INSERT_RESULT,
                 [
-                    (run_id, ids[nodeid], when, outcome, duration, message, longrepr, stdout, stderr, markers)
-                    for nodeid, when, outcome, duration, message, longrepr, stdout, stderr, markers in record.rows
+                    (run_id, ids[nodeid], when, outcome, duration, message, longrepr, stdout, stderr, markers, sig)
+                    for nodeid, when, outcome, duration, message, longrepr, stdout, stderr, markers, sig in record.rows
                 ],
             )
             self.results += len(record.rows)
+            if record.signature_parts:
+                self.failures.add_run(run_id, record.started_at, record.signature_parts, record.rows)
             self._update_status(minion_id, run_id, record, ids)
         self._update_minion(minion_id, run_id, record)
         return "ingested"
@@ -224,7 +232,10 @@ class _Batch:
                 # An older run arrived after a newer one: rebuild from history (its results are in).
                 status[key] = self.recompute_status(minion_id, tid)
             else:
-                status[key] = fold_status(row, minion_id, tid, run_id, started_at, outcome, duration, record.code_hash)
+                status[key] = fold_status(
+                    row, minion_id, tid, run_id, started_at, outcome, duration, record.code_hash,
+                    record.test_signatures.get(nodeid),
+                )  # fmt: skip
             dirty.add(key)
 
     def _update_minion(self, minion_id: int, run_id: int, record: RunRecord) -> None:
@@ -259,7 +270,7 @@ class _Batch:
                     (
                         row["last_run_id"], row["last_outcome"], row["last_started_at"], row["runs"], row["fails"],
                         row["flips"], row["first_fail_at"], row["last_pass_at"], row["total_duration"],
-                        row["last_code_hash"], row["code_flips"], key[0], key[1],
+                        row["last_code_hash"], row["code_flips"], row["last_signature"], key[0], key[1],
                     )
                 )  # fmt: skip
             else:
@@ -284,6 +295,7 @@ class _Batch:
             "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             [(name, value) for name, value in (("runs", self.runs), ("results", self.results), ("tests", self.new_tests)) if value],
         )
+        self.failures.flush()
 
 
 def _sort_key(record: RunRecord | JobRecord) -> tuple:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from dashboard.config import Settings
 from dashboard.ingest.inbox import quarantine_entry
 from dashboard.ingest.records import Candidate, JobRecord, Rejected, RunRecord
-from dashboard.ingest.status import PRECEDENCE
+from dashboard.ingest.status import FAIL, PRECEDENCE
 from dashboard.junit import JUnitError, parse_junit
 from dashboard.models import (
     JOB_FORMAT,
@@ -29,6 +29,7 @@ from dashboard.models import (
     describe_validation_error,
     id_problem,
 )
+from dashboard.signatures import failure_signature
 from dashboard.signing import KeyStore, check_document
 
 log = logging.getLogger(__name__)
@@ -73,33 +74,51 @@ def _junit_sources(settings: Settings) -> frozenset[str]:
     return settings.junit_sources
 
 
-def _flatten(tests: list[dict[str, Any]]) -> tuple[list[tuple], dict[str, tuple]]:
+def _flatten(
+    tests: list[dict[str, Any]],
+) -> tuple[list[tuple], dict[str, tuple], dict[str, str], dict[str, tuple[str, str, str]]]:
+    """Result rows (signature last), per test (worst outcome, duration, file, line), and signatures.
+
+    Failure signatures are computed here, in the validation worker when there is one: the
+    writer only stores them.
+    """
     rows = []
     per_test: dict[str, tuple] = {}
+    test_signatures: dict[str, str] = {}
+    signature_parts: dict[str, tuple[str, str, str]] = {}
     for t in tests:
         nodeid, outcome, duration = t["nodeid"], t["outcome"], t.get("duration", 0.0)
         markers = t.get("markers")
+        signature = None
+        if outcome in FAIL:
+            sig = failure_signature(nodeid, t.get("message"), t.get("longrepr"), t.get("file"))
+            signature = sig.signature
+            signature_parts.setdefault(signature, (sig.exception, sig.message, sig.location))
         rows.append(
             (
                 nodeid, t["when"], outcome, duration, t.get("message"), t.get("longrepr"), t.get("stdout"),
-                t.get("stderr"), json.dumps(markers) if markers else "[]",
+                t.get("stderr"), json.dumps(markers) if markers else "[]", signature,
             )
         )  # fmt: skip
         seen = per_test.get(nodeid)
         if seen is None:
             per_test[nodeid] = (outcome, duration, t.get("file"), t.get("line"))
+            if signature:
+                test_signatures[nodeid] = signature
         else:
             # One outcome per test and run: the worst of its entries (passed + teardown error = error).
-            worst = outcome if PRECEDENCE[outcome] < PRECEDENCE[seen[0]] else seen[0]
-            per_test[nodeid] = (worst, seen[1] + duration, seen[2], seen[3])
-    return rows, per_test
+            worse = PRECEDENCE[outcome] < PRECEDENCE[seen[0]]
+            per_test[nodeid] = (outcome if worse else seen[0], seen[1] + duration, seen[2], seen[3])
+            if signature and (worse or nodeid not in test_signatures):
+                test_signatures[nodeid] = signature
+    return rows, per_test, test_signatures, signature_parts
 
 
 def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signed: bool) -> RunRecord:
     result = doc.result
     if isinstance(result, PytestResult):
         counts = result.counts.model_dump()
-        rows, per_test = _flatten(result.tests)
+        rows, per_test, test_signatures, signature_parts = _flatten(result.tests)
         return RunRecord(
             candidate=candidate,
             minion=doc.minion_id,
@@ -123,6 +142,8 @@ def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signe
             rows=rows,
             per_test=per_test,
             code_hash=result.code_hash,
+            test_signatures=test_signatures,
+            signature_parts=signature_parts,
         )
     # Another function's return (the returner's all_jobs option): a run without tests.
     return RunRecord(

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from dashboard import queries
+from dashboard import failures, queries
 from dashboard.deps import INT64_MAX, AuthDep, DbDep, RowId, require_auth
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_auth)], tags=["api"])
@@ -85,6 +85,7 @@ async def api_run(run_id: RowId, db: DbDep) -> dict[str, Any]:
     run = await queries.get_run(db, run_id)
     if run is None:
         raise HTTPException(status_code=404, detail=f"No run {run_id}.")
+    run["changes"] = await failures.run_changes(db, run_id)
     return run
 
 
@@ -99,6 +100,7 @@ async def api_job(jid: str, db: DbDep) -> dict[str, Any]:
     job = await queries.get_job(db, jid)
     if job is None:
         raise HTTPException(status_code=404, detail="No such job.")
+    job["changes"] = await failures.job_changes(db, [run["id"] for run in job["runs"]])
     return job
 
 

@@ -7,7 +7,7 @@ import re
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from dashboard import queries
+from dashboard import failures, queries
 from dashboard.deps import DbDep, RowId, require_auth
 from dashboard.routes.common import render
 from dashboard.routes.export import run_to_json, run_to_junit
@@ -56,7 +56,24 @@ async def _run_or_404(db, run_id: int) -> dict:
 @router.get("/runs/{run_id}")
 async def run_page(request: Request, run_id: RowId, db: DbDep):
     run = await _run_or_404(db, run_id)
-    return render(request, "run.html", {"run": run})
+    changes = await failures.run_changes(db, run_id)
+    return render(request, "run.html", {
+        "run": run,
+        "changes": changes,
+        "marks": await failures.run_failure_marks(db, run),
+        "change_of": _change_index(changes),
+    })
+
+
+def _change_index(changes: dict | None) -> dict[str, dict]:
+    """nodeid -> {"kind": new | still, "since": ...} for marking a run's failures."""
+    index: dict[str, dict] = {}
+    if changes:
+        for entry in changes["new"]:
+            index[entry["nodeid"]] = {"kind": "new"}
+        for entry in changes["still_failing"]:
+            index[entry["nodeid"]] = {"kind": "still failing", "since": entry.get("since")}
+    return index
 
 
 @router.get("/runs/{run_id}/junit.xml")
@@ -82,7 +99,8 @@ async def job_page(request: Request, jid: str, db: DbDep):
     job = await queries.get_job(db, jid)
     if job is None:
         raise HTTPException(status_code=404, detail="No such job.")
-    return render(request, "job.html", {"job": job})
+    changes = await failures.job_changes(db, [run["id"] for run in job["runs"]])
+    return render(request, "job.html", {"job": job, "changes": changes})
 
 
 @router.get("/minions/{name}")
