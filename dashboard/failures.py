@@ -6,7 +6,7 @@ Write side (runs on the ingester's writer connection, inside its transaction):
   ``failure_text`` full-text index for every failed/errored result of a batch. The signatures
   themselves are computed earlier, while the file is validated (dashboard/signatures.py), and
   ``test_status.last_signature`` is folded by the ingester with the rest of ``test_status``.
-- :func:`backfill_chunk` gives results stored before migration 3 their signatures, a chunk of
+- :func:`backfill_chunk` gives results stored before migration 5 their signatures, a chunk of
   result ids per transaction (see docs/triage.md for why it is not done inside the migration).
 
 Read side (async, over :class:`dashboard.db.Database`): :func:`open_failures` (the ``/failures``

@@ -381,7 +381,7 @@ async def test_a_minion_failing_many_unrelated_signatures_is_a_sick_host(tmp_pat
 
 
 def _forget_signatures(path) -> dict[int, str]:
-    """Make the database look as it did before migration 3 filled anything; return what was there."""
+    """Make the database look as it did before migration 5 filled anything; return what was there."""
     conn = connect_sync(path)
     try:
         before = {row[0]: row[1] for row in conn.execute("SELECT id, signature FROM results WHERE signature IS NOT NULL")}
