@@ -1,7 +1,9 @@
 """The inbox on disk: scanning it, and moving files out of it (quarantine, archive).
 
-Only final names are acted on (``^[0-9A-Za-z_.-]+\\.(json|xml)$``); dot-names are uploads in
-progress. Directories are opened with ``O_NOFOLLOW`` and every later operation is relative to
+Only final names are acted on (``^[0-9A-Za-z_.-]+\\.(json|xml)$``); dot-names and ``.part``
+names are uploads in progress, left alone until they have not changed for
+``settings.stale_upload_age`` seconds: then they are abandoned and quarantined (a crashed
+upload, or ``..json``, would otherwise stay for ever and fill the disk). Directories are opened with ``O_NOFOLLOW`` and every later operation is relative to
 that descriptor, so a symlink (or a directory swapped for one) is never followed.
 """
 
@@ -88,6 +90,22 @@ def quarantine_entry(settings: Settings, dir_fd: int, dir_label: str, name: str,
     return True
 
 
+def _in_progress(name: str) -> bool:
+    return name.startswith(".") or name.endswith(".part")  # .<jid>.json.<random>.part while uploading
+
+
+def _abandoned(settings: Settings, entry: os.DirEntry) -> str | None:
+    """Why an in-progress entry is abandoned (untouched for longer than the stale age), or None."""
+    try:
+        age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+    except FileNotFoundError:
+        return None  # renamed to its final name meanwhile
+    if age <= settings.stale_upload_age:
+        return None
+    return (f"an abandoned upload: an in-progress (dot or .part) name untouched for {age:.0f} s, "
+            f"longer than DISTMON_STALE_UPLOAD_AGE ({settings.stale_upload_age:g} s)")
+
+
 def _scan_dir(settings: Settings, inbox_dir: InboxDir, report: IngestReport) -> list[Candidate]:
     jobs = inbox_dir.name == JOBS_DIR
     found: list[Candidate] = []
@@ -95,8 +113,11 @@ def _scan_dir(settings: Settings, inbox_dir: InboxDir, report: IngestReport) -> 
     with os.scandir(inbox_dir.fd) as entries:
         for entry in entries:
             name = entry.name
-            if name.startswith("."):
-                continue  # an upload in progress (.<jid>.json.<random>.part)
+            if _in_progress(name):
+                reason = _abandoned(settings, entry)
+                if reason:
+                    bad.append((name, reason))
+                continue
             try:
                 info = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -132,7 +153,10 @@ def scan_inbox(settings: Settings, report: IngestReport, opened: list[InboxDir])
     with os.scandir(inbox_fd) as entries:
         names = [(entry.name, entry) for entry in entries]
     for name, entry in sorted(names, key=lambda item: item[0]):
-        if name.startswith("."):
+        if _in_progress(name):
+            reason = _abandoned(settings, entry)
+            if reason:
+                bad.append((name, reason))
             continue
         try:
             info = entry.stat(follow_symlinks=False)

@@ -111,6 +111,34 @@ def test_temporary_names_are_left_alone(settings):
     assert quarantined(settings) == {}
 
 
+def test_abandoned_uploads_are_quarantined_once_stale(tmp_path):
+    settings = make_settings(tmp_path, stale_upload_age=600)
+    old = os.stat(settings.inbox).st_mtime - 3600
+    entries = {
+        "web-1/.20261128070000000001.json.x9f.part": "crashed upload",
+        "web-1/..json": "a name the scan never takes",
+        "web-1/20261128070000000002.json.part": "a .part without the dot",
+        ".stray": "dot-named at the inbox's top",
+    }
+    for relative, text in entries.items():
+        path = settings.inbox / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        os.utime(path, (old, old))
+    fresh = settings.inbox / "web-1" / ".20261128070000000003.json.b7c.part"
+    fresh.write_text('{"still": ')
+
+    assert ingest(settings).quarantined == 4
+
+    reasons = quarantined(settings)
+    assert set(reasons) == {"web-1/20261128070000000001.json.x9f.part", "web-1/json",
+                            "web-1/20261128070000000002.json.part", "_inbox/stray"}
+    assert all("an abandoned upload" in reason and "DISTMON_STALE_UPLOAD_AGE (600 s)" in reason
+               for reason in reasons.values())
+    assert fresh.exists() and sorted(os.listdir(settings.inbox)) == ["web-1"]
+    assert os.listdir(settings.inbox / "web-1") == [fresh.name]
+
+
 def test_duplicates_are_archived_never_counted_twice_and_the_first_wins(settings):
     first = make_doc(jid="20261128070000000009")
     drop_doc(settings.inbox, first)
