@@ -24,6 +24,10 @@ Configuration (minion config, grains or pillar, read with ``config.get``):
     # Cap for each captured field (stdout, stderr, longrepr) of one test, in bytes
     # of UTF-8; longer text is cut and "…[truncated N bytes]" appended.
     pytestrun.max_output: 65536
+    # Fire distmon/run/<status> on the master's event bus after every run (docs/events.md).
+    pytestrun.events: true
+    # Seconds the run waits at most for that event to leave (it never fails the run).
+    pytestrun.event_timeout: 5
 
 Node ids and pytest's config:
 
@@ -64,6 +68,13 @@ arguments) raises a Salt error naming it. What only pytest can judge (an unknown
 a node id that matches nothing, a broken conftest.py) comes back as a result with status
 ``usage_error`` and pytest's own words in ``message`` (retcode 1), so the returner and the
 dashboard still record the attempt.
+
+Events: after every ``run`` the minion fires ``distmon/run/<status>`` on the master's event
+bus (``event.fire_master``: through the minion's own connection in a job, so no new one),
+with the jid, paths, counts and the node ids that are ``new`` failures and ``fixed`` compared
+with this minion's previous run of the same paths and args (kept per paths+args in
+``<cachedir>/pytestrun/history/``). Firing is best effort in a thread with a short timeout and
+skipped on a masterless minion: it never fails or slows the run. Tags and data: docs/events.md.
 
 Process cleanup: when pytest exits, whatever is left in its process group is
 killed; on ``timeout`` the group, every recorded descendant and every process
@@ -1008,6 +1019,128 @@ def _save_last(result: dict) -> None:
         log.warning("pytestrun: could not keep the last result in %s: %s", path, err)
 
 
+# -- events on the master's bus ------------------------------------------------------------------
+
+EVENT_PREFIX = "distmon/run/"
+DEFAULT_EVENT_TIMEOUT = 5.0
+# Node ids per list in one event: the bus carries the gist, the dashboard has the rest.
+MAX_EVENT_IDS = 500
+_FAIL = frozenset({"failed", "error"})
+_PASS = frozenset({"passed", "xpassed", "xfailed"})
+
+
+def _verdicts(tests: list[dict]) -> dict[str, str]:
+    """nodeid -> "fail" | "pass" for this run (worst entry wins; skipped gives no verdict)."""
+    verdicts: dict[str, str] = {}
+    for entry in tests:
+        outcome, nodeid = entry.get("outcome"), entry.get("nodeid")
+        if outcome in _FAIL:
+            verdicts[nodeid] = "fail"
+        elif outcome in _PASS and verdicts.get(nodeid) != "fail":
+            verdicts[nodeid] = "pass"
+    return verdicts
+
+
+def _history_path(paths: list[str], args: list[str]) -> str:
+    key = hashlib.sha256(json.dumps([sorted(paths), args]).encode("utf-8")).hexdigest()[:32]
+    return os.path.join(_work_root(), "history", f"{key}.json")
+
+
+def _compare_with_previous(paths: list[str], args: list[str], tests: list[dict]) -> tuple[list[str], list[str]]:
+    """(new failures, fixed) vs this minion's previous run of the same paths and args; records this run.
+
+    A test that fails now and did not fail in its last verdict (or never ran here) is new; one that
+    passes now after failing is fixed. Skips keep the previous verdict, like the dashboard does.
+    """
+    path = _history_path(paths, args)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            previous = json.load(handle)
+        if not isinstance(previous, dict):
+            previous = {}
+    except (OSError, ValueError):
+        previous = {}
+    now = _verdicts(tests)
+    new = sorted(nodeid for nodeid, verdict in now.items() if verdict == "fail" and previous.get(nodeid) != "fail")
+    fixed = sorted(nodeid for nodeid, verdict in now.items() if verdict == "pass" and previous.get(nodeid) == "fail")
+    merged = {**previous, **now}
+    temp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(temp, "w", encoding="utf-8") as handle:
+            json.dump(merged, handle)
+        os.replace(temp, path)
+    except OSError as err:
+        log.warning("pytestrun: could not keep the verdicts in %s: %s", path, err)
+    return new, fixed
+
+
+def _masterless() -> bool:
+    return bool(__opts__.get("local") or __opts__.get("file_client") == "local"
+                or __opts__.get("master_type") == "disable")
+
+
+def _run_event(result: dict, jid: str | None, new: list[str], fixed: list[str]) -> tuple[str, dict]:
+    """The (tag, data) of the event fired after a run (docs/events.md)."""
+    failed = sorted({e["nodeid"] for e in result["tests"] if e.get("outcome") in _FAIL})
+    data = {
+        "jid": jid,
+        "minion_id": result.get("minion_id"),
+        "status": result["status"],
+        "paths": result["paths"],
+        "args": result["args"],
+        "counts": result["counts"],
+        "started_at": result["started_at"],
+        "finished_at": result["finished_at"],
+        "duration": result["duration"],
+        "code_hash": result.get("code_hash"),
+        "rerun_of": result.get("rerun_of"),
+        "new": new[:MAX_EVENT_IDS],
+        "fixed": fixed[:MAX_EVENT_IDS],
+        "failed": failed[:MAX_EVENT_IDS],
+        "truncated": any(len(ids) > MAX_EVENT_IDS for ids in (new, fixed, failed)),
+    }
+    return EVENT_PREFIX + result["status"], data
+
+
+def _fire_best_effort(tag: str, data: dict) -> None:
+    """Fire on the master's bus in a thread; wait at most ``pytestrun.event_timeout`` seconds."""
+    if _masterless() or "event.fire_master" not in __salt__:
+        return
+    try:
+        timeout = float(__salt__["config.get"]("pytestrun.event_timeout", DEFAULT_EVENT_TIMEOUT))
+    except (TypeError, ValueError):
+        timeout = DEFAULT_EVENT_TIMEOUT
+    outcome: list = []
+
+    def fire() -> None:
+        try:
+            outcome.append(__salt__["event.fire_master"](data, tag))
+        except Exception as err:  # the bus is a courtesy: the run's result stands regardless
+            outcome.append(err)
+
+    thread = threading.Thread(target=fire, name="pytestrun-event", daemon=True)
+    thread.start()
+    thread.join(max(0.0, timeout))
+    if thread.is_alive():
+        log.warning("pytestrun: event %s for job %s not confirmed within %.1f s", tag, data.get("jid"), timeout)
+    elif outcome and outcome[0] is not True:
+        log.warning("pytestrun: event %s for job %s not sent: %s", tag, data.get("jid"), outcome[0])
+
+
+def _announce(result: dict, jid: str | None) -> dict:
+    """Compare with the previous run and fire the event; returns {"new": [...], "fixed": [...]}."""
+    new, fixed = _compare_with_previous(result["paths"], result["args"], result["tests"])
+    try:
+        enabled = __salt__["config.get"]("pytestrun.events", True)
+    except Exception:  # config.get missing (a bare loader): events stay on, like the default
+        enabled = True
+    if enabled not in (False, "false", "False", 0, "0", "no", "off"):
+        tag, data = _run_event(result, jid, new, fixed)
+        _fire_best_effort(tag, data)
+    return {"new": new, "fixed": fixed}
+
+
 def _check_kwargs(kwargs: dict) -> None:
     unknown = sorted(key for key in kwargs if not key.startswith("__"))
     if unknown:
@@ -1047,7 +1180,7 @@ def _prepare(path, args, python, cwd, env, saltenv, collect):
 
 def run(path: str | list, args: str | list | None = None, timeout: float | None = 600,
         python: str | None = None, cwd: str | None = None, env: dict | None = None,
-        max_output: int | None = None, saltenv: str = "base", **kwargs) -> dict:
+        max_output: int | None = None, saltenv: str = "base", rerun_of: str | None = None, **kwargs) -> dict:
     """Run pytest on test files, directories, node ids or salt:// paths; return the results.
 
     path
@@ -1069,6 +1202,13 @@ def run(path: str | list, args: str | list | None = None, timeout: float | None 
         Cap in bytes for each captured field (default ``pytestrun.max_output`` or 64 KiB).
     saltenv
         The fileserver environment for ``salt://`` paths.
+    rerun_of
+        The jid whose failures this run re-runs (the reactor and ``salt-run distmon.rerun`` set
+        it); kept in the result, so the dashboard links the re-run to its original.
+
+    The result's ``changes`` holds the node ids that are ``new`` failures and ``fixed`` compared
+    with this minion's previous run of the same paths and args; the same lists go out in the
+    ``distmon/run/<status>`` event (docs/events.md).
 
     CLI Example:
 
@@ -1079,6 +1219,10 @@ def run(path: str | list, args: str | list | None = None, timeout: float | None 
         salt 'web-*' pytestrun.run /srv/tests python=/srv/venv/bin/python
     """
     _check_kwargs(kwargs)
+    if rerun_of is not None:
+        rerun_of = str(rerun_of)
+        if not rerun_of or len(rerun_of) > 128 or not re.fullmatch(r"[0-9A-Za-z_.-]+", rerun_of):
+            raise SaltInvocationError(f"rerun_of must be a jid (letters, digits, '_', '.', '-'), got {rerun_of!r}")
     limit = _max_output(max_output)
     seconds = _check_timeout(timeout)
     paths, extra, interpreter, workdir, env_vars, argv = _prepare(path, args, python, cwd, env, saltenv, False)
@@ -1108,6 +1252,9 @@ def run(path: str | list, args: str | list | None = None, timeout: float | None 
     }
     if message:
         result["message"] = message
+    if rerun_of:
+        result["rerun_of"] = rerun_of
+    result["changes"] = _announce(result, kwargs.get("__pub_jid"))
     _save_last(result)
     __context__["retcode"] = 0 if status == "passed" else 1
     return result

@@ -26,6 +26,11 @@ CLI Example:
     python -m dashboard triage unmute 4 --user alice
     python -m dashboard triage mutes --all
     python -m dashboard triage log
+    python -m dashboard webhook add https://chat.example.com/hooks/abc --format slack --events new_failure fixed
+    python -m dashboard webhook list
+    python -m dashboard webhook deliveries 1
+    python -m dashboard webhook test 1
+    python -m dashboard webhook remove 1
 """
 
 from __future__ import annotations
@@ -284,6 +289,88 @@ def cmd_triage(args, settings: Settings) -> int:
             print(json.dumps(dict(row), sort_keys=True))
     finally:
         conn.close()
+def cmd_webhook_add(args, settings: Settings) -> int:
+    """Add a webhook; its signing secret is printed once, on the last line."""
+    from dashboard.webhooks import registry
+
+    conn = _connect(settings)
+    try:
+        created = run_transaction(conn, lambda c: registry.create_webhook_tx(
+            c, url=args.url, fmt=args.format, events=args.events, name=args.name, digest_hour=args.digest_hour))
+    except registry.WebhookError as err:
+        raise CliError(str(err)) from err
+    finally:
+        conn.close()
+    digest = f", digest {created['digest_hour']:02d}:00 UTC" if created["digest_hour"] is not None else ""
+    print(f"webhook {created['id']} {created['name']!r}: {created['format']} to {created['url']}, "
+          f"events {','.join(created['events'])}{digest}")
+    print("signing secret (shown once; receivers check X-Distmon-Signature: sha256=HMAC-SHA256(secret, body)):")
+    print(created["secret"])
+    return 0
+
+
+def cmd_webhook_list(args, settings: Settings) -> int:
+    """Print every webhook (never its secret)."""
+    from dashboard.webhooks import registry
+
+    conn = _connect(settings)
+    try:
+        hooks = registry.list_webhooks_sync(conn)
+    finally:
+        conn.close()
+    print(f"{'ID':<4} {'NAME':<20} {'FORMAT':<6} {'STATE':<8} {'DIGEST':<6} {'EVENTS':<55} URL")
+    for hook in hooks:
+        digest = f"{hook['digest_hour']:02d}:00" if hook["digest_hour"] is not None else "off"
+        print(f"{hook['id']:<4} {hook['name'][:20]:<20} {hook['format']:<6} "
+              f"{'enabled' if hook['enabled'] else 'disabled':<8} {digest:<6} {','.join(hook['events']):<55} "
+              f"{hook['url']}")
+    return 0
+
+
+def cmd_webhook_remove(args, settings: Settings) -> int:
+    """Remove a webhook and its delivery log."""
+    from dashboard.webhooks import registry
+
+    conn = _connect(settings)
+    try:
+        if not run_transaction(conn, registry.delete_webhook_tx, args.id):
+            raise CliError(f"No webhook {args.id}.")
+    finally:
+        conn.close()
+    print(f"webhook {args.id} removed")
+    return 0
+
+
+def cmd_webhook_test(args, settings: Settings) -> int:
+    """Queue a test message (the running app's sender delivers it)."""
+    from dashboard.webhooks import outbox
+
+    conn = _connect(settings)
+    try:
+        if not run_transaction(conn, outbox.queue_ping_tx, args.id, settings.public_url):
+            raise CliError(f"No webhook {args.id}.")
+    finally:
+        conn.close()
+    print(f"test message queued for webhook {args.id}; see `python -m dashboard webhook deliveries {args.id}`")
+    return 0
+
+
+def cmd_webhook_deliveries(args, settings: Settings) -> int:
+    """Print the delivery log (newest first): status, attempts, last error."""
+    from dashboard.webhooks import registry
+
+    conn = _connect(settings)
+    try:
+        rows = registry.list_deliveries_sync(conn, args.id, limit=args.limit)
+    finally:
+        conn.close()
+    print(f"{'CREATED':<28} {'HOOK':<5} {'EVENT':<12} {'STATUS':<10} {'TRIES':<5} {'DELIVERY ID':<37} SUMMARY / LAST ERROR")
+    for row in rows:
+        detail = row["summary"] or ""
+        if row["last_error"]:
+            detail += f" / {row['last_error']}"
+        print(f"{row['created_at']:<28} {row['webhook_id']:<5} {row['event']:<12} {row['status']:<10} "
+              f"{row['attempts']:<5} {row['delivery_id']:<37} {detail}")
     return 0
 
 
@@ -329,6 +416,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--no-access-log", action="store_true")
     serve.set_defaults(func=cmd_serve)
+    webhook = sub.add_parser("webhook", help="webhooks (messages about new failures, fixes, late minions)")
+    hooks = webhook.add_subparsers(dest="webhook_command", required=True)
+    add = hooks.add_parser("add", help="add a webhook (its secret is printed once)")
+    add.add_argument("url", help="http:// or https:// URL")
+    add.add_argument("--format", default="json", choices=("json", "slack"),
+                     help="json (distmon-webhook/1) or slack (Slack/Mattermost-compatible text)")
+    add.add_argument("--events", nargs="+", metavar="EVENT",
+                     help="new_failure fixed minion_late job_incomplete quarantined (default: all)")
+    add.add_argument("--name", help="a label (default: the URL's host)")
+    add.add_argument("--digest-hour", type=int, metavar="H", help="send a daily digest at this UTC hour (default: none)")
+    add.set_defaults(func=cmd_webhook_add)
+    hooks.add_parser("list", help="list webhooks").set_defaults(func=cmd_webhook_list)
+    for name, func, what in (("remove", cmd_webhook_remove, "remove a webhook"),
+                             ("test", cmd_webhook_test, "queue a test message")):
+        action = hooks.add_parser(name, help=what)
+        action.add_argument("id", type=int)
+        action.set_defaults(func=func)
+    deliveries = hooks.add_parser("deliveries", help="the delivery log")
+    deliveries.add_argument("id", type=int, nargs="?", help="one webhook's deliveries only")
+    deliveries.add_argument("--limit", type=int, default=50)
+    deliveries.set_defaults(func=cmd_webhook_deliveries)
 
     seed = sub.add_parser("seed", help="insert synthetic runs (benchmarks)")
     seed.add_argument("--runs", type=int, default=20_000)

@@ -2,7 +2,8 @@
 
 Run it with ``uvicorn dashboard.app:app`` (settings from ``DISTMON_*``, see dashboard/config.py);
 tests build their own with :func:`create_app`. The lifespan opens the database and, when
-``DISTMON_INGEST`` is on, runs the ingester as a background task in the same process.
+``DISTMON_INGEST`` is on, runs the ingester as a background task in the same process; with
+``DISTMON_WEBHOOKS`` on (default), the webhook sender too (dashboard/webhooks/).
 
 Every route but ``/login``, ``/register`` and ``/static`` needs a session cookie or an API
 token (``Authorization: Bearer ...``). The JSON API lives under ``/api``; its OpenAPI schema is
@@ -29,7 +30,7 @@ from dashboard.config import Settings
 from dashboard.db import Database, QueryTimeout
 from dashboard.deps import CsrfError, NotAuthenticated, check_input_lengths, login_url, make_templates
 from dashboard.queries import InputError
-from dashboard.routes import admin, api, auth, failures, pages
+from dashboard.routes import admin, api, auth, failures, pages, webhooks
 from dashboard.routes.common import render
 
 log = logging.getLogger("distmon.dashboard")
@@ -69,6 +70,15 @@ async def _backfill_signatures(db: Database) -> None:
         return
     if chunks:
         log.info("signature backfill: done (%d chunks)", chunks)
+async def _stop_task(task: asyncio.Task, what: str) -> None:
+    try:
+        await asyncio.wait_for(task, timeout=10)
+    except TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    except Exception:  # the task logs its own failures; shutdown must go on
+        log.exception("%s stopped with an error", what)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -87,6 +97,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             ingester = asyncio.create_task(run_ingester(db, settings, stop), name="distmon-ingester")
         backfill = asyncio.create_task(_backfill_signatures(db), name="distmon-signature-backfill")
+        sender = None
+        if settings.webhooks:
+            from dashboard.webhooks.sender import run_sender
+
+            sender = asyncio.create_task(run_sender(db, settings, stop), name="distmon-webhook-sender")
         try:
             yield
         finally:
@@ -94,15 +109,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             backfill.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await backfill
+            if sender is not None:
+                await _stop_task(sender, "webhook sender")
             if ingester is not None:
-                try:
-                    await asyncio.wait_for(ingester, timeout=10)
-                except TimeoutError:
-                    ingester.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await ingester
-                except Exception:  # the ingester logs its own failures; shutdown must go on
-                    log.exception("ingester stopped with an error")
+                await _stop_task(ingester, "ingester")
             await db.close()
 
     app = DistmonApp(
@@ -122,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(auth.router)
     app.include_router(admin.router)
+    app.include_router(webhooks.router)
     app.include_router(pages.router)
     app.include_router(failures.router)
     app.include_router(api.router)

@@ -35,6 +35,16 @@ Variables set in the environment win over the file.
 | DISTMON_LOGIN_MAX_FAILURES_ACCOUNT | 10 | failed logins per account within the window before its logins answer 429 |
 | DISTMON_LOGIN_MAX_FAILURES_ADDRESS | 30 | failed logins per client address within the window before its logins answer 429 |
 | DISTMON_LOGIN_FAILURE_WINDOW | 900 | the window of both login-failure limits, seconds |
+| DISTMON_PUBLIC_URL | (none) | the dashboard's address as people reach it (links in webhook messages) |
+| DISTMON_WEBHOOKS | 1 | run the webhook sender inside the web app (dashboard/webhooks/) |
+| DISTMON_WEBHOOK_JOB_WAIT | 900 | seconds a job's message waits for its targeted minions (then names who is missing) |
+| DISTMON_WEBHOOK_GROUP_WINDOW | 30 | seconds results without a job manifest are grouped into one message |
+| DISTMON_WEBHOOK_RETRY_BASE | 10 | first retry delay in seconds, doubled per attempt ... |
+| DISTMON_WEBHOOK_RETRY_MAX | 3600 | ... up to this |
+| DISTMON_WEBHOOK_MAX_ATTEMPTS | 12 | attempts before a delivery is given up (the page can retry it) |
+| DISTMON_WEBHOOK_TIMEOUT | 10 | seconds per HTTP attempt (connect + answer) |
+| DISTMON_WEBHOOK_POLL | 0.5 | seconds between the sender's looks at the outbox |
+| DISTMON_TEST_CRASH_AFTER_SEND | 0 | test hook: the sender exits right after a receiver accepted a delivery |
 
 With a database URL instead of a file, ``<db dir>`` above is ``.run/host``.
 """
@@ -112,6 +122,16 @@ class Settings(BaseSettings):
     login_max_failures_account: PositiveInt = 10
     login_max_failures_address: PositiveInt = 30
     login_failure_window: PositiveFloat = 900.0
+    public_url: str = ""
+    webhooks: bool = True
+    webhook_job_wait: float = 900.0
+    webhook_group_window: float = 30.0
+    webhook_retry_base: float = 10.0
+    webhook_retry_max: float = 3600.0
+    webhook_max_attempts: int = Field(default=12, ge=1)
+    webhook_timeout: float = 10.0
+    webhook_poll: float = 0.5
+    test_crash_after_send: bool = False
 
     @classmethod
     def settings_customise_sources(
@@ -167,6 +187,11 @@ class Settings(BaseSettings):
     @classmethod
     def _none_when_empty(cls, value: Any) -> Any:
         return None if value in ("", None) else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.strip().rstrip("/")
 
     @field_validator("bcrypt_rounds")
     @classmethod

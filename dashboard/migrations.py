@@ -318,6 +318,76 @@ MIGRATIONS: list[tuple[int, MigrationSQL]] = [
             """,
         },
     ),
+    (
+        6,
+        """
+        -- Webhooks (dashboard/webhooks/): who is told, what was noticed, what was sent.
+        CREATE TABLE webhooks (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            url TEXT NOT NULL,
+            format TEXT NOT NULL DEFAULT 'json',   -- json | slack
+            events TEXT NOT NULL DEFAULT '[]',     -- JSON list of event names it wants
+            secret TEXT NOT NULL,                  -- HMAC key; shown once at creation, never served again
+            enabled INTEGER NOT NULL DEFAULT 1,
+            digest_hour INTEGER,                   -- UTC hour of the daily digest; NULL: no digest
+            last_digest_on TEXT,                   -- UTC date of the last digest queued
+            created_at TEXT NOT NULL
+        );
+        -- What happened, written in the SAME transaction as the results (or the check) that show it.
+        CREATE TABLE outbox_events (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,          -- new_failure | fixed | quarantined
+            jid TEXT,
+            minion TEXT,
+            nodeid TEXT,
+            run_id INTEGER,
+            detail TEXT,                 -- failure message, quarantine reason
+            signature TEXT,              -- a new failure's signature (dashboard/signatures.py)
+            created_at TEXT NOT NULL,
+            composed_at TEXT             -- NULL until it went into a message
+        );
+        CREATE INDEX outbox_events_waiting ON outbox_events (jid) WHERE composed_at IS NULL;
+        CREATE INDEX outbox_events_created ON outbox_events (created_at);
+        -- Jobs with a manifest: one message each once every targeted minion returned or the wait expired.
+        CREATE TABLE outbox_jobs (
+            jid TEXT PRIMARY KEY,
+            state TEXT NOT NULL DEFAULT 'waiting',  -- waiting | done
+            created_at TEXT NOT NULL,
+            composed_at TEXT
+        );
+        CREATE INDEX outbox_jobs_waiting ON outbox_jobs (state) WHERE state = 'waiting';
+        -- One message to one webhook: the exact signed body, retried until delivered or given up.
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            delivery_id TEXT NOT NULL UNIQUE,      -- X-Distmon-Delivery: receivers dedupe on it
+            webhook_id INTEGER NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+            event TEXT NOT NULL,                   -- job | group | minion_late | digest | ping
+            subject TEXT,                          -- jid, minion names, ...
+            summary TEXT,
+            body TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',  -- pending | delivered | failed
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,         -- unix time
+            lease_until REAL,                      -- a sender holds it until then (crash: it comes back)
+            last_status_code INTEGER,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            delivered_at TEXT
+        );
+        CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
+        CREATE INDEX deliveries_webhook ON deliveries (webhook_id, id DESC);
+        -- Late minions already told about, per lateness episode (the last_seen they went silent at).
+        CREATE TABLE late_alerts (
+            minion_id INTEGER PRIMARY KEY REFERENCES minions(id) ON DELETE CASCADE,
+            last_seen TEXT NOT NULL,
+            alerted_at TEXT NOT NULL
+        );
+        -- A re-run (reactor or salt-run distmon.rerun) names the jid it re-runs.
+        ALTER TABLE runs ADD COLUMN rerun_of TEXT;
+        CREATE INDEX runs_rerun_of ON runs (rerun_of) WHERE rerun_of IS NOT NULL;
+        """,
+    ),
 ]
 
 

@@ -217,6 +217,8 @@ class PytestResult(_Strict):
     message: LongText | None = None
     # Fingerprint of the test code that ran (additive key; see docs/result-format.md).
     code_hash: Annotated[str, StringConstraints(max_length=128, pattern=_NO_CONTROL)] | None = None
+    # The jid this run re-ran the failures of (reactor or salt-run distmon.rerun; additive key).
+    rerun_of: Identifier | None = None
 
 
 class ResultDocument(_Strict):

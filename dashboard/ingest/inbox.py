@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -87,6 +88,8 @@ def quarantine_entry(settings: Settings, dir_fd: int, dir_label: str, name: str,
         log.error("cannot quarantine %r/%r (%s): %s", dir_label, name, reason, err)
         return False
     log.warning("quarantined %r/%r: %s", dir_label, name, reason)
+    with _QUARANTINE_LOCK:
+        _QUARANTINED.setdefault(str(settings.quarantine), []).append((f"{dir_label}/{name}", reason))
     return True
 
 
@@ -104,6 +107,17 @@ def _abandoned(settings: Settings, entry: os.DirEntry) -> str | None:
         return None
     return (f"an abandoned upload: an in-progress (dot or .part) name untouched for {age:.0f} s, "
             f"longer than DISTMON_STALE_UPLOAD_AGE ({settings.stale_upload_age:g} s)")
+# Files quarantined by this process, per quarantine folder, not yet in the webhook outbox (the
+# pass writes them after its batches). A crash in between loses only the notice: the file and its
+# .reason stay in the quarantine folder.
+_QUARANTINED: dict[str, list[tuple[str, str]]] = {}
+_QUARANTINE_LOCK = threading.Lock()
+
+
+def take_quarantined(settings: Settings) -> list[tuple[str, str]]:
+    """(entry, reason) of what was quarantined since the last call, for the webhook outbox."""
+    with _QUARANTINE_LOCK:
+        return _QUARANTINED.pop(str(settings.quarantine), [])
 
 
 def _scan_dir(settings: Settings, inbox_dir: InboxDir, report: IngestReport) -> list[Candidate]:

@@ -15,9 +15,9 @@ from weakref import WeakKeyDictionary
 
 from dashboard.config import Settings
 from dashboard.db import Database
-from dashboard.ingest.inbox import archive_file, quarantine_entry, scan_inbox
+from dashboard.ingest.inbox import archive_file, quarantine_entry, scan_inbox, take_quarantined
 from dashboard.ingest.records import Candidate, InboxDir, IngestReport, JobRecord, RunRecord
-from dashboard.ingest.store import IdCache, write_records
+from dashboard.ingest.store import IdCache, write_quarantine_notices, write_records
 from dashboard.ingest.validate import Preparer, prepare_chunk, sort_out
 from dashboard.ingest.worker import discard_worker, validation_worker, warm_up_validation_worker
 
@@ -216,6 +216,9 @@ async def ingest_pending(db: Database, settings: Settings) -> IngestReport:
         if pending is not None and not pending.done():
             pending.cancel()  # it must not start new file work once the descriptors are released
         work.close()
+    quarantined = take_quarantined(settings)
+    if quarantined:
+        await db.write(write_quarantine_notices, quarantined)
     if report:
         log.info(
             "ingest: %d runs (%d results), %d duplicates, %d quarantined, %d manifests, %d deferred",

@@ -74,6 +74,8 @@ class RunRecord:
     # of its worst failing entry, per signature its (exception, masked message, location).
     test_signatures: dict[str, str] = field(default_factory=dict)
     signature_parts: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    # The jid whose failures this run re-ran (pytestrun.run rerun_of=...), else None.
+    rerun_of: str | None = None
 
 
 @dataclass

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dashboard.failures import FailureBatch
 from dashboard.ingest.records import JobRecord, RunRecord, utc_now
 from dashboard.ingest.status import PRECEDENCE, fold_status
+from dashboard.webhooks import outbox
 
 SQL_CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
 
@@ -60,8 +61,9 @@ _UPDATE_STATUS = (
 _INSERT_RUN = """
     INSERT INTO runs (minion_id, jid, fun, source, status, exitcode, passed, failed, skipped, xfailed,
                       xpassed, errors, started_at, finished_at, duration, returned_at, ingested_at,
-                      paths, args, python_version, pytest_version, grains, message, signed, code_hash)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                      paths, args, python_version, pytest_version, grains, message, signed, code_hash,
+                      rerun_of)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (minion_id, jid) DO NOTHING
 """
 _INSERT_RESULT = """
@@ -86,6 +88,8 @@ class _Batch:
         self.new_tests = 0
         self.now = utc_now()
         self.failures = FailureBatch(conn)  # signatures and the failure text index
+        # Tests whose failing streak opened or closed: the webhook outbox, in this same transaction.
+        self.changes: list[outbox.TestChange] = []
 
     # minions ------------------------------------------------------------------------------
     def minion_id(self, name: str, seen_at: str) -> int:
@@ -196,7 +200,7 @@ class _Batch:
                 counts["passed"], counts["failed"], counts["skipped"], counts["xfailed"], counts["xpassed"],
                 counts["errors"], record.started_at, record.finished_at, record.duration, record.returned_at,
                 self.now, record.paths, record.args, record.python_version, record.pytest_version,
-                record.grains, record.message, record.signed, record.code_hash,
+                record.grains, record.message, record.signed, record.code_hash, record.rerun_of,
             ),
         )  # fmt: skip
         if cursor.rowcount == 0:
@@ -224,10 +228,12 @@ class _Batch:
         self.load_status(minion_id, [ids[nodeid] for nodeid in per_test])
         status, dirty = self.status, self.dirty
         started_at = record.started_at
+        messages: dict[str, str] | None = None
         for nodeid, (outcome, duration, _file, _line) in per_test.items():
             tid = ids[nodeid]
             key = (minion_id, tid)
             row = status[key]
+            was_failing = bool(row and row["first_fail_at"])
             if row is not None and (started_at, run_id) < (row["last_started_at"], row["last_run_id"]):
                 # An older run arrived after a newer one: rebuild from history (its results are in).
                 status[key] = self.recompute_status(minion_id, tid)
@@ -237,6 +243,14 @@ class _Batch:
                     record.test_signatures.get(nodeid),
                 )  # fmt: skip
             dirty.add(key)
+            kind = outbox.change_kind(was_failing, bool(status[key] and status[key]["first_fail_at"]))
+            if kind:
+                if messages is None:
+                    messages = _failure_messages(record)
+                failing = kind == "new_failure"
+                self.changes.append(outbox.TestChange(kind, record.jid, record.minion, nodeid, run_id,
+                                                      messages.get(nodeid) if failing else None,
+                                                      record.test_signatures.get(nodeid) if failing else None))
 
     def _update_minion(self, minion_id: int, run_id: int, record: RunRecord) -> None:
         state = self.minion_state(minion_id)
@@ -253,6 +267,7 @@ class _Batch:
             state["grains"] = record.grains
 
     def add_job(self, record: JobRecord) -> None:
+        outbox.record_manifest(self.conn, record.jid, self.now)
         self.conn.execute(
             "INSERT INTO jobs (jid, fun, tgt, tgt_type, targeted, started_at) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (jid) DO UPDATE SET fun = excluded.fun, tgt = excluded.tgt, tgt_type = excluded.tgt_type, "
@@ -296,6 +311,21 @@ class _Batch:
             [(name, value) for name, value in (("runs", self.runs), ("results", self.results), ("tests", self.new_tests)) if value],
         )
         self.failures.flush()
+        outbox.record_changes(conn, self.changes, self.now)
+
+
+def _failure_messages(record: RunRecord) -> dict[str, str]:
+    """nodeid -> its first failure message in the run (for webhook messages)."""
+    found: dict[str, str] = {}
+    for row in record.rows:
+        if row[2] in ("failed", "error") and row[4] and row[0] not in found:
+            found[row[0]] = row[4]
+    return found
+
+
+def write_quarantine_notices(conn: sqlite3.Connection, items: list[tuple[str, str]]) -> int:
+    """The webhook outbox's notices of quarantined files, as (inbox entry, reason)."""
+    return outbox.record_quarantined(conn, items, utc_now())
 
 
 def _sort_key(record: RunRecord | JobRecord) -> tuple:

@@ -144,6 +144,7 @@ def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signe
             code_hash=result.code_hash,
             test_signatures=test_signatures,
             signature_parts=signature_parts,
+            rerun_of=result.rerun_of,
         )
     # Another function's return (the returner's all_jobs option): a run without tests.
     return RunRecord(

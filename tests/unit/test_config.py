@@ -71,6 +71,10 @@ def test_every_documented_variable_is_read(tmp_path):
         "DISTMON_LIMIT_CONCURRENCY": "300", "DISTMON_REQUEST_TIMEOUT": "4", "DISTMON_KEEP_ALIVE_TIMEOUT": "2",
         "DISTMON_STALE_UPLOAD_AGE": "60", "DISTMON_LOGIN_MAX_FAILURES_ACCOUNT": "3",
         "DISTMON_LOGIN_MAX_FAILURES_ADDRESS": "7", "DISTMON_LOGIN_FAILURE_WINDOW": "120",
+        "DISTMON_PUBLIC_URL": "https://distmon.example.com/", "DISTMON_WEBHOOKS": "0",
+        "DISTMON_WEBHOOK_JOB_WAIT": "60", "DISTMON_WEBHOOK_GROUP_WINDOW": "5", "DISTMON_WEBHOOK_RETRY_BASE": "2",
+        "DISTMON_WEBHOOK_RETRY_MAX": "30", "DISTMON_WEBHOOK_MAX_ATTEMPTS": "3", "DISTMON_WEBHOOK_TIMEOUT": "4",
+        "DISTMON_WEBHOOK_POLL": "0.25", "DISTMON_TEST_CRASH_AFTER_SEND": "1",
     }  # fmt: skip
     s = Settings.from_env(env)
     assert (s.db_path, s.inbox, s.archive, s.quarantine, s.pubkeys_dir) == (
@@ -83,6 +87,11 @@ def test_every_documented_variable_is_read(tmp_path):
     assert (s.allowed_hosts, s.trusted_proxies) == (("dash.example", "*.ci.example"), ("10.0.0.5",))
     assert (s.limit_concurrency, s.request_timeout, s.keep_alive_timeout, s.stale_upload_age) == (300, 4, 2, 60)
     assert (s.login_max_failures_account, s.login_max_failures_address, s.login_failure_window) == (3, 7, 120)
+    assert (s.public_url, s.webhooks, s.webhook_job_wait, s.webhook_group_window) == (
+        "https://distmon.example.com", False, 60, 5)
+    assert (s.webhook_retry_base, s.webhook_retry_max, s.webhook_max_attempts, s.webhook_timeout, s.webhook_poll) == (
+        2, 30, 3, 4, 0.25)
+    assert s.test_crash_after_send is True
     # The table in the docstring names every field's variable.
     documented = set(re.findall(r"^\| (DISTMON_\w+) \|", config.__doc__, re.M))
     assert documented == set(env)
