@@ -1,9 +1,10 @@
 """The distmon dashboard: a FastAPI app over the SQLite database the ingester fills.
 
-Run it with ``uvicorn dashboard.app:app`` (settings from ``DISTMON_*``, see dashboard/config.py);
-tests build their own with :func:`create_app`. The lifespan opens the database and, when
-``DISTMON_INGEST`` is on, runs the ingester as a background task in the same process; with
-``DISTMON_WEBHOOKS`` on (default), the webhook sender too (dashboard/webhooks/).
+Run it with ``python -m dashboard serve`` (uvicorn with the limits of dashboard/serve.py;
+settings from ``DISTMON_*``, see dashboard/config.py and docs/security.md); tests build their
+own with :func:`create_app`. The lifespan opens the database and, when ``DISTMON_INGEST`` is
+on, runs the ingester as a background task in the same process; with ``DISTMON_WEBHOOKS`` on
+(default), the webhook sender too (dashboard/webhooks/).
 
 Every route but ``/login``, ``/register`` and ``/static`` needs a session cookie or an API
 token (``Authorization: Bearer ...``). The JSON API lives under ``/api``; its OpenAPI schema is
