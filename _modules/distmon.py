@@ -1,19 +1,22 @@
 """
 The distmon spool on a minion, and its delivery to the storage host over SFTP.
 
-Results of ``pytestrun`` jobs are written here by the ``distmon`` returner
-(``_returners/distmon.py``) first, then uploaded. What could not be uploaded
-(storage host down, blackholed, host key refused) stays in the spool and is
+Results of ``pytestrun.run`` jobs are handed here by the ``distmon`` returner
+(``_returners/distmon.py``, through ``__salt__["distmon.store"]``: Salt gives
+returners no ``__utils__``). ``distmon.store`` writes a result into the spool
+FIRST, whatever the options say and whether or not paramiko is installed, then
+uploads the spool. What could not be uploaded (storage host down, blackholed,
+host key refused, options to fix) stays in the spool, with the reason, and is
 delivered by the next return or by ``distmon.flush``: no new test run is needed.
 
-Why the spool and upload code lives in this execution module: Salt loads
-``_modules`` and ``_returners`` through separate loaders, and returners get no
-``__utils__``, but they do get ``__salt__``. So the returner reaches this code
-through ``__salt__["distmon.store"]`` and there is exactly one implementation of
-spooling, locking and uploading, which ``distmon.flush`` and ``distmon.spool``
-use too.
+The options, the spool, SFTP and signing are implemented once, in the shared
+library ``_utils/distmon_options.py``, ``_utils/distmon_transport.py`` and
+``_utils/distmon_signing.py`` (synced with this module by
+``saltutil.sync_all``; part of the ``saltext-distmon`` package when installed
+with pip). The runner uses the same library for the job manifest.
 
-:depends: paramiko
+:depends: paramiko (for uploads only; without it results are spooled and
+    ``distmon.spool`` says why they wait)
 
 Configuration
 -------------
@@ -22,7 +25,10 @@ Looked up like a returner's options (``salt.returners.get_returner_options``):
 minion config (``distmon.host``), grains, pillar (``distmon: {host: ...}``,
 which wins over flat minion config keys, as in Salt), then keyword arguments
 (``--return_kwargs`` for the returner, ``key=value`` on the command line for
-``distmon.flush``). Every value is validated after the lookup.
+``distmon.flush``). Every value is checked after the lookup: a bad value given
+on the command line is an error; a bad value met by the returner leaves the
+result spooled (not sent) with the reason, which ``distmon.spool`` shows, and
+is logged once.
 
 .. code-block:: yaml
 
@@ -32,7 +38,7 @@ which wins over flat minion config keys, as in Salt), then keyword arguments
     distmon.key: /etc/salt/distmon/id_ed25519  # private key for SFTP login (key auth only)
     distmon.known_hosts: /etc/salt/distmon/known_hosts  # pinned host key; unknown or changed keys are refused
     distmon.remote_inbox: /inbox               # files land in <remote_inbox>/<minion_id>/<jid>.json
-    distmon.spool_dir: /var/cache/salt/minion/distmon/spool  # default: <cachedir>/distmon/spool
+    distmon.spool_dir: /var/cache/salt/minion/distmon/spool  # absolute; default: <cachedir>/distmon/spool
     distmon.deadline: 30                       # seconds for lock + connect + transfer of one flush
     distmon.spool_max_files: 0                 # 0 = never drop; else drop the oldest (logged)
     distmon.spool_max_bytes: 0                 # 0 = never drop; else drop the oldest (logged)
@@ -40,15 +46,10 @@ which wins over flat minion config keys, as in Salt), then keyword arguments
 The returner's own keys (``grains``, ``all_jobs``, ``sign``) are documented in
 ``_returners/distmon.py``.
 
-Spool layout: ``<spool_dir>/<jid>.json`` (the document, written atomically:
-temporary file, fsync, rename, fsync of the directory), ``<jid>.json.err``
-(attempts and last error, advisory), ``.flush.lock`` (``flock``, one flush at a
-time per minion).
-
-Remote layout: ``<remote_inbox>/<minion_id>/.<jid>.json.<random>.part`` while
-uploading, then ``posix_rename`` to ``<jid>.json``. The name depends only on the
-minion and the jid, so a retry after a lost acknowledgement overwrites the same
-file instead of creating a second run.
+Spool layout: ``<spool_dir>/<jid>.json`` (the document, written atomically),
+``<jid>.json.err`` (attempts and last error), ``.flush.lock`` (one flush at a
+time per spool). Remote layout: ``<remote_inbox>/<minion_id>/<jid>.json``,
+uploaded under a temporary ``.part`` name and renamed.
 
 .. code-block:: bash
 
@@ -58,579 +59,130 @@ file instead of creating a second run.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import importlib
 import json
 import logging
 import os
-import posixpath
-import re
-import secrets
-import tempfile
-import threading
 import time
-from datetime import UTC, datetime
-from typing import NamedTuple
 
 import salt.returners
 import salt.utils.args
-import salt.utils.verify
 from salt.exceptions import SaltInvocationError
-
-try:
-    import paramiko
-
-    HAS_PARAMIKO = True
-except ImportError:  # pragma: no cover - the minion requirements pin paramiko
-    HAS_PARAMIKO = False
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "distmon"
 
-OPTION_KEYS = (
-    "host",
-    "port",
-    "user",
-    "key",
-    "known_hosts",
-    "remote_inbox",
-    "spool_dir",
-    "deadline",
-    "spool_max_files",
-    "spool_max_bytes",
-)
-TRANSPORT_KEYS = ("host", "port", "user", "key", "known_hosts", "remote_inbox")
-DEFAULTS = {"port": 22, "deadline": 30.0, "spool_max_files": 0, "spool_max_bytes": 0}
-MAX_DEADLINE = 3600.0
-
-# The ingester only acts on names like this (docs/result-format.md), so a jid
-# outside it would be uploaded and then ignored forever: refuse it up front.
-JID_PATTERN = re.compile(r"^[0-9A-Za-z_.-]+$")
-SPOOLED_NAME = re.compile(r"^(?P<jid>[0-9A-Za-z_][0-9A-Za-z_.-]*)\.json$")
-# Room for the remote temporary name ".<jid>.json.<12 hex>.part" within NAME_MAX.
-MAX_JID_BYTES = 200
-MAX_ID_BYTES = 255
-RESERVED_MINION_IDS = frozenset({"_jobs"})  # the runner's job manifests live there
-LOCK_NAME = ".flush.lock"
-ERROR_SUFFIX = ".err"
-STALE_TEMP_SECONDS = 3600
-LOCK_POLL_SECONDS = 0.05
-SOCKET_GRACE_SECONDS = 1.0
+_PACKAGE = "saltext.distmon.utils."
+LIBRARY_PROBES = ("distmon_options.spool_options", "distmon_transport.deliver", "distmon_signing.sign_document")
 
 
 def __virtual__():
-    if not HAS_PARAMIKO:
-        return (False, "distmon: the paramiko library is not installed (pip install paramiko)")
+    try:
+        for name in LIBRARY_PROBES:
+            _lib(name)
+    except (ImportError, AttributeError):
+        return (False, "distmon: the shared library _utils/distmon_*.py is not loaded: run saltutil.sync_all "
+                       "(or pip install saltext-distmon)")
     return __virtualname__
 
 
-# -- options ----------------------------------------------------------------
+def _lib(name: str):
+    """``module.function`` from the synced ``_utils`` library, else from the installed saltext-distmon package."""
+    module, _, function = name.partition(".")
+    return __utils__[name] if name in __utils__ else getattr(importlib.import_module(_PACKAGE + module), function)
 
 
-def _as_int(name: str, value, minimum: int, maximum: int) -> int:
-    if isinstance(value, bool):
-        raise SaltInvocationError(f"distmon.{name} must be an integer, not {value!r}")
-    try:
-        number = int(str(value).strip())
-    except (TypeError, ValueError):
-        raise SaltInvocationError(f"distmon.{name} must be an integer, not {value!r}") from None
-    if not minimum <= number <= maximum:
-        raise SaltInvocationError(f"distmon.{name} must be between {minimum} and {maximum}, not {number}")
-    return number
+def _option_keys() -> tuple:
+    return _lib("distmon_options.option_keys")()
 
 
-def _as_text(name: str, value) -> str:
-    if not isinstance(value, str | int) or isinstance(value, bool) or not str(value).strip():
-        raise SaltInvocationError(f"distmon.{name} must be a non-empty string, not {value!r}")
-    text = str(value).strip()
-    if "\0" in text or any(ch.isspace() for ch in text):
-        raise SaltInvocationError(f"distmon.{name} must not contain NUL or whitespace: {text!r}")
-    return text
-
-
-def _as_file(name: str, value) -> str:
-    path = os.path.expanduser(_as_text(name, value))
-    if not os.path.isabs(path):
-        raise SaltInvocationError(f"distmon.{name} must be an absolute path, not {path!r}")
-    if not os.path.isfile(path):
-        raise SaltInvocationError(f"distmon.{name}: {path} does not exist or is not a file")
-    if not os.access(path, os.R_OK):
-        raise SaltInvocationError(f"distmon.{name}: {path} is not readable")
-    return path
-
-
-def _lookup_options(overrides: dict) -> dict:
-    """Salt's returner option lookup, then ``overrides`` (non-None values) on top."""
-    unknown = sorted(set(overrides) - set(OPTION_KEYS))
-    if unknown:
-        raise SaltInvocationError(
-            f"distmon: unknown option(s) {', '.join(unknown)}; known: {', '.join(OPTION_KEYS)}"
-        )
+def _lookup_options(overrides: dict, ret_config: str | None = None) -> dict:
+    """Salt's returner option lookup (``ret_config``: a ``--return_config`` name), then ``overrides`` on top."""
     raw = salt.returners.get_returner_options(
         __virtualname__,
-        None,
-        {key: key for key in OPTION_KEYS},
+        {"ret_config": ret_config} if ret_config else None,
+        {key: key for key in _option_keys()},
         __salt__=__salt__,
         __opts__=__opts__,
-        defaults=DEFAULTS,
+        defaults=_lib("distmon_options.defaults")(),
     )
     raw.update({key: value for key, value in overrides.items() if value is not None and value != ""})
     return raw
 
 
-def _spool_options(raw: dict) -> dict:
-    """Validate what spooling needs; always available, even without a storage host."""
-    spool_dir = raw.get("spool_dir") or os.path.join(__opts__["cachedir"], "distmon", "spool")
-    spool_dir = os.path.expanduser(_as_text("spool_dir", spool_dir))
-    if not os.path.isabs(spool_dir):
-        raise SaltInvocationError(f"distmon.spool_dir must be an absolute path, not {spool_dir!r}")
-    try:
-        deadline = float(raw.get("deadline", DEFAULTS["deadline"]))
-    except (TypeError, ValueError):
-        raise SaltInvocationError(f"distmon.deadline must be a number of seconds, not {raw.get('deadline')!r}") from None
-    if not 0 < deadline <= MAX_DEADLINE:
-        raise SaltInvocationError(f"distmon.deadline must be > 0 and <= {MAX_DEADLINE:g} s, not {deadline:g}")
-    return {
-        "spool_dir": os.path.normpath(spool_dir),
-        "deadline": deadline,
-        "spool_max_files": _as_int("spool_max_files", raw.get("spool_max_files", 0), 0, 10**9),
-        "spool_max_bytes": _as_int("spool_max_bytes", raw.get("spool_max_bytes", 0), 0, 2**62),
-    }
-
-
-def _transport_options(raw: dict) -> dict:
-    """Validate what an upload needs; raises SaltInvocationError naming the bad key."""
-    missing = [key for key in ("host", "user", "key", "known_hosts", "remote_inbox") if not raw.get(key)]
-    if missing:
-        raise SaltInvocationError(
-            "distmon: not configured for delivery, missing " + ", ".join(f"distmon.{key}" for key in missing)
-        )
-    remote_inbox = _as_text("remote_inbox", raw["remote_inbox"])
-    if ".." in remote_inbox.split("/"):
-        raise SaltInvocationError(f"distmon.remote_inbox must not contain '..': {remote_inbox!r}")
-    return {
-        "host": _as_text("host", raw["host"]),
-        "port": _as_int("port", raw.get("port", 22), 1, 65535),
-        "user": _as_text("user", raw["user"]),
-        "key": _as_file("key", raw["key"]),
-        # Host keys are pinned: without the file there is nothing to check against,
-        # and trusting on first use is exactly what this option exists to prevent.
-        "known_hosts": _as_file("known_hosts", raw["known_hosts"]),
-        "remote_inbox": posixpath.normpath(remote_inbox),
-    }
-
-
-# -- identifiers --------------------------------------------------------------
-
-
-def _check_component(kind: str, value) -> str:
-    """Salt's id rules (``salt.utils.verify.valid_id``) plus the result format's, or raise."""
-    if not isinstance(value, str) or not value:
-        raise SaltInvocationError(f"distmon: {kind} must be a non-empty string, not {value!r}")
-    limit = MAX_JID_BYTES if kind == "jid" else MAX_ID_BYTES
-    if len(value.encode("utf-8", "surrogatepass")) > limit:
-        raise SaltInvocationError(f"distmon: {kind} is longer than {limit} bytes: {value[:40]!r}...")
-    if any(ch in value for ch in "/\\\0") or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise SaltInvocationError(f"distmon: {kind} {value!r} contains '/', '\\', NUL or a control character")
-    if value in (".", "..") or value.startswith("."):
-        raise SaltInvocationError(f"distmon: {kind} {value!r} must not be '.', '..' or start with a dot")
-    if not salt.utils.verify.valid_id(__opts__, value):
-        raise SaltInvocationError(f"distmon: {kind} {value!r} is not a valid Salt id")
-    if kind == "jid" and not JID_PATTERN.match(value):
-        raise SaltInvocationError(f"distmon: jid {value!r} may only contain 0-9 A-Z a-z _ . -")
-    if kind == "minion id" and value in RESERVED_MINION_IDS:
-        raise SaltInvocationError(f"distmon: minion id {value!r} is reserved in the inbox")
-    return value
+def _checked_options(kwargs: dict) -> tuple[dict, dict]:
+    """Options for a command-line call: (raw, spool options); any bad value raises SaltInvocationError."""
+    overrides = salt.utils.args.clean_kwargs(**kwargs)
+    unknown = _lib("distmon_options.unknown_keys_error")(overrides, _option_keys())
+    if unknown:
+        raise SaltInvocationError(unknown)
+    raw = _lookup_options(overrides)
+    spool_options, errors = _lib("distmon_options.spool_options")(raw, __opts__["cachedir"])
+    if errors:
+        raise SaltInvocationError("; ".join(errors))
+    return raw, spool_options
 
 
 def _own_minion_id() -> str:
-    return _check_component("minion id", __opts__.get("id"))
+    return _lib("distmon_options.check_name")("minion id", __opts__.get("id"), __opts__)
 
 
-def _remote_dir(remote_inbox: str, minion_id: str) -> str:
-    directory = posixpath.normpath(posixpath.join(remote_inbox, minion_id))
-    if posixpath.dirname(directory) != remote_inbox:
-        raise SaltInvocationError(f"distmon: minion id {minion_id!r} leaves the inbox {remote_inbox}")
-    return directory
-
-
-# -- spool ------------------------------------------------------------------
-
-
-class SpoolEntry(NamedTuple):
-    jid: str
-    path: str
-    size: int
-    mtime: float
-    inode: int
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+def _sign(document: dict) -> None:
+    """Sign in place with the minion's key; without a usable key the result is kept unsigned (logged)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        pem = _lib("distmon_signing.minion_key_pem")(__opts__["pki_dir"])
+        document["signature"] = _lib("distmon_signing.sign_document")(document, pem)
+    except (OSError, ValueError, TypeError) as err:
+        # An ingester that requires signatures quarantines it with a reason, which is visible.
+        log.error("distmon: cannot sign result jid=%s minion=%s with %s/minion.pem: %s",
+                  document.get("jid"), document.get("minion_id"), __opts__.get("pki_dir"), err)
 
 
-def _write_atomic(directory: str, name: str, data: bytes, durable: bool = True) -> str:
-    """Write ``directory/name`` so readers see the old file or the whole new one, never a part."""
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        final = os.path.join(directory, name)
-        os.replace(tmp_path, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_path)
-        raise
-    if durable:
-        _fsync_dir(directory)
-    return final
-
-
-def _ensure_spool_dir(spool_dir: str) -> None:
-    os.makedirs(spool_dir, mode=0o700, exist_ok=True)
-
-
-def _spooled(spool_dir: str) -> list[SpoolEntry]:
-    """What waits, oldest first; also tidies crash leftovers (old temp files, orphan sidecars)."""
-    try:
-        names = os.listdir(spool_dir)
-    except FileNotFoundError:
-        return []
-    entries = []
-    now = time.time()
-    for name in names:
-        path = os.path.join(spool_dir, name)
-        match = SPOOLED_NAME.match(name)
-        if match:
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:  # delivered or dropped by a concurrent flush
-                continue
-            entries.append(SpoolEntry(match["jid"], path, st.st_size, st.st_mtime, st.st_ino))
-        elif name.endswith(".tmp") and name.startswith("."):
-            with contextlib.suppress(OSError):
-                if now - os.stat(path).st_mtime > STALE_TEMP_SECONDS:
-                    os.unlink(path)
-        elif name.endswith(".json" + ERROR_SUFFIX) and name[: -len(ERROR_SUFFIX)] not in names:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-    entries.sort(key=lambda entry: (entry.mtime, entry.jid))
-    return entries
-
-
-def _read_error(entry_path: str) -> dict:
-    try:
-        with open(entry_path + ERROR_SUFFIX, encoding="utf-8") as handle:
-            state = json.load(handle)
-        return state if isinstance(state, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _record_error(entry: SpoolEntry, reason: str) -> None:
-    """Keep the last error and the attempt count next to a waiting result (advisory state)."""
-    if not os.path.exists(entry.path):
-        return
-    state = _read_error(entry.path)
-    state = {
-        "attempts": int(state.get("attempts", 0) or 0) + 1,
-        "last_error": reason,
-        "last_attempt_at": _utc_now(),
-    }
-    with contextlib.suppress(OSError):
-        _write_atomic(os.path.dirname(entry.path), os.path.basename(entry.path) + ERROR_SUFFIX,
-                      json.dumps(state).encode("utf-8"), durable=False)
-
-
-def _remove_spooled(entry: SpoolEntry) -> None:
-    """Remove a delivered result, unless it was re-spooled (same jid, new file) meanwhile."""
-    try:
-        if os.stat(entry.path).st_ino == entry.inode:
-            os.unlink(entry.path)
-    except FileNotFoundError:
-        pass
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(entry.path + ERROR_SUFFIX)
-    with contextlib.suppress(OSError):
-        _fsync_dir(os.path.dirname(entry.path))
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _enforce_limits(options: dict, minion_id: str, keep: str) -> list[str]:
-    """Drop the oldest results beyond the configured limits (never the one just written)."""
-    max_files, max_bytes = options["spool_max_files"], options["spool_max_bytes"]
-    if not max_files and not max_bytes:
-        return []
-    entries = _spooled(options["spool_dir"])
-    count, total = len(entries), sum(entry.size for entry in entries)
-    dropped = []
-    for entry in entries:
-        if not ((max_files and count > max_files) or (max_bytes and total > max_bytes)):
-            break
-        if entry.jid == keep:
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(entry.path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(entry.path + ERROR_SUFFIX)
-        count, total = count - 1, total - entry.size
-        dropped.append(entry.jid)
+def _log_drops(dropped, spool: dict, minion_id: str) -> list[str]:
+    for entry in dropped:
         log.error(
             "distmon: spool limit reached (spool_max_files=%s, spool_max_bytes=%s): dropped result "
             "jid=%s minion=%s (%d bytes) without delivering it",
-            max_files, max_bytes, entry.jid, minion_id, entry.size,
+            spool["spool_max_files"], spool["spool_max_bytes"], entry.jid, minion_id, entry.size,
         )
-    return dropped
+    return [entry.jid for entry in dropped]
 
 
-def _spool_document(options: dict, minion_id: str, document: dict) -> tuple[str, list[str]]:
-    jid = _check_component("jid", document.get("jid"))
-    if document.get("minion_id") != minion_id:
-        raise SaltInvocationError(
-            f"distmon: document minion_id {document.get('minion_id')!r} is not this minion ({minion_id})"
-        )
-    data = json.dumps(document, ensure_ascii=False).encode("utf-8", "replace")
-    _ensure_spool_dir(options["spool_dir"])
-    name = f"{jid}.json"
-    if not salt.utils.verify.clean_path(options["spool_dir"], os.path.join(options["spool_dir"], name)):
-        raise SaltInvocationError(f"distmon: jid {jid!r} leaves the spool directory")
-    _write_atomic(options["spool_dir"], name, data)
-    dropped = _enforce_limits(options, minion_id, keep=jid)
-    return jid, dropped
-
-
-# -- delivery -----------------------------------------------------------------
-
-
-class _Delivery:
-    """One SFTP connection uploading spooled results, run in a worker thread.
-
-    The caller joins the worker with the remaining deadline and then calls
-    ``abort()``: closing the transport makes any blocked read or write fail, so a
-    blackholed or stalled host can never hold the minion longer than the deadline.
-    """
-
-    def __init__(self, transport: dict, minion_id: str, entries: list[SpoolEntry], deadline_at: float):
-        self.transport = transport
-        self.minion_id = minion_id
-        self.entries = entries
-        self.deadline_at = deadline_at
-        self.remote_dir = _remote_dir(transport["remote_inbox"], minion_id)
-        self.delivered: list[str] = []
-        self.failed: dict[str, str] = {}
-        self.connection_error: str | None = None
-        self.connected = False
-        self._cancelled = threading.Event()
-        self._lock = threading.Lock()
-        self._client: paramiko.SSHClient | None = None
-
-    def _remaining(self) -> float:
-        return self.deadline_at - time.monotonic()
-
-    def _socket_budget(self) -> float:
-        # Slightly past the deadline: the caller's join() expires first and reports
-        # "deadline reached"; these timeouts are the backstop if closing fails.
-        return max(self._remaining(), 0.0) + SOCKET_GRACE_SECONDS
-
-    def abort(self, reason: str) -> None:
-        self._cancelled.set()
-        with self._lock:
-            if self.connection_error is None:
-                self.connection_error = reason
-            client = self._client
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
-
-    def _connect(self) -> paramiko.SSHClient:
-        transport = self.transport
-        client = paramiko.SSHClient()
-        client.load_host_keys(transport["known_hosts"])
-        # Never trust on first use: an unknown or changed host key is refused.
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        with self._lock:
-            self._client = client
-        budget = self._socket_budget()
-        client.connect(
-            transport["host"],
-            port=transport["port"],
-            username=transport["user"],
-            key_filename=transport["key"],
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=budget,
-            banner_timeout=budget,
-            auth_timeout=budget,
-            channel_timeout=budget,
-        )
-        return client
-
-    def _ensure_remote_dir(self, sftp) -> None:
-        try:
-            sftp.stat(self.remote_dir)
-        except FileNotFoundError:
-            try:
-                sftp.mkdir(self.remote_dir, 0o755)
-            except OSError:
-                sftp.stat(self.remote_dir)  # created meanwhile by a concurrent flush: fine
-
-    def _upload(self, sftp, entry: SpoolEntry) -> None:
-        final = posixpath.join(self.remote_dir, f"{entry.jid}.json")
-        partial = posixpath.join(self.remote_dir, f".{entry.jid}.json.{secrets.token_hex(6)}.part")
-        try:
-            with open(entry.path, "rb") as handle:
-                sftp.putfo(handle, partial, confirm=True)
-            # posix-rename@openssh.com replaces an existing file atomically: a retry
-            # after a lost acknowledgement overwrites the same run.
-            sftp.posix_rename(partial, final)
-        except BaseException:
-            transport = sftp.get_channel().get_transport()
-            if transport is not None and transport.is_active():
-                with contextlib.suppress(Exception):
-                    sftp.remove(partial)
-            raise
-
-    def run(self) -> None:
-        client = None
-        try:
-            client = self._connect()
-            self.connected = True
-            sftp = client.open_sftp()
-            sftp.get_channel().settimeout(self._socket_budget())
-            try:
-                self._ensure_remote_dir(sftp)
-            except OSError as err:
-                self._set_connection_error(
-                    f"cannot create {self.remote_dir} on {self._address()}: {type(err).__name__}: {err}"
-                )
-                return
-            for entry in self.entries:
-                if self._cancelled.is_set() or self._remaining() <= 0:
-                    break
-                # A read that never completes (blackhole, stalled host) fails at the deadline.
-                sftp.get_channel().settimeout(self._socket_budget())
-                try:
-                    self._upload(sftp, entry)
-                except (OSError, paramiko.SSHException, EOFError) as err:
-                    if isinstance(err, FileNotFoundError) and not os.path.exists(entry.path):
-                        continue  # dropped by a limit, or delivered by a concurrent flush
-                    reason = f"upload failed: {type(err).__name__}: {err}"
-                    with self._lock:
-                        self.failed[entry.jid] = reason
-                    if not client.get_transport() or not client.get_transport().is_active():
-                        self._set_connection_error(f"connection lost: {type(err).__name__}: {err}")
-                        break
-                    continue
-                _remove_spooled(entry)
-                with self._lock:
-                    self.delivered.append(entry.jid)
-        except paramiko.BadHostKeyException as err:
-            self._set_connection_error(
-                f"host key of {self._address()} CHANGED: got {err.key.get_name()} "
-                f"{err.key.get_base64()[:24]}..., known_hosts {self.transport['known_hosts']} has another; refused"
-            )
-        except paramiko.SSHException as err:
-            if "known_hosts" in str(err):
-                self._set_connection_error(
-                    f"host key of {self._address()} is not in known_hosts {self.transport['known_hosts']}; "
-                    "refused (host keys are pinned, never trusted on first use)"
-                )
-            else:
-                self._set_connection_error(f"SSH error with {self._address()}: {type(err).__name__}: {err}")
-        except (OSError, EOFError) as err:
-            self._set_connection_error(f"cannot reach {self._address()}: {type(err).__name__}: {err}")
-        except Exception as err:  # noqa: BLE001 - the returner must never raise into the minion
-            self._set_connection_error(f"unexpected error: {type(err).__name__}: {err}")
-            log.exception("distmon: unexpected error while delivering results of minion %s", self.minion_id)
-        finally:
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    client.close()
-
-    def _address(self) -> str:
-        return f"{self.transport['user']}@{self.transport['host']}:{self.transport['port']}"
-
-    def _set_connection_error(self, reason: str) -> None:
-        with self._lock:
-            if self.connection_error is None:
-                self.connection_error = reason
-
-
-@contextlib.contextmanager
-def _flush_lock(spool_dir: str, deadline_at: float):
-    """Hold the spool's flush lock, waiting at most until the deadline; yields False if not held."""
-    _ensure_spool_dir(spool_dir)
-    fd = os.open(os.path.join(spool_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline_at:
-                    yield False
-                    return
-                time.sleep(LOCK_POLL_SECONDS)
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _flush(raw: dict, spool: dict, minion_id: str, started: float) -> dict:
+def _flush(transport: dict, spool: dict, minion_id: str, started: float) -> dict:
     """Upload the spool oldest first over one connection; never raises for delivery problems."""
     deadline_at = started + spool["deadline"]
     report = {"delivered": [], "waiting": [], "connections": 0}
-    with _flush_lock(spool["spool_dir"], deadline_at) as locked:
-        entries = _spooled(spool["spool_dir"])
+    remove = _lib("distmon_transport.spool_remove")
+    record_error = _lib("distmon_transport.spool_record_error")
+    outgoing = _lib("distmon_transport.outgoing")
+    with _lib("distmon_transport.spool_lock")(spool["spool_dir"], deadline_at) as locked:
+        entries = _lib("distmon_transport.spool_entries")(spool["spool_dir"])
         if not entries:
             return report
         if not locked:
             reason = f"another flush held the spool lock for the whole deadline ({spool['deadline']:g} s)"
             report["waiting"] = [{"jid": entry.jid, "reason": reason} for entry in entries]
             return report
-        try:
-            transport = _transport_options(raw)
-            delivery = _Delivery(transport, minion_id, entries, deadline_at)
-        except SaltInvocationError as err:
-            for entry in entries:
-                _record_error(entry, str(err))
-            report["waiting"] = [{"jid": entry.jid, "reason": str(err)} for entry in entries]
-            log.error("distmon: %d result(s) of minion %s stay spooled: %s", len(entries), minion_id, err)
-            return report
-        worker = threading.Thread(target=delivery.run, name=f"distmon-flush-{minion_id}", daemon=True)
-        worker.start()
-        worker.join(max(deadline_at - time.monotonic(), 0))
-        if worker.is_alive():
-            delivery.abort(f"deadline of {spool['deadline']:g} s reached")
-            worker.join(1.0)
-        report["connections"] = 1 if delivery.connected else 0
-        with delivery._lock:
-            delivered = set(delivery.delivered)
-            failed = dict(delivery.failed)
-            connection_error = delivery.connection_error
-        for entry in entries:
-            if entry.jid in delivered:
+        by_name = {f"{entry.jid}.json": entry for entry in entries}
+        result = _lib("distmon_transport.deliver")(
+            transport,
+            _lib("distmon_options.remote_dir")(transport["remote_inbox"], minion_id),
+            [outgoing(name, local_path=entry.path) for name, entry in by_name.items()],
+            deadline_at,
+            on_delivered=lambda sent: remove(by_name[sent.name]),
+            deadline_reason=f"deadline of {spool['deadline']:g} s reached",
+            thread_name=f"distmon-flush-{minion_id}",
+        )
+        report["connections"] = 1 if result.connected else 0
+        delivered = set(result.delivered)
+        for name, entry in by_name.items():
+            if name in delivered:
                 report["delivered"].append(entry.jid)
-                continue
-            if not os.path.exists(entry.path):
-                continue  # delivered by a concurrent flush or dropped by a limit
-            reason = failed.get(entry.jid) or connection_error or "not attempted"
-            report["waiting"].append({"jid": entry.jid, "reason": reason})
-            _record_error(entry, reason)
+            elif os.path.exists(entry.path):  # else delivered by a concurrent flush or dropped by a limit
+                reason = result.failed.get(name) or result.connection_error or "not attempted"
+                report["waiting"].append({"jid": entry.jid, "reason": reason})
+                record_error(entry, reason)
     if report["delivered"]:
         log.info("distmon: delivered %d result(s) of minion %s: %s", len(report["delivered"]), minion_id,
                  ", ".join(report["delivered"][:20]))
@@ -646,15 +198,24 @@ def _flush(raw: dict, spool: dict, minion_id: str, started: float) -> dict:
 # -- public functions ---------------------------------------------------------
 
 
-def store(document: dict, **kwargs) -> dict:
+def store(document: dict, sign: bool = False, option_errors: list | None = None, ret_config: str | None = None,
+          **kwargs) -> dict:
     """
-    Spool one result document, then flush the whole spool (what the distmon returner calls).
+    Spool one result document, then upload the whole spool (what the distmon returner calls).
 
-    The document is written to the spool before any network work; delivery
-    problems are reported (``waiting``), never raised. Bad input (a jid or
-    minion id that cannot be a file name, a document of another minion) raises
-    SaltInvocationError. Keyword arguments override the configuration keys
-    listed in the module documentation.
+    The document is written to the spool before anything else can fail:
+    delivery problems and bad options are reported (``waiting``,
+    ``option_errors``), never raised. With bad options (``option_errors`` the
+    caller found in its own, plus any found here) the result is spooled but not
+    sent: the reason is kept next to it (``distmon.spool`` shows it) and logged
+    once; ``distmon.flush`` sends it once the options are fixed. ``ret_config``
+    names an alternative configuration (``<name>.distmon.<key>``, as
+    ``--return_config`` does for returners). A document
+    without ``returned_at`` gets the current time; ``sign=True`` signs it with
+    the minion's key. Keyword arguments override the configuration keys listed
+    in the module documentation. Only a document that cannot be a spool file (a
+    jid or minion id that cannot be a file name, a document of another minion)
+    raises SaltInvocationError.
 
     CLI Example:
 
@@ -664,13 +225,51 @@ def store(document: dict, **kwargs) -> dict:
     """
     if not isinstance(document, dict):
         raise SaltInvocationError(f"distmon.store: document must be a dict, not {type(document).__name__}")
-    raw = _lookup_options(salt.utils.args.clean_kwargs(**kwargs))
-    spool = _spool_options(raw)
+    check_name = _lib("distmon_options.check_name")
     minion_id = _own_minion_id()
-    jid, dropped = _spool_document(spool, minion_id, document)
-    # The deadline covers delivery (lock, connect, transfer), not the local write above.
+    jid = check_name("jid", document.get("jid"), __opts__)
+    if document.get("minion_id") != minion_id:
+        raise SaltInvocationError(
+            f"distmon: document minion_id {document.get('minion_id')!r} is not this minion ({minion_id})"
+        )
+    errors = [str(error) for error in option_errors or []]
+    overrides = salt.utils.args.clean_kwargs(**kwargs)
+    unknown = _lib("distmon_options.unknown_keys_error")(overrides, _option_keys())
+    if unknown:
+        errors.append(unknown)
+        overrides = {key: value for key, value in overrides.items() if key in _option_keys()}
+    raw = _lookup_options(overrides, ret_config)
+    spool, spool_errors = _lib("distmon_options.spool_options")(raw, __opts__["cachedir"])
+    errors.extend(spool_errors)
+    transport = None
+    if not errors:
+        try:
+            transport = _lib("distmon_options.transport_options")(raw)
+        except SaltInvocationError as err:
+            errors.append(str(err))
+
+    document = {**document, "returned_at": document.get("returned_at") or _lib("distmon_transport.utc_now")()}
+    if sign:
+        _sign(document)
+    data = json.dumps(document, ensure_ascii=False).encode("utf-8", "replace")
+    path = _lib("distmon_transport.spool_write")(spool["spool_dir"], jid, data)
+    dropped = _lib("distmon_transport.spool_enforce_limits")(
+        spool["spool_dir"], spool["spool_max_files"], spool["spool_max_bytes"], keep=jid
+    )
+    dropped = _log_drops(dropped, spool, minion_id)
+
     started = time.monotonic()
-    report = _flush(raw, spool, minion_id, started)
+    if errors:
+        reason = f"not sent, options to fix: {'; '.join(errors)} (then: salt-call distmon.flush)"
+        entry = _lib("distmon_transport.spool_entry")(path)
+        if entry is not None:
+            _lib("distmon_transport.spool_record_error")(entry, reason, attempted=False)
+        log.error("distmon: result jid=%s minion=%s spooled in %s, %s", jid, minion_id, spool["spool_dir"], reason)
+        report = {"delivered": [], "waiting": [{"jid": jid, "reason": reason}], "connections": 0,
+                  "option_errors": errors}
+    else:
+        # The deadline covers delivery (lock, connect, transfer), not the local write above.
+        report = _flush(transport, spool, minion_id, started)
     report.update({"spooled": jid, "dropped": dropped, "elapsed": round(time.monotonic() - started, 3)})
     return report
 
@@ -682,7 +281,8 @@ def flush(**kwargs) -> dict:
     Returns ``delivered`` (jids now in the inbox), ``waiting`` (jid and reason
     for what stays spooled), ``connections`` and ``elapsed``. The job's retcode
     is 1 when something is still waiting. Keyword arguments override the
-    configuration keys listed in the module documentation (e.g. ``deadline=5``).
+    configuration keys listed in the module documentation (e.g. ``deadline=5``);
+    a bad option is an error.
 
     CLI Example:
 
@@ -692,11 +292,10 @@ def flush(**kwargs) -> dict:
         salt 'web-1' distmon.flush deadline=10
     """
     started = time.monotonic()
-    raw = _lookup_options(salt.utils.args.clean_kwargs(**kwargs))
-    spool = _spool_options(raw)
+    raw, spool = _checked_options(kwargs)
     minion_id = _own_minion_id()
-    _transport_options(raw)  # a misconfigured flush is the caller's error: say so now
-    report = _flush(raw, spool, minion_id, started)
+    transport = _lib("distmon_options.transport_options")(raw)  # a misconfigured flush is the caller's error
+    report = _flush(transport, spool, minion_id, started)
     report["elapsed"] = round(time.monotonic() - started, 3)
     if report["waiting"]:
         __context__["retcode"] = 1
@@ -707,18 +306,33 @@ def spool(**kwargs) -> list[dict]:
     """
     List the results waiting in the spool, oldest first: jid, size, age, attempts, last error.
 
+    ``last_error`` says why a result waits: the storage host's answer, the
+    deadline, or the options the returner found wrong (such a result is not
+    sent until they are fixed and ``distmon.flush`` runs). Bad options for this
+    call itself (this minion's configuration or the keyword arguments) are an
+    error that names them.
+
     CLI Example:
 
     .. code-block:: bash
 
         salt '*' distmon.spool
+        salt 'web-1' distmon.spool spool_dir=/var/tmp/distmon-spool
     """
-    raw = _lookup_options(salt.utils.args.clean_kwargs(**kwargs))
-    options = _spool_options(raw)
+    try:
+        _, options = _checked_options(kwargs)
+    except SaltInvocationError as err:
+        # Say how much waits, so bad options never hide a growing spool.
+        overrides = {key: value for key, value in salt.utils.args.clean_kwargs(**kwargs).items()
+                     if key in _option_keys()}
+        fallback, _ = _lib("distmon_options.spool_options")(_lookup_options(overrides), __opts__["cachedir"])
+        count = len(_lib("distmon_transport.spool_entries")(fallback["spool_dir"]))
+        raise SaltInvocationError(f"{err}; {count} result(s) wait in {fallback['spool_dir']}") from None
+    read_error = _lib("distmon_transport.spool_error")
     now = time.time()
     waiting = []
-    for entry in _spooled(options["spool_dir"]):
-        state = _read_error(entry.path)
+    for entry in _lib("distmon_transport.spool_entries")(options["spool_dir"]):
+        state = read_error(entry.path)
         waiting.append(
             {
                 "jid": entry.jid,

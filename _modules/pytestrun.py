@@ -1147,6 +1147,15 @@ def _check_kwargs(kwargs: dict) -> None:
         raise SaltInvocationError(f"unknown argument(s): {', '.join(unknown)}")
 
 
+def _saltenv(saltenv: Any) -> str:
+    """The saltenv for salt:// paths: the argument, else the minion's config, else base (as cp.cache_file)."""
+    if saltenv is not None and saltenv != "":
+        if not isinstance(saltenv, str):
+            raise SaltInvocationError(f"saltenv must be a string, not {saltenv!r}")
+        return saltenv
+    return __opts__.get("saltenv") or "base"
+
+
 def _prepare(path, args, python, cwd, env, saltenv, collect):
     """Check every argument, fetch salt:// paths; return (paths as given, args, interpreter, cwd, env, argv)."""
     paths = _split_paths(path)
@@ -1161,7 +1170,7 @@ def _prepare(path, args, python, cwd, env, saltenv, collect):
     env_vars = _check_env(env)
     interpreter = _resolve_python(python)
     pyargs = "--pyargs" in extra
-    targets, tree = _resolve_paths(paths, cwd, saltenv or "base", pyargs)
+    targets, tree = _resolve_paths(paths, cwd, _saltenv(saltenv), pyargs)
     if cwd is None:
         first = targets[0].partition("::")[0]
         if os.path.isdir(first):
@@ -1180,7 +1189,8 @@ def _prepare(path, args, python, cwd, env, saltenv, collect):
 
 def run(path: str | list, args: str | list | None = None, timeout: float | None = 600,
         python: str | None = None, cwd: str | None = None, env: dict | None = None,
-        max_output: int | None = None, saltenv: str = "base", rerun_of: str | None = None, **kwargs) -> dict:
+        max_output: int | None = None, saltenv: str | None = None, rerun_of: str | None = None,
+        **kwargs) -> dict:
     """Run pytest on test files, directories, node ids or salt:// paths; return the results.
 
     path
@@ -1201,7 +1211,9 @@ def run(path: str | list, args: str | list | None = None, timeout: float | None 
     max_output
         Cap in bytes for each captured field (default ``pytestrun.max_output`` or 64 KiB).
     saltenv
-        The fileserver environment for ``salt://`` paths.
+        The fileserver environment for ``salt://`` paths (``salt://x?saltenv=qa`` also
+        works). Default: the minion's ``saltenv`` config, else ``base``, as
+        ``cp.cache_file`` does.
     rerun_of
         The jid whose failures this run re-runs (the reactor and ``salt-run distmon.rerun`` set
         it); kept in the result, so the dashboard links the re-run to its original.
@@ -1262,7 +1274,7 @@ def run(path: str | list, args: str | list | None = None, timeout: float | None 
 
 def collect(path: str | list, args: str | list | None = None, timeout: float | None = 120,
             python: str | None = None, cwd: str | None = None, env: dict | None = None,
-            saltenv: str = "base", **kwargs) -> list[str]:
+            saltenv: str | None = None, **kwargs) -> list[str]:
     """List the test node ids pytest would run for these paths, without running them.
 
     Takes the same ``path``, ``args``, ``python``, ``cwd``, ``env`` and ``saltenv`` as

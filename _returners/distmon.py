@@ -1,22 +1,33 @@
 """
-Return ``pytestrun`` results to the distmon storage host: signed, spooled, then uploaded over SFTP.
+Return ``pytestrun.run`` results to the distmon storage host: signed, spooled, then uploaded over SFTP.
 
-For every ``pytestrun.*`` job (every job with ``all_jobs``) the returner builds
-the result document of docs/result-format.md (the function's return plus jid,
-minion id, fun, fun_args, success, retcode, a UTC timestamp and selected
-grains), signs it with the minion's own Salt key, writes it atomically into the
+For every ``pytestrun.run`` job (and, with ``all_jobs``, every job of another
+module) the returner builds the result document of docs/result-format.md (the
+function's return plus jid, minion id, fun, fun_args, success, retcode and
+selected grains) and hands it to ``distmon.store``, which stamps it with a UTC
+time, signs it with the minion's own Salt key, writes it atomically into the
 spool on the minion and then flushes the spool (this result and any older ones
 that are still waiting) to ``<remote_inbox>/<minion_id>/<jid>.json`` within
 ``deadline`` seconds. It runs after the job's return was sent to the master and
-never raises into the minion: problems are logged with the jid and minion id,
-and the result stays spooled for the next return or ``distmon.flush``.
+never raises into the minion: problems are logged once with the jid and minion
+id, and the result stays spooled for the next return or ``distmon.flush``.
 
-Spooling and uploading live in the ``distmon`` execution module
-(``_modules/distmon.py``), called through ``__salt__["distmon.store"]``, so
-``distmon.flush`` and the returner share one implementation: sync both with
-``saltutil.sync_all``.
+Never returned, even with ``all_jobs``: ``pytestrun.last``, ``pytestrun.version``
+and ``pytestrun.collect``. They run no tests, so they are not runs (``last``
+would show the previous run again under a new jid).
 
-:depends: paramiko, cryptography
+A result is spooled first whatever the options say: a bad value (``deadline:
+30s``, a relative ``spool_dir``, a key name misspelt in ``--return_kwargs``)
+leaves it spooled but not sent, with the reason next to it (``salt '*'
+distmon.spool`` shows it); a bad ``spool_dir`` spools into the default one.
+Without paramiko results are spooled too, and wait until it is installed.
+
+Spooling, signing and uploading are the shared library in ``_utils/`` reached
+through the ``distmon`` execution module (Salt gives returners no
+``__utils__``), so ``distmon.flush`` and the returner share one implementation:
+``saltutil.sync_all`` installs all of them (or ``pip install saltext-distmon``).
+
+:depends: paramiko (uploads), cryptography (signing; a Salt dependency)
 
 Configuration
 -------------
@@ -24,7 +35,7 @@ Configuration
 Options are looked up with ``salt.returners.get_returner_options``: minion
 config, grains, pillar, ``--return_config`` (alternative key prefix
 ``<name>.distmon.<key>``) and ``--return_kwargs`` (highest priority), then
-validated.
+checked.
 
 .. code-block:: yaml
 
@@ -44,7 +55,7 @@ validated.
 
     # the document
     distmon.grains: [os, osrelease, kernel, kernelrelease, num_cpus, mem_total, saltversion]
-    distmon.all_jobs: false         # true: return every job, not only pytestrun.*
+    distmon.all_jobs: false         # true: also return every job of other modules
     distmon.sign: true              # sign with <pki_dir>/minion.pem (RSA-PSS SHA-256)
 
 The same keys nested under ``distmon:`` in pillar (see ``pillar.example``).
@@ -59,51 +70,27 @@ Usage:
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
-from datetime import UTC, datetime
 
 import salt.returners
-
-try:
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
-    HAS_CRYPTOGRAPHY = True
-except ImportError:  # pragma: no cover - the minion requirements pin cryptography
-    HAS_CRYPTOGRAPHY = False
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "distmon"
 
 FORMAT = "distmon-result/1"
-SIGNATURE_ALG = "rsa-pss-sha256"
+RUN_FUNCTION = "pytestrun.run"
 DEFAULT_GRAINS = ["os", "osrelease", "kernel", "kernelrelease", "num_cpus", "mem_total", "saltversion"]
 RETURNER_KEYS = ("grains", "all_jobs", "sign")
-# Passed on to distmon.store, which validates them (one home for their rules).
-TRANSPORT_KEYS = (
-    "host",
-    "port",
-    "user",
-    "key",
-    "known_hosts",
-    "remote_inbox",
-    "spool_dir",
-    "deadline",
-    "spool_max_files",
-    "spool_max_bytes",
-)
+# Names of distmon.store's own parameters: never options, whatever --return_kwargs says.
+STORE_PARAMETERS = frozenset({"document", "sign", "option_errors", "ret_config"})
 DEFAULTS = {"grains": DEFAULT_GRAINS, "all_jobs": False, "sign": True}
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
 def __virtual__():
-    if not HAS_CRYPTOGRAPHY:
-        return (False, "distmon returner: the cryptography library is not installed")
     return __virtualname__
 
 
@@ -124,57 +111,44 @@ def _as_bool(name: str, value) -> bool:
     raise ReturnerConfigError(f"distmon.{name} must be true or false, not {value!r}")
 
 
-def _as_grain_names(value) -> list[str]:
+def _as_grain_names(name: str, value) -> list[str]:
     if isinstance(value, str):
         value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, list | tuple) or not all(isinstance(item, str) and item for item in value):
-        raise ReturnerConfigError(f"distmon.grains must be a list of grain names, not {value!r}")
+        raise ReturnerConfigError(f"distmon.{name} must be a list of grain names, not {value!r}")
     return list(value)
 
 
-def _get_options(ret: dict) -> dict:
-    """Salt's returner option lookup (config, grains, pillar, ret_config, ret_kwargs), validated."""
-    attrs = {key: key for key in RETURNER_KEYS + TRANSPORT_KEYS}
+def _get_options(ret: dict) -> tuple[dict, dict, list[str]]:
+    """(the returner's own options, the rest for distmon.store, errors); bad values fall back to defaults."""
     raw = salt.returners.get_returner_options(
-        __virtualname__, ret, attrs, __salt__=__salt__, __opts__=__opts__, defaults=DEFAULTS
+        __virtualname__, ret, {key: key for key in RETURNER_KEYS}, __salt__=__salt__, __opts__=__opts__,
+        defaults=DEFAULTS,
     )
-    unknown = sorted(set(raw) - set(attrs))
-    if unknown:
-        raise ReturnerConfigError(f"unknown option(s) {', '.join(map(str, unknown))}")
-    return {
-        "grains": _as_grain_names(raw.get("grains", DEFAULT_GRAINS)),
-        "all_jobs": _as_bool("all_jobs", raw.get("all_jobs", False)),
-        "sign": _as_bool("sign", raw.get("sign", True)),
-        "transport": {key: raw[key] for key in TRANSPORT_KEYS if raw.get(key) not in (None, "")},
-    }
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    errors = []
+    own = {}
+    for key, check in (("grains", _as_grain_names), ("all_jobs", _as_bool), ("sign", _as_bool)):
+        try:
+            own[key] = check(key, raw.get(key, DEFAULTS[key]))
+        except ReturnerConfigError as err:
+            errors.append(f"{err} (used the default, {DEFAULTS[key]!r})")
+            own[key] = DEFAULTS[key]
+    # What --return_kwargs adds beyond the returner's own keys goes to distmon.store,
+    # which knows the transport keys and reports any it does not.
+    passed_on = {}
+    for key, value in raw.items():
+        if key in RETURNER_KEYS:
+            continue
+        if key in STORE_PARAMETERS or not isinstance(key, str):
+            errors.append(f"distmon: unknown option {key!r}")
+        else:
+            passed_on[key] = value
+    return own, passed_on, errors
 
 
 def _json_safe(value):
     """What json.dumps cannot encode becomes its repr, so any return can be documented."""
     return repr(value)
-
-
-def _canonical_bytes(document: dict) -> bytes:
-    """The signed bytes (docs/result-format.md "Authenticity"): the document without ``signature``."""
-    unsigned = {key: value for key, value in document.items() if key != "signature"}
-    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def _pss() -> padding.PSS:
-    return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
-
-
-def _sign_document(document: dict, private_key_pem: bytes) -> dict:
-    """The ``signature`` object for ``document``, made with an RSA private key in PEM."""
-    key = serialization.load_pem_private_key(private_key_pem, password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError(f"the signing key is {type(key).__name__}, not RSA")
-    signature = key.sign(_canonical_bytes(document), _pss(), hashes.SHA256())
-    return {"alg": SIGNATURE_ALG, "value": base64.b64encode(signature).decode("ascii")}
 
 
 def _retcode(ret: dict) -> int:
@@ -185,7 +159,7 @@ def _retcode(ret: dict) -> int:
 
 
 def _build_document(ret: dict, grain_names: list[str], grains: dict) -> dict:
-    """The result document for one job return, normalised to plain JSON types."""
+    """The result document for one job return, normalised to plain JSON types (distmon.store adds the time)."""
     retcode = _retcode(ret)
     document = {
         "format": FORMAT,
@@ -197,7 +171,6 @@ def _build_document(ret: dict, grain_names: list[str], grains: dict) -> dict:
         # the retcode says the job failed.
         "success": bool(ret.get("success", True)) and retcode == 0,
         "retcode": retcode,
-        "returned_at": _utc_now(),
         "grains": {name: grains.get(name) for name in grain_names if name in grains},
         "result": ret.get("return"),
     }
@@ -208,47 +181,42 @@ def _build_document(ret: dict, grain_names: list[str], grains: dict) -> dict:
 
 
 def _wanted(fun: str, all_jobs: bool) -> bool:
-    return all_jobs or fun.startswith("pytestrun.")
-
-
-def _minion_key_pem() -> bytes:
-    with open(os.path.join(__opts__["pki_dir"], "minion.pem"), "rb") as handle:
-        return handle.read()
+    """pytestrun.run always; another module's function with all_jobs; pytestrun's read-only functions never."""
+    if fun.startswith("pytestrun."):
+        return fun == RUN_FUNCTION
+    return all_jobs
 
 
 def _deliver(ret: dict) -> dict | None:
-    options = _get_options(ret)
+    options, passed_on, errors = _get_options(ret)
     fun = str(ret.get("fun", ""))
+    jid, minion_id = ret.get("jid"), ret.get("id") or __opts__.get("id")
     if not _wanted(fun, options["all_jobs"]):
-        log.debug("distmon: not returning %s (jid %s): only pytestrun.* unless all_jobs", fun, ret.get("jid"))
+        log.debug("distmon: not returning %s (jid %s): only %s, other modules with all_jobs", fun, jid, RUN_FUNCTION)
+        if errors:
+            log.error("distmon: options to fix (jid=%s minion=%s): %s", jid, minion_id, "; ".join(errors))
         return None
     if not ret.get("id"):
-        ret = {**ret, "id": __opts__.get("id")}
+        ret = {**ret, "id": minion_id}
     # __grains__ is a loader context object, not a dict; the scheduler may not pack it.
     grains = globals().get("__grains__")
     if grains is None:
         grains = __opts__.get("grains") or {}
     document = _build_document(ret, options["grains"], grains)
-    if options["sign"]:
-        try:
-            document["signature"] = _sign_document(document, _minion_key_pem())
-        except (OSError, ValueError, TypeError) as err:
-            # Spool it unsigned rather than lose it: an ingester that requires
-            # signatures quarantines it with a reason, which is visible.
-            log.error("distmon: cannot sign result jid=%s minion=%s with %s/minion.pem: %s",
-                      document["jid"], document["minion_id"], __opts__.get("pki_dir"), err)
     if "distmon.store" not in __salt__:
-        log.error("distmon: result jid=%s minion=%s not spooled: the distmon execution module is not "
-                  "available (run saltutil.sync_all)", document["jid"], document["minion_id"])
+        log.error("distmon: result jid=%s minion=%s lost: the distmon execution module is not loaded on this "
+                  "minion (`salt-call sys.list_functions distmon` is empty; the minion log at debug level says "
+                  "why it did not load)", jid, minion_id)
         return None
-    report = __salt__["distmon.store"](document, **options["transport"])
-    log.debug("distmon: jid=%s minion=%s report %s", document["jid"], document["minion_id"], report)
+    report = __salt__["distmon.store"](document, sign=options["sign"], option_errors=errors,
+                                       ret_config=ret.get("ret_config"), **passed_on)
+    log.debug("distmon: jid=%s minion=%s report %s", jid, minion_id, report)
     return report
 
 
 def returner(ret: dict) -> None:
     """
-    Sign, spool and upload the result of a ``pytestrun.*`` job (every job with ``all_jobs``).
+    Sign, spool and upload the result of a ``pytestrun.run`` job (of other modules' jobs with ``all_jobs``).
 
     CLI Example:
 

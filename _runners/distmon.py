@@ -5,10 +5,17 @@ Drive distributed pytest runs from the master and report on the distmon stack.
     runs still work and the manifest is skipped with a warning)
 
 ``distmon.run`` publishes ``pytestrun.run`` to the targeted minions with the
-``distmon`` returner, shows each minion's outcome as it arrives, prints a
-summary table and exits non-zero when a test failed or a targeted minion did
-not return. It also writes the job manifest ``<remote_inbox>/_jobs/<jid>.json``
-to the storage host, so the dashboard knows which minions were targeted.
+``distmon`` returner, shows each minion's outcome as it arrives (progress
+events, ``salt/run/<jid>/progress``), then the summary table (the ``distmon``
+outputter; ``--out json`` gives the same data as JSON) and exits non-zero when
+a test failed or a targeted minion did not return. It also writes the job
+manifest ``<remote_inbox>/_jobs/<jid>.json`` to the storage host, so the
+dashboard knows which minions were targeted.
+
+The SFTP connection, the option checks and the summaries are the shared library
+in ``_utils/`` (``distmon_options``, ``distmon_transport``, ``distmon_summary``),
+the same code the minions use: sync it to the master with
+``salt-run saltutil.sync_all`` (runners, utils and the outputter).
 
 The master reaches the storage host with the same option names the returner
 uses on the minions, in the master config:
@@ -36,49 +43,36 @@ CLI Example:
 
 from __future__ import annotations
 
-import datetime
-import io
+import importlib
 import json
 import logging
-import os
-import re
 import shlex
 import sys
 import threading
 import time
-import uuid
 
 import salt.client
 import salt.exceptions
 import salt.utils.event
-
-try:
-    import paramiko
-
-    HAS_PARAMIKO = True
-except ImportError:  # pragma: no cover - paramiko is a pinned dependency
-    HAS_PARAMIKO = False
+from salt.exceptions import SaltInvocationError
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "distmon"
 
+_PACKAGE = "saltext.distmon.utils."
 RUN_FUNCTION = "pytestrun.run"
 RETURNER = "distmon"
+OUTPUTTER = "distmon"
 MANIFEST_FORMAT = "distmon-job/1"
-MANIFEST_DIR = "_jobs"
 DEFAULT_MANIFEST_DEADLINE = 5.0
 # Salt's own target types; the issue names the first five, the rest cost nothing.
 TARGET_TYPES = (
     "glob", "pcre", "list", "grain", "compound",
     "grain_pcre", "pillar", "pillar_pcre", "nodegroup", "ipcidr", "range",
 )
-COUNT_KEYS = ("passed", "failed", "skipped", "xfailed", "xpassed", "errors")
-TABLE_COLUMNS = ("minion", "passed", "failed", "skipped", "errors", "duration", "status")
-NO_RETURN = "no_return"
-# A path component the storage host accepts (docs/result-format.md, identifiers).
-SAFE_NAME = re.compile(r"^[0-9A-Za-z_.-]{1,255}$")
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Outputters meant for people; any other (json, yaml, ...) is for programs.
+HUMAN_OUTPUTTERS = (None, "", OUTPUTTER, "nested", "highstate", "txt", "text")
 USAGE = (
     "usage: salt-run distmon.run path=<file|dir|salt://...> tgt=<target> "
     "[tgt_type=glob|pcre|list|grain|compound] [timeout=<s>] [args='<pytest args>'] "
@@ -97,38 +91,48 @@ class DistmonUsageError(salt.exceptions.NotImplemented):
 
 
 def __virtual__():
+    try:
+        _lib("distmon_summary.summarize_return")
+        _lib("distmon_transport.deliver")
+    except (ImportError, AttributeError):
+        return (False, "distmon runner: the shared library _utils/distmon_*.py is not loaded on the master: "
+                       "run salt-run saltutil.sync_all (or pip install saltext-distmon)")
     return __virtualname__
+
+
+def _lib(name: str):
+    """The shared library's ``module.function``: ``_utils`` synced to the master, or the saltext package."""
+    module, _, function = name.partition(".")
+    return __utils__[name] if name in __utils__ else getattr(importlib.import_module(_PACKAGE + module), function)
 
 
 # -- small helpers -------------------------------------------------------------
 
 
-def _utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _machine_output() -> bool:
     """True when the user asked for a machine-readable outputter (json, yaml, ...)."""
-    return __opts__.get("output") not in (None, "", "nested", "highstate", "txt", "text")
+    return __opts__.get("output") not in HUMAN_OUTPUTTERS
 
 
 def _progress(message: str) -> None:
-    """Show one line of progress now, and put it on the event bus.
+    """One line of progress, as a Salt runner reports it: a ``progress`` event.
 
-    The event is Salt's runner convention (``salt/run/<jid>/progress``, what
-    event-bus listeners and salt-api see). salt-run would echo it through the
-    outputter as a ten-line nested dump per line, or as extra JSON documents
-    with ``--out json``; so the line is printed here as plain text (on stderr
-    with a machine outputter, keeping stdout one document) and the event is
-    fired without the echo.
+    salt-run shows progress events through the outputter the event names
+    (``distmon``: the line as it is). With a machine outputter salt-run would
+    print every event as one more JSON/YAML document before the data, so then
+    the event only goes on the bus and the line to stderr: stdout stays one
+    document.
     """
-    print(message, file=sys.stderr if _machine_output() else sys.stdout, flush=True)
+    data = {"message": message, "outputter": OUTPUTTER}
     try:
-        bus, base = __jid_event__.event, __jid_event__.base
+        jid_event = __jid_event__
+        if _machine_output():
+            print(message, file=sys.stderr, flush=True)
+            jid_event.event.fire_event(data, salt.utils.event.tagify("progress", base=jid_event.base))
+        else:
+            jid_event.fire_event(data, "progress")
     except (AttributeError, NameError, ReferenceError):
-        return  # called outside a runner job (the Python API without an event)
-    try:
-        bus.fire_event({"message": message}, salt.utils.event.tagify("progress", base=base))
+        print(message, file=sys.stderr, flush=True)  # the Python API without a job event
     except Exception as err:  # noqa: BLE001 - progress is a courtesy, never fail the run for it
         log.debug("distmon: progress event not fired: %s", err)
 
@@ -185,7 +189,7 @@ def _split_target(tgt, tgt_type: str):
 def _split_args(args):
     if args is None or args == "":
         return []
-    if isinstance(args, (list, tuple)):
+    if isinstance(args, list | tuple):
         return [str(arg) for arg in args]
     try:
         return shlex.split(str(args))
@@ -193,192 +197,54 @@ def _split_args(args):
         raise DistmonUsageError(f"args cannot be split like a shell does: {err}\n{USAGE}") from None
 
 
-# -- summarising returns -----------------------------------------------------------
+def _row(jid: str, ret, retcode=None) -> dict:
+    return {"jid": jid, **_lib("distmon_summary.summarize_return")(ret, retcode)}
 
 
-def summarize_return(ret, retcode=None) -> dict:
-    """One minion's summary row from its ``pytestrun.run`` return (any shape)."""
-    if not isinstance(ret, dict) or "counts" not in ret:
-        # A string means the minion could not run it: module missing, bad argument, exception.
-        message = ret if isinstance(ret, str) else json.dumps(ret, default=str)[:2000]
-        return {
-            "status": "error",
-            **dict.fromkeys(COUNT_KEYS, 0),
-            "duration": None,
-            "retcode": retcode if retcode is not None else 1,
-            "message": str(message).strip()[:2000],
-            "failures": [],
-        }
-    counts = ret.get("counts") or {}
-    failures = [
-        {"nodeid": test.get("nodeid"), "outcome": test.get("outcome"), "message": test.get("message")}
-        for test in ret.get("tests") or []
-        if isinstance(test, dict) and test.get("outcome") in ("failed", "error")
-    ]
-    summary = {
-        "status": _printable(ret.get("status") or "error")[:40],
-        **{key: int(counts.get(key) or 0) for key in COUNT_KEYS},
-        "duration": ret.get("duration"),
-        "retcode": retcode if retcode is not None else int(ret.get("exitcode") or 0),
-        "failures": failures,
-    }
-    if ret.get("message"):
-        summary["message"] = str(ret["message"])
-    return summary
+def _missing_row(jid: str, reason: str) -> dict:
+    return {"jid": jid, **_lib("distmon_summary.no_return_row")(reason)}
 
 
-def _no_return_row(reason: str) -> dict:
-    return {
-        "status": NO_RETURN,
-        **dict.fromkeys(COUNT_KEYS, 0),
-        "duration": None,
-        "retcode": None,
-        "message": reason,
-        "failures": [],
-    }
-
-
-def _row_failed(row: dict) -> bool:
-    return row["status"] != "passed"
-
-
-def _printable(text) -> str:
-    """Test ids and messages come from the minions: no control characters reach the terminal."""
-    return CONTROL_CHARS.sub("?", str(text))
-
-
-def _first_line(text) -> str:
-    lines = str(text or "").strip().splitlines()
-    return _printable(lines[0][:200]) if lines else ""
-
-
-def _progress_line(minion: str, row: dict, max_failures: int = 5) -> str:
-    """What the user sees when one minion's return arrives."""
-    if row["status"] == NO_RETURN:
-        return f"{minion}: did not return ({row['message']})"
-    if row["duration"] is None and row["status"] == "error":
-        return f"{minion}: error: {_first_line(row.get('message'))}"
-    duration = f"{row['duration']:.2f} s" if isinstance(row["duration"], (int, float)) else "-"
-    line = (
-        f"{minion}: {row['status']}: {row['passed']} passed, {row['failed']} failed, "
-        f"{row['skipped']} skipped, {row['errors']} errors in {duration}"
-    )
-    if row.get("message") and row["status"] != "passed":
-        line += f" ({_first_line(row['message'])})"
-    for failure in row["failures"][:max_failures]:
-        reason = _first_line(failure.get("message"))
-        nodeid = _printable(failure["nodeid"])
-        line += f"\n    {str(failure['outcome']).upper()} {nodeid}" + (f" - {reason}" if reason else "")
-    if len(row["failures"]) > max_failures:
-        line += f"\n    ... and {len(row['failures']) - max_failures} more"
-    return line
-
-
-def format_table(rows: dict, targeted) -> str:
-    """The summary table: one line per minion, then the minions that did not return."""
-    body = []
-    for minion in sorted(rows):
-        row = rows[minion]
-        duration = f"{row['duration']:.2f}" if isinstance(row["duration"], (int, float)) else "-"
-        if row["status"] == NO_RETURN:
-            body.append((minion, "-", "-", "-", "-", "-", NO_RETURN))
-        else:
-            body.append((minion, str(row["passed"]), str(row["failed"]), str(row["skipped"]),
-                         str(row["errors"]), duration, row["status"]))
-    widths = [max([len(col)] + [len(line[i]) for line in body]) for i, col in enumerate(TABLE_COLUMNS)]
-
-    def fmt(cells):
-        return "  ".join(
-            cell.ljust(width) if i in (0, len(cells) - 1) else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    lines = [fmt(TABLE_COLUMNS), fmt(["-" * width for width in widths])]
-    lines.extend(fmt(line) for line in body)
-    missing = sorted(minion for minion, row in rows.items() if row["status"] == NO_RETURN)
-    returned = len(rows) - len(missing)
-    lines.append("")
-    lines.append(f"{returned} of {len(set(targeted) | set(rows))} targeted minions returned")
-    if missing:
-        lines.append("Did not return: " + ", ".join(missing))
-    return "\n".join(lines)
-
-
-def _finish(rows: dict, targeted) -> dict:
-    """Print the table, set the exit code and build the return keyed by minion id."""
-    _progress(format_table(rows, targeted))
-    failed = any(_row_failed(row) for row in rows.values()) or not rows
+def _finish(rows: dict) -> dict:
+    """Set the exit code; the return is the rows keyed by minion id, shown by the distmon outputter."""
+    row_failed = _lib("distmon_summary.row_failed")
+    failed = any(row_failed(row) for row in rows.values()) or not rows
     retcode = 1 if failed else 0
     # __context__ marks the job failed for orchestration and the job cache;
-    # salt-run's exit code comes from a top-level "retcode" key in the return,
-    # as state.orchestrate returns it (salt/cli/run.py).
+    # salt-run's exit code comes from the return's "retcode" (salt/cli/run.py).
     __context__["retcode"] = retcode
-    ret = dict(sorted(rows.items()))
-    ret["retcode"] = retcode
-    return ret
+    data = dict(sorted(rows.items()))
+    data["retcode"] = retcode
+    return {"data": data, "outputter": OUTPUTTER}
 
 
-# -- the job manifest on the storage host -------------------------------------------
+# -- the storage host, with the minions' option names in the master config -------------------
 
 
-def _storage_options() -> dict:
-    """The master's ``distmon.*`` options, coerced and validated."""
-    options = {
-        "host": __opts__.get("distmon.host"),
-        "port": __opts__.get("distmon.port", 22),
-        "user": __opts__.get("distmon.user"),
-        "key": __opts__.get("distmon.key"),
-        "known_hosts": __opts__.get("distmon.known_hosts"),
-        "remote_inbox": __opts__.get("distmon.remote_inbox"),
-        "deadline": __opts__.get("distmon.manifest_deadline", DEFAULT_MANIFEST_DEADLINE),
-    }
+def _master_raw_options() -> dict:
+    return {key: __opts__.get(f"distmon.{key}") for key in _lib("distmon_options.option_keys")()}
+
+
+def _storage_transport() -> tuple[dict | None, float, str | None]:
+    """(checked transport options or None, deadline, why not) from the master's ``distmon.*`` options."""
+    raw = _master_raw_options()
     try:
-        options["port"] = int(options["port"] or 22)
-        options["deadline"] = float(options["deadline"] or DEFAULT_MANIFEST_DEADLINE)
-    except (TypeError, ValueError):
-        raise salt.exceptions.CommandExecutionError(
-            f"distmon.port / distmon.manifest_deadline must be numbers: {options['port']!r}, "
-            f"{options['deadline']!r}"
-        ) from None
-    return options
-
-
-def _connect(options: dict, timeout: float):
-    """An SSH client to the storage host, its host key verified against known_hosts."""
-    if not options.get("known_hosts") or not os.path.isfile(options["known_hosts"]):
-        raise salt.exceptions.CommandExecutionError(
-            f"distmon.known_hosts {options.get('known_hosts')!r} is not a file: "
-            "the storage host's key must be pinned"
+        deadline = _lib("distmon_options.as_deadline")(
+            "manifest_deadline", __opts__.get("distmon.manifest_deadline") or DEFAULT_MANIFEST_DEADLINE
         )
-    client = paramiko.SSHClient()
-    client.load_host_keys(options["known_hosts"])
-    # Never trust an unknown key: a changed or unknown host key is refused.
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    try:
-        client.connect(
-            options["host"],
-            port=options["port"],
-            username=options["user"],
-            key_filename=options["key"],
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-            channel_timeout=timeout,
-        )
-    except Exception:
-        client.close()
-        raise
-    return client
+        if not raw.get("host"):
+            return None, deadline, "distmon.host is not set in the master config"
+        return _lib("distmon_options.transport_options")(raw), deadline, None
+    except SaltInvocationError as err:
+        return None, DEFAULT_MANIFEST_DEADLINE, f"{err} (master config)"
 
 
-def build_manifest(jid: str, tgt, tgt_type: str, targeted, started_at: str, fun: str = RUN_FUNCTION) -> dict:
-    """The job manifest document (brief: ``distmon-job/1``)."""
+def _manifest(jid: str, tgt, tgt_type: str, targeted, started_at: str) -> dict:
+    """The job manifest document (``distmon-job/1``)."""
     return {
         "format": MANIFEST_FORMAT,
         "jid": jid,
-        "fun": fun,
+        "fun": RUN_FUNCTION,
         "tgt": tgt,
         "tgt_type": tgt_type,
         "targeted": sorted(targeted),
@@ -386,75 +252,59 @@ def build_manifest(jid: str, tgt, tgt_type: str, targeted, started_at: str, fun:
     }
 
 
-def _upload_manifest(options: dict, manifest: dict) -> None:
-    """Write ``<remote_inbox>/_jobs/<jid>.json`` under a temporary name, then rename."""
-    jid = manifest["jid"]
-    if not SAFE_NAME.match(jid) or jid in (".", ".."):
-        raise salt.exceptions.CommandExecutionError(f"jid {jid!r} is not a safe file name")
-    payload = json.dumps(manifest, sort_keys=True).encode("utf-8")
-    jobs_dir = f"{options['remote_inbox'].rstrip('/')}/{MANIFEST_DIR}"
-    client = _connect(options, options["deadline"])
-    try:
-        sftp = client.open_sftp()
-        sftp.get_channel().settimeout(options["deadline"])
-        try:
-            sftp.stat(jobs_dir)
-        except FileNotFoundError:
-            sftp.mkdir(jobs_dir)
-        # A leading dot: the ingester never acts on the half-written file.
-        temp = f"{jobs_dir}/.{jid}.json.{uuid.uuid4().hex[:8]}.part"
-        sftp.putfo(io.BytesIO(payload), temp, confirm=True)
-        sftp.posix_rename(temp, f"{jobs_dir}/{jid}.json")
-        sftp.close()
-    finally:
-        client.close()
-
-
 class _ManifestUpload:
-    """The manifest upload in a thread, so a slow storage host never holds the run up."""
+    """Writes ``<remote_inbox>/_jobs/<jid>.json`` in a thread, so a slow storage host never holds the run up."""
 
     def __init__(self, manifest: dict):
         self.manifest = manifest
         self.error: str | None = None
+        self.configured = False
         self.done = False
-        self.options: dict = {}
         self.thread: threading.Thread | None = None
+        self.deadline = DEFAULT_MANIFEST_DEADLINE
 
     def start(self) -> None:
+        transport, self.deadline, why_not = _storage_transport()
+        jid = self.manifest["jid"]
+        if transport is None:
+            self.error = why_not
+            if why_not.startswith("distmon.host is not set"):
+                log.info("distmon: job %s: manifest skipped: %s", jid, why_not)
+            else:
+                self.configured = True  # configured, but wrongly: the user must hear of it
+            return
+        self.configured = True
         try:
-            self.options = _storage_options()
-        except salt.exceptions.CommandExecutionError as err:
+            _lib("distmon_options.check_name")("jid", jid, __opts__)
+            jobs_dir = _lib("distmon_options.remote_dir")(
+                transport["remote_inbox"], _lib("distmon_options.jobs_dir")()
+            )
+        except SaltInvocationError as err:
             self.error = str(err)
             return
-        if not self.options["host"] or not self.options["remote_inbox"]:
-            self.error = "distmon.host / distmon.remote_inbox not set in the master config"
-            log.info("distmon: job %s: manifest skipped: %s", self.manifest["jid"], self.error)
-            self.options = {}
-            return
-        if not HAS_PARAMIKO:
-            self.error = "paramiko is not installed on the master"
-            return
-        self.thread = threading.Thread(target=self._run, name="distmon-manifest", daemon=True)
-        self.thread.start()
-        self.started = time.monotonic()
+        payload = json.dumps(self.manifest, sort_keys=True).encode("utf-8")
+        files = [_lib("distmon_transport.outgoing")(f"{jid}.json", payload=payload)]
+        deliver = _lib("distmon_transport.deliver")
+        deadline_at = time.monotonic() + self.deadline
 
-    def _run(self) -> None:
-        try:
-            _upload_manifest(self.options, self.manifest)
-            self.done = True
-        except Exception as err:  # noqa: BLE001 - best effort: report, never fail the run
-            self.error = f"{type(err).__name__}: {err}"
+        def upload() -> None:
+            report = deliver(transport, jobs_dir, files, deadline_at,
+                             deadline_reason=f"no answer from the storage host within {self.deadline:g} s",
+                             thread_name="distmon-manifest-sftp")
+            self.done = bool(report.delivered)
+            if not self.done:
+                self.error = next(iter(report.failed.values()), None) or report.connection_error
+
+        self.thread = threading.Thread(target=upload, name="distmon-manifest", daemon=True)
+        self.thread.start()
 
     def wait(self) -> None:
-        """Wait what is left of the deadline; warn when the manifest did not make it."""
+        """Wait for the upload (it gives up at its own deadline); warn when the manifest did not make it."""
         if self.thread is not None:
-            remaining = self.options["deadline"] - (time.monotonic() - self.started)
-            self.thread.join(max(remaining, 0.0))
-            if self.thread.is_alive():
-                self.error = f"no answer from the storage host within {self.options['deadline']:g} s"
+            self.thread.join(self.deadline + 5)
         if self.done:
             log.info("distmon: job %s: manifest written", self.manifest["jid"])
-        elif self.options:
+        elif self.configured:
             # Configured but not written: the user should know the dashboard lacks the target list.
             log.warning("distmon: job %s: manifest not written: %s", self.manifest["jid"], self.error)
             _progress(f"warning: job manifest not written to the storage host: {self.error}")
@@ -504,7 +354,8 @@ def run(
 
     Returns a dict keyed by minion id (status, the counts, duration, retcode,
     failures) plus ``retcode``: 0 when every targeted minion returned and all
-    its tests passed, else 1; ``salt-run`` exits with it.
+    its tests passed, else 1; ``salt-run`` exits with it. It is shown as a
+    summary table (the ``distmon`` outputter); ``--out json`` prints the dict.
 
     CLI Example:
 
@@ -534,7 +385,8 @@ def run(
     if test_timeout:
         kwarg["timeout"] = test_timeout
 
-    started_at = _utc_now()
+    progress_line = _lib("distmon_summary.progress_line")
+    started_at = _lib("distmon_transport.utc_now")()
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
         pub_data = client.run_job(
             target, RUN_FUNCTION, arg=[path], tgt_type=tgt_type, ret=ret,
@@ -545,7 +397,7 @@ def run(
         jid = pub_data["jid"]
         targeted = sorted(pub_data["minions"])
         _progress(f"jid {jid}: {RUN_FUNCTION} {path} sent to {len(targeted)} minion(s): {', '.join(targeted)}")
-        upload = _ManifestUpload(build_manifest(jid, target, tgt_type, targeted, started_at))
+        upload = _ManifestUpload(_manifest(jid, target, tgt_type, targeted, started_at))
         upload.start()
 
         rows: dict = {}
@@ -565,8 +417,8 @@ def run(
             for minion, data in event.items():
                 if not isinstance(data, dict) or "ret" not in data or minion in rows:
                     continue
-                rows[minion] = {"jid": jid, **summarize_return(data["ret"], data.get("retcode"))}
-                _progress(_progress_line(minion, rows[minion]))
+                rows[minion] = _row(jid, data["ret"], data.get("retcode"))
+                _progress(progress_line(minion, rows[minion]))
         upload.wait()
 
     for minion in targeted:
@@ -575,9 +427,9 @@ def run(
                 f"still no return when max_wait ({max_wait:g} s) ran out" if gave_up
                 else f"no answer within the timeout ({timeout} s): down, or the job was lost"
             )
-            rows[minion] = {"jid": jid, **_no_return_row(reason)}
-            _progress(_progress_line(minion, rows[minion]))
-    return _finish(rows, targeted)
+            rows[minion] = _missing_row(jid, reason)
+            _progress(progress_line(minion, rows[minion]))
+    return _finish(rows)
 
 
 def results(jid=None) -> dict:
@@ -588,7 +440,8 @@ def results(jid=None) -> dict:
         The job id ``distmon.run`` printed (or ``salt-run jobs.list_jobs`` shows).
 
     Returns the same dict as ``distmon.run``: one row per targeted minion
-    (``no_return`` for those the cache has no return from) plus ``retcode``.
+    (``no_return`` for those the cache has no return from) plus ``retcode``,
+    shown as the same table.
 
     CLI Example:
 
@@ -600,8 +453,10 @@ def results(jid=None) -> dict:
     if not jid:
         raise DistmonUsageError("jid missing\nusage: salt-run distmon.results jid=<jid>")
     jid = str(jid)
-    if not SAFE_NAME.match(jid):
-        raise DistmonUsageError(f"jid {jid!r} is not a job id")
+    try:
+        _lib("distmon_options.check_name")("jid", jid, __opts__)
+    except SaltInvocationError:
+        raise DistmonUsageError(f"jid {jid!r} is not a job id") from None
     job = __salt__["jobs.list_job"](jid)
     if not isinstance(job, dict) or "Error" in job or not job.get("Function"):
         raise DistmonUsageError(f"job {jid} is not in the job cache")
@@ -614,62 +469,10 @@ def results(jid=None) -> dict:
     rows = {}
     for minion in targeted:
         if minion in returns and isinstance(returns[minion], dict) and "return" in returns[minion]:
-            rows[minion] = {"jid": jid, **summarize_return(returns[minion]["return"], returns[minion].get("retcode"))}
+            rows[minion] = _row(jid, returns[minion]["return"], returns[minion].get("retcode"))
         else:
-            rows[minion] = {"jid": jid, **_no_return_row("no return in the job cache")}
-    return _finish(rows, targeted)
-
-
-def _check_storage_host(options: dict) -> dict:
-    """Connect with the pinned host key, log in, and look at the inbox."""
-    report = {
-        "host": options.get("host"),
-        "port": options.get("port"),
-        "reachable": False,
-        "host_key_verified": False,
-        "login": False,
-        "inbox": None,
-    }
-    if not options.get("host"):
-        report["error"] = "distmon.host is not set in the master config"
-        return report
-    if not HAS_PARAMIKO:
-        report["error"] = "paramiko is not installed on the master"
-        return report
-    started = time.monotonic()
-    try:
-        client = _connect(options, options["deadline"])
-    except paramiko.BadHostKeyException as err:
-        report.update(reachable=True, error=f"host key does not match known_hosts: {err}")
-        return report
-    except paramiko.AuthenticationException as err:
-        # Authentication comes after the host key check, so the key was verified.
-        report.update(reachable=True, host_key_verified=True, error=f"login refused: {err}")
-        return report
-    except paramiko.SSHException as err:
-        report.update(reachable=True, error=f"SSH handshake failed: {err}")
-        return report
-    except (OSError, salt.exceptions.CommandExecutionError) as err:
-        report["error"] = f"{type(err).__name__}: {err}"
-        return report
-    try:
-        report.update(reachable=True, host_key_verified=True, login=True)
-        report["handshake_ms"] = round((time.monotonic() - started) * 1000, 1)
-        if options.get("remote_inbox"):
-            sftp = client.open_sftp()
-            sftp.get_channel().settimeout(options["deadline"])
-            try:
-                sftp.stat(options["remote_inbox"])
-                report["inbox"] = options["remote_inbox"]
-            except OSError as err:
-                report["error"] = f"inbox {options['remote_inbox']!r}: {err}"
-            finally:
-                sftp.close()
-    except (OSError, paramiko.SSHException) as err:
-        report["error"] = f"SFTP failed: {type(err).__name__}: {err}"
-    finally:
-        client.close()
-    return report
+            rows[minion] = _missing_row(jid, "no return in the job cache")
+    return _finish(rows)
 
 
 def status(tgt="*", tgt_type: str = "glob", timeout=None, gather_job_timeout=None) -> dict:
@@ -704,10 +507,11 @@ def status(tgt="*", tgt_type: str = "glob", timeout=None, gather_job_timeout=Non
         tgt=target, tgt_type=tgt_type, timeout=timeout, gather_job_timeout=gather_job_timeout
     )
     up, down = sorted(minions.get("up", [])), sorted(minions.get("down", []))
-    try:
-        storage = _check_storage_host(_storage_options())
-    except salt.exceptions.CommandExecutionError as err:
-        storage = {"reachable": False, "error": str(err)}
+    transport, deadline, why_not = _storage_transport()
+    if transport is None:
+        storage = {"reachable": False, "host_key_verified": False, "login": False, "inbox": None, "error": why_not}
+    else:
+        storage = _lib("distmon_transport.check_host")(transport, deadline)
 
     spool = {}
     if up:

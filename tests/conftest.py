@@ -6,7 +6,8 @@ Everything here is session-scoped so the suite starts each daemon once:
   (tools/storage_host.py, the same code ``make up`` uses).
 - ``salt_master``: pytest-salt-factories master whose file_roots serve this repo's
   ``states/``, ``_modules/``, ``_runners/``, ``_returners/`` and ``sample_tests/``,
-  as a real master would; runners are synced with ``saltutil.sync_runners``.
+  as a real master would; the master syncs its runners, the shared ``_utils``
+  library and the outputter with ``salt-run saltutil.sync_all``.
 - ``salt_minion`` (``web-1``) and ``salt_minion_2`` (``web-2``): real minions,
   modules synced with ``saltutil.sync_all``, the distmon returner pointed at
   ``storage_host`` with its pinned known_hosts.
@@ -28,14 +29,35 @@ import uuid
 from pathlib import Path
 
 import pytest
+import salt._logging.impl
 
 from tests import db_backend
 from tools.storage_host import StorageHost, free_port, remove_external_chroots
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _hand_salts_early_log_records_to_pytest() -> None:
+    """Remove Salt's temporary log handler from this process; pass what it holds to pytest's handlers.
+
+    Importing ``salt`` into a process whose root logger has no handler installs a
+    ``DeferredStreamHandler`` on ``sys.stderr`` as it is at that moment (pytest's
+    capture stream): it keeps every warning of the whole session (up to 10,000)
+    and writes them at interpreter exit, when that stream is closed, so each one
+    became a "--- Logging error --- ValueError: I/O operation on closed file"
+    traceback after the test summary. Salt's own CLIs drop it once logging is
+    configured (``shutdown_temp_handler``); a test process must do the same. The
+    records are not lost: from here on they reach pytest's handlers, which show
+    them with the test that logged them.
+    """
+    salt._logging.impl.shutdown_temp_handler()
+
+
+_hand_salts_early_log_records_to_pytest()
+
 # sshd's ChrootDirectory needs root-owned, non-world-writable parents: /tmp is not.
 HARNESS_ROOT = REPO_ROOT / ".run" / "pytest"
-SYNCED_DIRS = ("_modules", "_runners", "_returners", "sample_tests")
+SYNCED_DIRS = ("_modules", "_runners", "_returners", "_utils", "_output", "sample_tests")
 
 
 def pytest_addoption(parser):
@@ -44,6 +66,7 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    _hand_salts_early_log_records_to_pytest()  # again, in case a plugin imported salt after this module
     chosen = config.getoption("--db-backend")
     if chosen:
         os.environ[db_backend.BACKEND_ENV] = chosen
@@ -153,7 +176,7 @@ def salt_master(salt_factories, file_roots_dir, storage_host):
     }
     master = salt_factories.salt_master_daemon("distmon-master", overrides=overrides)
     with master.started():
-        ret = master.salt_run_cli(timeout=120).run("saltutil.sync_runners")
+        ret = master.salt_run_cli(timeout=120).run("saltutil.sync_all")
         assert ret.returncode == 0, ret
         yield master
 

@@ -29,3 +29,23 @@ def fake_config_option(opts: dict, pillar: dict):
         return "" if default is None else default
 
     return option
+
+
+UTILS_LIBRARY = ("distmon_options", "distmon_transport", "distmon_signing", "distmon_summary")
+
+
+def load_utils(names=UTILS_LIBRARY) -> dict:
+    """``__utils__`` as Salt's loader builds it from ``_utils/``: ``{"<module>.<function>": function}``.
+
+    Only public functions, as the loader hands out (no classes, no constants), so a
+    consumer that reaches for anything else fails here as it would in a real minion.
+    """
+    import inspect
+
+    utils = {}
+    for name in names:
+        module = load_loader_module(f"_utils/{name}.py", f"distmon_utils_{name}")
+        for attr, value in vars(module).items():
+            if not attr.startswith("_") and inspect.isfunction(value) and value.__module__ == module.__name__:
+                utils[f"{name}.{attr}"] = value
+    return utils

@@ -38,7 +38,7 @@ RUN = REPO / ".run"
 LOG = RUN / "log"
 VENV_BIN = Path(sys.executable).parent
 MINIONS = ("web-1", "web-2", "db-1")
-SYNCED_DIRS = ("_modules", "_runners", "_returners", "sample_tests")
+SYNCED_DIRS = ("_modules", "_runners", "_returners", "_utils", "_output", "sample_tests")
 
 PUBLISH_PORT = int(os.environ.get("DISTMON_SALT_PUBLISH_PORT", "14505"))
 RET_PORT = int(os.environ.get("DISTMON_SALT_RET_PORT", "14506"))
@@ -256,7 +256,8 @@ def minions_answering() -> set[str]:
 
 def sync() -> None:
     salt("salt", "*", "saltutil.sync_all", "--out", "quiet", "-t", "60")
-    salt("salt-run", "saltutil.sync_runners", "--out", "quiet")
+    # Runners, the shared _utils library and the outputter, on the master.
+    salt("salt-run", "saltutil.sync_all", "--out", "quiet")
     say("custom modules, returners and runners synced from file_roots")
 
 

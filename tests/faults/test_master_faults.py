@@ -58,7 +58,7 @@ def own_master_stack(salt_factories, file_roots_dir, faults_root):
     dashboard = None
     try:
         with master.started():
-            assert master.salt_run_cli(timeout=120).run("saltutil.sync_runners").returncode == 0
+            assert master.salt_run_cli(timeout=120).run("saltutil.sync_all").returncode == 0
             up = start_minion(master, "fault-3", host)
             # fault-4: a minion whose key the master accepted and which is down (never started here:
             # an accepted key is all the master knows of a minion that is off).

@@ -211,7 +211,7 @@ def test_results_spooled_while_host_down_arrive_later_once(salt_cli, salt_minion
 @pytest.mark.faults
 def test_blackholed_host_never_holds_the_minion(salt_cli, salt_minion, storage_host, blackhole):
     port, held_connections = blackhole
-    deadline = 12
+    deadline = 20  # room for two salt CLI calls on a loaded 2-core machine
     spool_dir = str(Path(salt_minion.config["cachedir"]) / "distmon" / f"spool-{uuid.uuid4().hex[:6]}")
     return_kwargs = json.dumps({"port": port, "deadline": deadline, "spool_dir": spool_dir, "all_jobs": True})
     marker = f"blackhole-{uuid.uuid4().hex}"
@@ -237,3 +237,27 @@ def test_blackholed_host_never_holds_the_minion(salt_cli, salt_minion, storage_h
     flushed = salt_cli.run("distmon.flush", f"spool_dir={spool_dir}", minion_tgt=salt_minion.id)
     assert flushed.returncode == 0, flushed
     assert documents_with(storage_host.inbox / salt_minion.id, marker)
+
+
+def test_bad_return_kwargs_leave_the_result_spooled_with_the_reason(salt_cli, salt_minion, storage_host):
+    """It used to be dropped ('not handled'); now it waits, says why, and a flush delivers it."""
+    spool_dir = str(Path(salt_minion.config["cachedir"]) / "distmon" / f"spool-{uuid.uuid4().hex[:6]}")
+    marker = f"badopts-{uuid.uuid4().hex}"
+    return_kwargs = json.dumps({"all_jobs": True, "spool_dir": spool_dir, "deadline": "30s"})
+    ret = salt_cli.run("test.arg", marker, "--return", "distmon", "--return_kwargs", return_kwargs,
+                       minion_tgt=salt_minion.id)
+    assert ret.returncode == 0, ret
+
+    def waiting():
+        listing = salt_cli.run("distmon.spool", f"spool_dir={spool_dir}", minion_tgt=salt_minion.id).data
+        return listing if listing else None
+
+    listing = wait_for(waiting, timeout=60, interval=0.5)
+    assert listing and len(listing) == 1, listing
+    assert "distmon.deadline must be a number of seconds, not '30s'" in listing[0]["last_error"]
+    assert documents_with(storage_host.inbox / salt_minion.id, marker) == {}  # not sent with options to fix
+
+    flushed = salt_cli.run("distmon.flush", f"spool_dir={spool_dir}", minion_tgt=salt_minion.id)
+    assert flushed.returncode == 0, flushed
+    assert flushed.data["delivered"] == [listing[0]["jid"]]
+    assert len(documents_with(storage_host.inbox / salt_minion.id, marker)) == 1

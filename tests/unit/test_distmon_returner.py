@@ -18,11 +18,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.conftest import REPO_ROOT
-from tests.loader_support import fake_config_option, load_loader_module
+from tests.distmon_support import unused_login_files
+from tests.loader_support import fake_config_option, load_loader_module, load_utils
 from tools.storage_host import free_port
 
 returner_module = load_loader_module("_returners/distmon.py", "distmon_returner_under_test")
 execution_module = load_loader_module("_modules/distmon.py", "distmon_execution_module_for_returner")
+UTILS = load_utils()
 
 MINION_ID = "unit-ret-1"
 GRAINS = {
@@ -73,16 +75,12 @@ def pki_dir(tmp_path, rsa_key):
 
 
 @pytest.fixture
-def known_hosts(tmp_path):
-    path = tmp_path / "known_hosts"
-    path.write_text("")
-    key = tmp_path / "client_key"
-    key.write_text("not used: nothing listens on the port\n")
-    return path, key
+def login_files(tmp_path):
+    return unused_login_files(tmp_path)
 
 
 @pytest.fixture
-def minion_opts(tmp_path, pki_dir, known_hosts):
+def minion_opts(tmp_path, pki_dir, login_files):
     return {
         "id": MINION_ID,
         "pki_dir": str(pki_dir),
@@ -91,8 +89,8 @@ def minion_opts(tmp_path, pki_dir, known_hosts):
         "distmon.host": "127.0.0.1",
         "distmon.port": free_port(),  # closed: results stay spooled, where the test reads them
         "distmon.user": "distmon",
-        "distmon.key": str(known_hosts[1]),
-        "distmon.known_hosts": str(known_hosts[0]),
+        "distmon.key": login_files[0],
+        "distmon.known_hosts": login_files[1],
         "distmon.remote_inbox": "/inbox",
         "distmon.deadline": 5,
     }
@@ -107,7 +105,8 @@ def pillar():
 def configure_loader_modules(minion_opts, pillar):
     option = fake_config_option(minion_opts, pillar)
     return {
-        execution_module: {"__opts__": minion_opts, "__salt__": {"config.option": option}, "__context__": {}},
+        execution_module: {"__opts__": minion_opts, "__salt__": {"config.option": option}, "__context__": {},
+                           "__utils__": UTILS},
         returner_module: {
             "__opts__": minion_opts,
             "__grains__": GRAINS,
@@ -171,6 +170,14 @@ def test_other_jobs_are_ignored_by_default(spool_dir):
     assert spooled(spool_dir) == {}
 
 
+@pytest.mark.parametrize("fun", ["pytestrun.last", "pytestrun.version", "pytestrun.collect"])
+@pytest.mark.parametrize("all_jobs", [False, True])
+def test_pytestrun_functions_that_run_no_tests_never_become_runs(fun, all_jobs, spool_dir):
+    """pytestrun.last would show the previous run again under a new jid; version and collect ran nothing."""
+    returner_module.returner(job_return(fun=fun, ret_kwargs={"all_jobs": all_jobs}))
+    assert spooled(spool_dir) == {}
+
+
 def test_failed_job_keeps_retcode_and_success(spool_dir):
     returner_module.returner(job_return(retcode=1, success=False, **{"return": {"status": "failed"}}))
     doc = spooled(spool_dir)["20261128073000123456"]
@@ -214,22 +221,26 @@ def test_string_options_from_the_command_line_are_coerced(spool_dir):
 
 
 @pytest.mark.parametrize(
-    "ret_kwargs",
-    [{"sign": "perhaps"}, {"grains": 5}, {"colour": "blue"}, {"spool_dir": "relative"}],
+    ("ret_kwargs", "named"),
+    [
+        ({"sign": "perhaps"}, "distmon.sign must be true or false"),
+        ({"grains": 5}, "distmon.grains must be a list"),
+        ({"dedline": 10}, "unknown option(s) dedline"),
+        ({"deadline": "30s"}, "distmon.deadline must be a number of seconds"),
+        ({"spool_dir": "relative"}, "distmon.spool_dir must be an absolute path"),
+        ({"port": "ssh"}, "distmon.port must be an integer"),
+        ({"option_errors": ["x"]}, "unknown option 'option_errors'"),
+    ],
 )
-def test_bad_options_are_logged_with_jid_and_minion_never_raised(ret_kwargs, spool_dir, caplog):
-    with caplog.at_level(logging.ERROR):
-        returner_module.returner(job_return(ret_kwargs=ret_kwargs))
-    assert "not handled" in caplog.text
-    assert "20261128073000123456" in caplog.text and MINION_ID in caplog.text
-    assert spooled(spool_dir) == {}
-
-
-def test_bad_delivery_option_still_spools_and_says_why(spool_dir, caplog):
+def test_bad_options_still_spool_the_result_and_are_logged_once(ret_kwargs, named, spool_dir, caplog):
     with caplog.at_level(logging.WARNING):
-        returner_module.returner(job_return(ret_kwargs={"port": "ssh"}))
-    assert list(spooled(spool_dir)) == ["20261128073000123456"]
-    assert "distmon.port must be an integer" in caplog.text and MINION_ID in caplog.text
+        returner_module.returner(job_return(ret_kwargs=ret_kwargs))
+    assert list(spooled(spool_dir)) == ["20261128073000123456"]  # the default spool when spool_dir is bad
+    records = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(records) == 1, records
+    assert named in records[0] and "20261128073000123456" in records[0] and MINION_ID in records[0]
+    (waiting,) = execution_module.spool()
+    assert named in waiting["last_error"]
 
 
 @pytest.mark.parametrize("jid", ["../../etc/passwd", "a/b", "..", ""])
@@ -249,11 +260,19 @@ def test_missing_minion_key_spools_unsigned_and_logs(pki_dir, spool_dir, caplog)
     assert "signature" not in spooled(spool_dir)["20261128073000123456"]
 
 
-def test_unsynced_execution_module_is_logged(spool_dir, caplog):
+def test_unloaded_execution_module_is_logged_without_misdirection(spool_dir, caplog):
     del returner_module.__salt__["distmon.store"]
     with caplog.at_level(logging.ERROR):
         returner_module.returner(job_return())
-    assert "saltutil.sync_all" in caplog.text
+    assert "the distmon execution module is not loaded" in caplog.text
+    assert "20261128073000123456" in caplog.text and MINION_ID in caplog.text
+    assert "sync_all" not in caplog.text
+
+
+def test_execution_module_loads_without_paramiko(monkeypatch):
+    """What kept results from being spooled: the module refused to load when paramiko was missing."""
+    monkeypatch.setitem(UTILS["distmon_transport.deliver"].__globals__, "HAS_PARAMIKO", False)
+    assert execution_module.__virtual__() == "distmon"
 
 
 def test_non_json_returns_are_documented_as_repr(spool_dir, pki_dir):
@@ -271,7 +290,7 @@ def test_signature_follows_the_documented_spec_with_a_fresh_key():
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     doc = returner_module._build_document(job_return(**{"return": {"message": "naïve ✓", "n": 1.5}}), ["os"], GRAINS)
-    doc["signature"] = returner_module._sign_document(doc, pem)
+    doc["signature"] = UTILS["distmon_signing.sign_document"](doc, pem)
     verify_per_spec(doc, public_pem)
     # The storage host's verifier (dashboard/signing.py, written from the same spec) agrees.
     from dashboard import signing
@@ -295,13 +314,16 @@ def test_pillar_example_is_valid_returner_configuration(pillar):
     import yaml
 
     example = yaml.safe_load((REPO_ROOT / "pillar.example").read_text())
-    returner_keys = set(returner_module.RETURNER_KEYS + returner_module.TRANSPORT_KEYS)
+    returner_keys = set(returner_module.RETURNER_KEYS + UTILS["distmon_options.option_keys"]())
     documented = {key for key in example["distmon"] if key in returner_keys}
     assert documented | {"spool_dir"} == returner_keys  # spool_dir is shown commented out: its default is per minion
     pillar["distmon"] = {key: example["distmon"][key] for key in documented}
-    options = returner_module._get_options(job_return())
+    options, _, errors = returner_module._get_options(job_return())
+    assert errors == []
     assert options["grains"] == returner_module.DEFAULT_GRAINS
     assert options["sign"] is True and options["all_jobs"] is False
-    assert options["transport"]["host"] == "storage.example.com"
-    for key in returner_module.RETURNER_KEYS + returner_module.TRANSPORT_KEYS:
+    raw = execution_module._lookup_options({})
+    assert raw["host"] == "storage.example.com"
+    assert execution_module._lib("distmon_options.transport_options") is not None
+    for key in returner_keys:
         assert f"distmon.{key}" in returner_module.__doc__, f"{key} undocumented in the module docstring"

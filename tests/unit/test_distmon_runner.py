@@ -12,30 +12,21 @@ import json
 import re
 import socket
 import sys
-import threading
 import time
 from unittest import mock
 
 import pytest
 from salt.exceptions import NotImplemented as SaltNotImplemented
 
-from tests.loader_support import load_loader_module
+from tests.distmon_support import pytestrun_result as pytest_result
+from tests.distmon_support import unused_login_files
+from tests.loader_support import load_loader_module, load_utils
 
 runner = load_loader_module("_runners/distmon.py", "distmon_runner_under_test")
+UTILS = load_utils()
+summarize_return = UTILS["distmon_summary.summarize_return"]
 
 JID = "20261128080000123456"
-
-
-def pytest_result(passed=1, failed=0, skipped=0, errors=0, status=None, duration=0.5, tests=None):
-    status = status or ("failed" if failed or errors else "passed")
-    return {
-        "status": status,
-        "exitcode": 1 if status == "failed" else 0,
-        "counts": {"passed": passed, "failed": failed, "skipped": skipped, "xfailed": 0, "xpassed": 0,
-                   "errors": errors},
-        "tests": tests or [],
-        "duration": duration,
-    }
 
 
 class FakeEventBus:
@@ -47,14 +38,19 @@ class FakeEventBus:
 
 
 class FakeJidEvent:
-    """What the runner client injects: a namespaced event with the bus and the job's tag."""
+    """What the runner client injects: a namespaced event (fire_event echoes through salt-run's outputter)."""
 
     def __init__(self):
         self.event = FakeEventBus()
         self.base = f"salt/run/{JID}"
+        self.echoed = []
 
-    def fire_event(self, data, tag):  # pragma: no cover - the runner must not echo through this
-        raise AssertionError("progress must not be echoed through salt-run's outputter")
+    def fire_event(self, data, tag):
+        self.echoed.append((tag, data))
+        self.event.fire_event(data, f"{self.base}/{tag}")
+
+    def messages(self) -> list[str]:
+        return [data["message"] for tag, data in self.echoed if tag == "progress"]
 
 
 class FakeClient:
@@ -93,8 +89,10 @@ def jid_event():
 
 @pytest.fixture
 def configure_loader_modules(jid_event, tmp_path):
-    opts = {"timeout": 5, "gather_job_timeout": 10, "conf_file": str(tmp_path / "master"), "output": None}
-    return {runner: {"__opts__": opts, "__context__": {}, "__jid_event__": jid_event, "__salt__": {}}}
+    opts = {"timeout": 5, "gather_job_timeout": 10, "conf_file": str(tmp_path / "master"), "output": None,
+            "pki_dir": str(tmp_path / "pki")}
+    return {runner: {"__opts__": opts, "__context__": {}, "__jid_event__": jid_event, "__salt__": {},
+                     "__utils__": UTILS}}
 
 
 @pytest.fixture
@@ -107,55 +105,15 @@ def use_client(client):
     return mock.patch.object(runner.salt.client, "get_local_client", return_value=client)
 
 
-# -- summaries ----------------------------------------------------------------------------------
-
-
-def test_summarize_return_takes_counts_duration_and_failures():
-    result = pytest_result(passed=3, failed=1, skipped=2, tests=[
-        {"nodeid": "t.py::test_a", "outcome": "passed", "message": None},
-        {"nodeid": "t.py::test_b", "outcome": "failed", "message": "AssertionError: x"},
-        {"nodeid": "t.py::test_c", "outcome": "error", "message": "fixture broke"},
-    ])
-    row = runner.summarize_return(result, retcode=1)
-    assert (row["status"], row["passed"], row["failed"], row["skipped"], row["errors"]) == ("failed", 3, 1, 2, 0)
-    assert row["retcode"] == 1
-    assert row["duration"] == 0.5
-    assert [f["nodeid"] for f in row["failures"]] == ["t.py::test_b", "t.py::test_c"]
-
-
-def test_summarize_return_of_a_string_is_an_error_row():
-    row = runner.summarize_return("'pytestrun.run' is not available.", retcode=254)
-    assert row["status"] == "error"
-    assert row["message"] == "'pytestrun.run' is not available."
-    assert row["retcode"] == 254
-    assert row["passed"] == row["failed"] == 0
-
-
-def test_table_lists_every_minion_and_who_did_not_return():
-    rows = {
-        "web-2": runner.summarize_return(pytest_result(passed=2, duration=1.234)),
-        "web-1": runner.summarize_return(pytest_result(passed=1, failed=1, skipped=1)),
-        "db-1": runner._no_return_row("no return"),
-    }
-    table = runner.format_table(rows, ["web-1", "web-2", "db-1"])
-    lines = table.splitlines()
-    assert lines[0].split() == ["minion", "passed", "failed", "skipped", "errors", "duration", "status"]
-    assert lines[2].split() == ["db-1", "-", "-", "-", "-", "-", "no_return"]
-    assert lines[3].split() == ["web-1", "1", "1", "1", "0", "0.50", "failed"]
-    assert lines[4].split() == ["web-2", "2", "0", "0", "0", "1.23", "passed"]
-    assert "2 of 3 targeted minions returned" in table
-    assert "Did not return: db-1" in table
-
-
 # -- run ----------------------------------------------------------------------------------------
 
 
-def test_run_shows_each_return_as_it_arrives_and_exits_zero_when_all_pass(capsys, jid_event):
-    printed_at_first_return = []
+def test_run_reports_each_return_as_a_progress_event_and_exits_zero_when_all_pass(jid_event):
+    fired_at_first_return = []
 
     def second_return():
         # By the time the second minion returns, the first one's line is already out.
-        printed_at_first_return.append(capsys.readouterr().out)
+        fired_at_first_return.extend(jid_event.messages())
         return {"web-2": {"ret": pytest_result(passed=2), "retcode": 0}}
 
     client = FakeClient(["web-1", "web-2"], [
@@ -165,40 +123,43 @@ def test_run_shows_each_return_as_it_arrives_and_exits_zero_when_all_pass(capsys
         second_return,
     ])
     with use_client(client):
-        ret = runner.run(path="salt://sample_tests", tgt="web-*", args="-k 'not slow' -x")
+        returned = runner.run(path="salt://sample_tests", tgt="web-*", args="-k 'not slow' -x")
     assert client.published["fun"] == "pytestrun.run"
     assert client.published["ret"] == "distmon"
     assert client.published["arg"] == ["salt://sample_tests"]
     assert client.published["kwarg"] == {"args": ["-k", "not slow", "-x"]}
     assert client.published["timeout"] == 5
+    # The table is the distmon outputter's to draw; --out json gets the data.
+    assert returned["outputter"] == "distmon"
+    ret = returned["data"]
     assert ret["retcode"] == 0
     assert set(ret) == {"web-1", "web-2", "retcode"}
     assert ret["web-1"]["jid"] == JID
-    assert "web-1: passed: 2 passed" in printed_at_first_return[0]
-    assert "web-2" not in printed_at_first_return[0].split("sent to")[-1].split("\n", 1)[-1]
+    assert any(line.startswith("web-1: passed: 2 passed") for line in fired_at_first_return)
+    assert not any(line.startswith("web-2") for line in fired_at_first_return)
     assert runner.__context__["retcode"] == 0
-    tags = [tag for tag, _ in jid_event.event.fired]
-    assert tags and all(tag == f"salt/run/{JID}/progress" for tag in tags)
+    # Salt's runner convention: salt/run/<jid>/progress, naming the outputter that shows it.
+    assert jid_event.echoed and all(tag == "progress" and data["outputter"] == "distmon"
+                                    for tag, data in jid_event.echoed)
+    assert all(tag == f"salt/run/{JID}/progress" for tag, _ in jid_event.event.fired)
 
 
-def test_run_reports_a_minion_that_never_returns_and_exits_non_zero(capsys):
+def test_run_reports_a_minion_that_never_returns_and_exits_non_zero(jid_event):
     client = FakeClient(["web-1", "down-1"], [{"web-1": {"ret": pytest_result(), "retcode": 0}}])
     with use_client(client):
-        ret = runner.run(path="/srv/tests", tgt="web-1,down-1", tgt_type="list", timeout="3")
+        ret = runner.run(path="/srv/tests", tgt="web-1,down-1", tgt_type="list", timeout="3")["data"]
     assert client.published["tgt"] == ["web-1", "down-1"]
     assert client.iter_kwargs["timeout"] == 3
     assert ret["down-1"]["status"] == "no_return"
     assert ret["retcode"] == 1
     assert runner.__context__["retcode"] == 1
-    out = capsys.readouterr().out
-    assert "down-1: did not return" in out
-    assert "Did not return: down-1" in out
+    assert any(line.startswith("down-1: did not return") for line in jid_event.messages())
 
 
 def test_run_with_a_failed_test_exits_non_zero():
     client = FakeClient(["web-1"], [{"web-1": {"ret": pytest_result(passed=1, failed=1), "retcode": 1}}])
     with use_client(client):
-        ret = runner.run(path="/srv/tests", tgt="web-1")
+        ret = runner.run(path="/srv/tests", tgt="web-1")["data"]
     assert ret["web-1"]["status"] == "failed"
     assert ret["retcode"] == 1
 
@@ -212,7 +173,7 @@ def test_max_wait_stops_waiting_on_a_minion_that_runs_forever():
     client.get_iter_returns = lambda jid, minions, **kwargs: silence()
     started = time.monotonic()
     with use_client(client):
-        ret = runner.run(path="/srv/tests", tgt="web-1", max_wait="0.3")
+        ret = runner.run(path="/srv/tests", tgt="web-1", max_wait="0.3")["data"]
     assert time.monotonic() - started < 5
     assert ret["web-1"]["status"] == "no_return"
     assert "max_wait (0.3 s)" in ret["web-1"]["message"]
@@ -224,7 +185,7 @@ def test_no_matching_minion_is_a_clean_error():
         runner.run(path="/srv/tests", tgt="nothing-*")
 
 
-def test_machine_output_sends_progress_to_stderr(capsys):
+def test_machine_output_sends_progress_to_stderr_and_the_bus_only(capsys, jid_event):
     runner.__opts__["output"] = "json"
     client = FakeClient(["web-1"], [{"web-1": {"ret": pytest_result(), "retcode": 0}}])
     with use_client(client):
@@ -232,6 +193,9 @@ def test_machine_output_sends_progress_to_stderr(capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "web-1: passed" in captured.err
+    # Not echoed: salt-run would print each event as one more JSON document on stdout.
+    assert jid_event.echoed == []
+    assert any(data["message"].startswith("web-1: passed") for _, data in jid_event.event.fired)
 
 
 # -- arguments and prompts ----------------------------------------------------------------------
@@ -269,7 +233,7 @@ def test_missing_arguments_are_asked_for_on_a_terminal():
                                               "web-2": {"ret": pytest_result(), "retcode": 0}}])
     with mock.patch.object(sys, "stdin") as stdin, mock.patch("builtins.input", answer), use_client(client):
         stdin.isatty.return_value = True
-        ret = runner.run(tgt_type="list")
+        ret = runner.run(tgt_type="list")["data"]
     assert prompts == ["Test path (file, directory or salt://...): ", "Target minions (list, e.g. web-1,web-2): "]
     assert client.published["arg"] == ["/srv/tests"]
     assert client.published["tgt"] == ["web-1", "web-2"]
@@ -287,28 +251,35 @@ def test_an_empty_answer_at_the_prompt_is_a_usage_error():
 
 
 def test_manifest_has_the_documented_format():
-    manifest = runner.build_manifest(JID, "web-*", "glob", ["web-2", "web-1"], "2026-11-28T08:00:00.000000Z")
+    manifest = runner._manifest(JID, "web-*", "glob", ["web-2", "web-1"], "2026-11-28T08:00:00.000Z")
     assert manifest == {
         "format": "distmon-job/1", "jid": JID, "fun": "pytestrun.run", "tgt": "web-*", "tgt_type": "glob",
-        "targeted": ["web-1", "web-2"], "started_at": "2026-11-28T08:00:00.000000Z",
+        "targeted": ["web-1", "web-2"], "started_at": "2026-11-28T08:00:00.000Z",
     }
     json.dumps(manifest)
 
 
-def test_manifest_upload_to_a_silent_host_warns_within_the_deadline(tmp_path, capsys):
+@pytest.fixture
+def master_storage_options(tmp_path):
+    """The master's distmon.* options, with real files for the key and known_hosts."""
+    key, known_hosts = unused_login_files(tmp_path)
+    options = {
+        "distmon.host": "127.0.0.1", "distmon.port": 22, "distmon.user": "distmon",
+        "distmon.key": key, "distmon.known_hosts": known_hosts,
+        "distmon.remote_inbox": "/inbox", "distmon.manifest_deadline": 0.5,
+    }
+    runner.__opts__.update(options)
+    return options
+
+
+def test_manifest_upload_to_a_silent_host_warns_within_the_deadline(master_storage_options, jid_event):
     # A port that accepts and never answers: the SSH banner never comes.
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(5)
-    known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text("")
-    runner.__opts__.update({
-        "distmon.host": "127.0.0.1", "distmon.port": listener.getsockname()[1], "distmon.user": "distmon",
-        "distmon.key": str(tmp_path / "key"), "distmon.known_hosts": str(known_hosts),
-        "distmon.remote_inbox": "/inbox", "distmon.manifest_deadline": 0.5,
-    })
+    runner.__opts__["distmon.port"] = listener.getsockname()[1]
     try:
-        upload = runner._ManifestUpload(runner.build_manifest(JID, "w", "glob", ["w"], "t"))
+        upload = runner._ManifestUpload(runner._manifest(JID, "w", "glob", ["w"], "t"))
         started = time.monotonic()
         upload.start()
         upload.wait()
@@ -316,37 +287,62 @@ def test_manifest_upload_to_a_silent_host_warns_within_the_deadline(tmp_path, ca
     finally:
         listener.close()
     assert not upload.done
-    assert "warning: job manifest not written to the storage host" in capsys.readouterr().out
+    assert any(line.startswith("warning: job manifest not written to the storage host")
+               for line in jid_event.messages())
 
 
-def test_manifest_is_skipped_quietly_without_a_storage_host(capsys):
-    upload = runner._ManifestUpload(runner.build_manifest(JID, "w", "glob", ["w"], "t"))
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("distmon.key", "/nonexistent/key", "distmon.key: /nonexistent/key does not exist"),
+        ("distmon.remote_inbox", "/inbox/../etc", "distmon.remote_inbox must not contain '..'"),
+        ("distmon.port", "ssh", "distmon.port must be an integer"),
+        ("distmon.port", 70000, "distmon.port must be between 1 and 65535"),
+        ("distmon.known_hosts", "", "missing distmon.known_hosts"),
+        ("distmon.manifest_deadline", "5s", "distmon.manifest_deadline must be a number of seconds"),
+    ],
+)
+def test_manifest_options_get_the_same_checks_as_the_minions(master_storage_options, jid_event, option, value, named):
+    """The runner's old copy of the SFTP code skipped the key-file, '..' and port checks."""
+    runner.__opts__[option] = value
+    upload = runner._ManifestUpload(runner._manifest(JID, "w", "glob", ["w"], "t"))
+    upload.start()
+    upload.wait()
+    assert upload.thread is None and not upload.done  # refused before any connection
+    assert named in upload.error
+    assert any(named in line for line in jid_event.messages())
+
+
+def test_manifest_is_skipped_quietly_without_a_storage_host(capsys, jid_event):
+    upload = runner._ManifestUpload(runner._manifest(JID, "w", "glob", ["w"], "t"))
     upload.start()
     upload.wait()
     assert not upload.done
-    assert threading.active_count() >= 1
+    assert jid_event.echoed == []
     assert capsys.readouterr().out == ""
 
 
-def test_manifest_refuses_an_unsafe_jid():
-    with pytest.raises(runner.salt.exceptions.CommandExecutionError, match="not a safe file name"):
-        runner._upload_manifest({"remote_inbox": "/inbox"}, runner.build_manifest("../x", "w", "glob", [], "t"))
+def test_manifest_refuses_an_unsafe_jid(master_storage_options):
+    upload = runner._ManifestUpload(runner._manifest("../x", "w", "glob", [], "t"))
+    upload.start()
+    assert upload.thread is None and "jid '../x'" in upload.error
 
 
 # -- results and status -------------------------------------------------------------------------
 
 
-def test_results_rebuilds_the_summary_from_the_job_cache(capsys):
+def test_results_rebuilds_the_summary_from_the_job_cache():
     runner.__salt__["jobs.list_job"] = lambda jid: {
         "jid": jid, "Function": "pytestrun.run", "Arguments": ["/srv/tests"], "Target": "web-*",
         "Target-type": "glob", "StartTime": "2026, Nov 28 08:00:00.123456", "Minions": ["web-1", "web-2"],
         "Result": {"web-1": {"return": pytest_result(passed=4, skipped=1), "retcode": 0}},
     }
-    ret = runner.results(jid=JID)
+    returned = runner.results(jid=JID)
+    assert returned["outputter"] == "distmon"
+    ret = returned["data"]
     assert ret["web-1"]["passed"] == 4 and ret["web-1"]["status"] == "passed"
     assert ret["web-2"]["status"] == "no_return"
     assert ret["retcode"] == 1
-    assert "Did not return: web-2" in capsys.readouterr().out
 
 
 def test_results_of_an_unknown_jid_is_a_clean_error():
@@ -372,10 +368,18 @@ def test_status_reports_down_minions_an_unconfigured_host_and_spools():
     assert ret["retcode"] == 1
 
 
-def test_progress_never_prints_control_characters_from_a_minion():
-    row = runner.summarize_return(pytest_result(passed=0, failed=1, tests=[
-        {"nodeid": "t.py::test_x[\x1b]0;owned\x07]", "outcome": "failed", "message": "boom\x1b[2J"},
-    ]))
-    line = runner._progress_line("web-1", row)
-    assert "\x1b" not in line and "\x07" not in line
-    assert "FAILED t.py::test_x[?]0;owned?] - boom?[2J" in line
+def test_status_reports_bad_storage_options_by_name(master_storage_options):
+    runner.__opts__["distmon.remote_inbox"] = "/inbox/../etc"
+    runner.__salt__["manage.status"] = lambda **kwargs: {"up": [], "down": []}
+    ret = runner.status()
+    assert ret["storage_host"]["reachable"] is False
+    assert "distmon.remote_inbox must not contain '..'" in ret["storage_host"]["error"]
+    assert ret["retcode"] == 1
+
+
+def test_only_the_documented_functions_are_public():
+    """What ``salt-run -d distmon`` lists: no helpers."""
+    public = sorted(name for name, value in vars(runner).items()
+                    if callable(value) and not name.startswith("_") and getattr(value, "__module__", "") == runner.__name__
+                    and not isinstance(value, type))
+    assert public == ["results", "run", "status"]

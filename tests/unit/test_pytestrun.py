@@ -472,3 +472,19 @@ def test_virtual_and_cli_examples(pytestrun):
     for name in public:
         doc = getattr(pytestrun, name).__doc__
         assert "CLI Example:" in doc and f"pytestrun.{name}" in doc, name
+
+
+@pytest.mark.parametrize(("configured", "given", "used"), [(None, None, "base"), ("qa", None, "qa"), ("qa", "dev", "dev")])
+def test_saltenv_defaults_to_the_minions_config_like_cp_cache_file(pytestrun, fileserver, configured, given, used):
+    """It was hard-coded to base: a minion configured with saltenv: qa still fetched base's tests."""
+    if configured:
+        pytestrun.__opts__["saltenv"] = configured
+    seen = []
+    fileserver_cache_file = pytestrun.__salt__["cp.cache_file"]
+    pytestrun.__salt__["cp.cache_file"] = lambda url, saltenv="base": seen.append(saltenv) or fileserver_cache_file(url, saltenv)
+    *_, argv = pytestrun._prepare("salt://suite/sub/test_a.py", None, None, None, None, given, False)
+    assert set(seen) == {used}
+    root = Path(pytestrun.__opts__["cachedir"]) / "files" / used
+    assert f"--rootdir={root}" in argv
+    for function in (pytestrun.run, pytestrun.collect):
+        assert inspect.signature(function).parameters["saltenv"].default is None
