@@ -28,6 +28,9 @@ Configuration (minion config, grains or pillar, read with ``config.get``):
     pytestrun.events: true
     # Seconds the run waits at most for that event to leave (it never fails the run).
     pytestrun.event_timeout: 5
+    # The event asks the re-run reactor (states/reactor/distmon_rerun.sls) to re-run the
+    # new failures; false: never for this minion (a run's rerun_new_failures= wins).
+    pytestrun.rerun_new_failures: true
 
 Node ids and pytest's config:
 
@@ -1080,7 +1083,16 @@ def _masterless() -> bool:
                 or __opts__.get("master_type") == "disable")
 
 
-def _run_event(result: dict, jid: str | None, new: list[str], fixed: list[str]) -> tuple[str, dict]:
+def _rerun_paths(result: dict, nodeids: list[str]) -> list[str]:
+    """Paths that run exactly ``nodeids`` again the way this run found them."""
+    if result["paths"] and all(str(p).startswith("salt://") for p in result["paths"]):
+        return [f"salt://{nodeid}" for nodeid in nodeids]  # node ids are relative to the salt:// root
+    root = result.get("rootdir") or ""
+    return [os.path.join(root, nodeid) if root else nodeid for nodeid in nodeids]
+
+
+def _run_event(result: dict, jid: str | None, new: list[str], fixed: list[str],
+               rerun_wanted: bool = True, saltenv: str = "base") -> tuple[str, dict]:
     """The (tag, data) of the event fired after a run (docs/events.md)."""
     failed = sorted({e["nodeid"] for e in result["tests"] if e.get("outcome") in _FAIL})
     data = {
@@ -1099,6 +1111,12 @@ def _run_event(result: dict, jid: str | None, new: list[str], fixed: list[str]) 
         "fixed": fixed[:MAX_EVENT_IDS],
         "failed": failed[:MAX_EVENT_IDS],
         "truncated": any(len(ids) > MAX_EVENT_IDS for ids in (new, fixed, failed)),
+        # What a reactor needs to re-run the new failures here (never a re-run's own).
+        "rerun": {
+            "wanted": bool(rerun_wanted and new and not result.get("rerun_of")),
+            "paths": _rerun_paths(result, new[:MAX_EVENT_IDS]),
+            "saltenv": saltenv,
+        },
     }
     return EVENT_PREFIX + result["status"], data
 
@@ -1128,15 +1146,17 @@ def _fire_best_effort(tag: str, data: dict) -> None:
         log.warning("pytestrun: event %s for job %s not sent: %s", tag, data.get("jid"), outcome[0])
 
 
-def _announce(result: dict, jid: str | None) -> dict:
+def _off(value) -> bool:
+    return value in (False, "false", "False", 0, "0", "no", "off")
+
+
+def _announce(result: dict, jid: str | None, rerun_new_failures: bool | None = None, saltenv: str = "base") -> dict:
     """Compare with the previous run and fire the event; returns {"new": [...], "fixed": [...]}."""
     new, fixed = _compare_with_previous(result["paths"], result["args"], result["tests"])
-    try:
-        enabled = __salt__["config.get"]("pytestrun.events", True)
-    except Exception:  # config.get missing (a bare loader): events stay on, like the default
-        enabled = True
-    if enabled not in (False, "false", "False", 0, "0", "no", "off"):
-        tag, data = _run_event(result, jid, new, fixed)
+    if not _off(__salt__["config.get"]("pytestrun.events", True)):
+        if rerun_new_failures is None:
+            rerun_new_failures = not _off(__salt__["config.get"]("pytestrun.rerun_new_failures", True))
+        tag, data = _run_event(result, jid, new, fixed, bool(rerun_new_failures), saltenv)
         _fire_best_effort(tag, data)
     return {"new": new, "fixed": fixed}
 
@@ -1190,7 +1210,7 @@ def _prepare(path, args, python, cwd, env, saltenv, collect):
 def run(path: str | list, args: str | list | None = None, timeout: float | None = 600,
         python: str | None = None, cwd: str | None = None, env: dict | None = None,
         max_output: int | None = None, saltenv: str | None = None, rerun_of: str | None = None,
-        **kwargs) -> dict:
+        rerun_new_failures: bool | None = None, **kwargs) -> dict:
     """Run pytest on test files, directories, node ids or salt:// paths; return the results.
 
     path
@@ -1217,6 +1237,9 @@ def run(path: str | list, args: str | list | None = None, timeout: float | None 
     rerun_of
         The jid whose failures this run re-runs (the reactor and ``salt-run distmon.rerun`` set
         it); kept in the result, so the dashboard links the re-run to its original.
+    rerun_new_failures
+        Whether the event asks the re-run reactor to re-run this run's new failures (default:
+        ``pytestrun.rerun_new_failures``, true). A re-run never asks for another.
 
     The result's ``changes`` holds the node ids that are ``new`` failures and ``fixed`` compared
     with this minion's previous run of the same paths and args; the same lists go out in the
@@ -1266,7 +1289,7 @@ def run(path: str | list, args: str | list | None = None, timeout: float | None 
         result["message"] = message
     if rerun_of:
         result["rerun_of"] = rerun_of
-    result["changes"] = _announce(result, kwargs.get("__pub_jid"))
+    result["changes"] = _announce(result, kwargs.get("__pub_jid"), rerun_new_failures, _saltenv(saltenv))
     _save_last(result)
     __context__["retcode"] = 0 if status == "passed" else 1
     return result

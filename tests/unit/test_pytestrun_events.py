@@ -64,6 +64,21 @@ def test_the_event_carries_jid_paths_counts_and_node_ids(pytestrun):
     assert data["new"] == ["t.py::b"] and data["failed"] == ["t.py::b"] and data["fixed"] == []
     assert data["paths"] == ["salt://t"] and data["counts"]["failed"] == 1 and data["rerun_of"] == "123"
     assert data["truncated"] is False
+    # A re-run never asks for another.
+    assert data["rerun"] == {"wanted": False, "paths": ["salt://t.py::b"], "saltenv": "base"}
+    result.pop("rerun_of")
+    result["paths"] = ["salt://t"]
+    pytestrun._announce(result, "20261202000000000002")
+    assert pytestrun._fired[-1][1]["rerun"]["wanted"] is False  # b is not new any more
+    result["tests"] = entries(a="failed", b="failed")
+    pytestrun._announce(result, "20261202000000000003", saltenv="qa")
+    assert pytestrun._fired[-1][1]["rerun"] == {"wanted": True, "paths": ["salt://t.py::a"], "saltenv": "qa"}
+    pytestrun._test_config["pytestrun.rerun_new_failures"] = False
+    result["tests"] = entries(a="passed", b="failed", c="failed")
+    pytestrun._announce(result, "20261202000000000004")
+    assert pytestrun._fired[-1][1]["rerun"]["wanted"] is False and pytestrun._fired[-1][1]["new"] == ["t.py::c"]
+    pytestrun._announce(result | {"tests": entries(d="error")}, "20261202000000000005", rerun_new_failures=True)
+    assert pytestrun._fired[-1][1]["rerun"]["wanted"] is True
 
 
 def test_firing_never_fails_or_slows_the_run(pytestrun, monkeypatch):
