@@ -148,7 +148,7 @@ async def _time_routes(db_path: Path, work: Path, token: str, routes: dict[str, 
     headers = {"Authorization": f"Bearer {token}"}
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=transport, base_url="http://bench", headers=headers
+        transport=transport, base_url="http://127.0.0.1", headers=headers  # a default allowed host
     ) as client:
         started = time.monotonic()
         for round_index in range(warmup + rounds):
@@ -209,7 +209,7 @@ class Uvicorn:
         self.log = open(work / "uvicorn.log", "wb")  # noqa: SIM115 - closed in stop()
         # cwd is the work dir: nothing of the checkout's .run/ is near the app under test.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "dashboard.app:app", "--host", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, "-m", "dashboard", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--no-access-log", "--log-level", "warning"],
             cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,
