@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dashboard.db import run_transaction
 from dashboard.dialect import POSTGRES, dialect_of
 from dashboard.models import format_timestamp
 from dashboard.queries import (
@@ -201,13 +202,7 @@ def backfill_all(conn: sqlite3.Connection, chunk_ids: int = BACKFILL_CHUNK_IDS) 
     """
     chunks = 0
     while backfill_pending(conn) > 0:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            backfill_chunk(conn, chunk_ids)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        run_transaction(conn, backfill_chunk, chunk_ids)
         chunks += 1
     return chunks
 
