@@ -54,7 +54,11 @@ checked.
     distmon.spool_max_bytes: 0      # 0 = never drop; else the oldest results are dropped (logged)
 
     # the document
-    distmon.grains: [os, osrelease, kernel, kernelrelease, num_cpus, mem_total, saltversion]
+    # the default: what tells machines apart when a test fails on some of them (the dashboard's
+    # failures page ranks these by how well they separate failing from passing minions);
+    # a grain the minion does not have (roles, when unset) is left out
+    distmon.grains: [os, os_family, osrelease, osfinger, osarch, kernel, kernelrelease, virtual, productname,
+                     cpu_model, num_cpus, mem_total, pythonversion, saltversion, roles]
     distmon.all_jobs: false         # true: also return every job of other modules
     distmon.sign: true              # sign with <pki_dir>/minion.pem (RSA-PSS SHA-256)
 
@@ -81,7 +85,10 @@ __virtualname__ = "distmon"
 
 FORMAT = "distmon-result/1"
 RUN_FUNCTION = "pytestrun.run"
-DEFAULT_GRAINS = ["os", "osrelease", "kernel", "kernelrelease", "num_cpus", "mem_total", "saltversion"]
+DEFAULT_GRAINS = [
+    "os", "os_family", "osrelease", "osfinger", "osarch", "kernel", "kernelrelease", "virtual", "productname",
+    "cpu_model", "num_cpus", "mem_total", "pythonversion", "saltversion", "roles",
+]  # fmt: skip
 RETURNER_KEYS = ("grains", "all_jobs", "sign")
 # Names of distmon.store's own parameters: never options, whatever --return_kwargs says.
 STORE_PARAMETERS = frozenset({"document", "sign", "option_errors", "ret_config"})

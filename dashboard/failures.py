@@ -355,8 +355,11 @@ async def search_run_ids(db, q: str) -> list[int]:
 def _grain_features(grains: dict[str, Any]) -> set[tuple[str, str]]:
     features = set()
     for name, value in grains.items():
-        if isinstance(value, list):
-            # A list grain (roles, ipv4...) separates by each of its elements.
+        if isinstance(value, list) and (name.endswith("version") or name.endswith("_info")):
+            # A version as a list (pythonversion [3, 11, 2, 'final', 0]): one value, "3.11.2".
+            features.add((name, ".".join(str(part) for part in value[:3])))
+        elif isinstance(value, list):
+            # A list grain (roles, ...) separates by each of its elements.
             features.update((name, str(item)) for item in value if isinstance(item, str | int | float | bool))
         elif isinstance(value, str | int | float | bool):
             features.add((name, str(value)))
@@ -367,18 +370,31 @@ def separating_grains(failing: list[dict], passing: list[dict], shown: int = SEP
     """Grain values more common among the failing minions' grains than among the passing ones, best first.
 
     Ranked by (share of failing minions with it) - (share of passing minions with it); a value
-    on every failing minion and no passing one scores 1.
+    on every failing minion and no passing one scores 1. A grain whose value differs on every
+    minion (an id, an address, mem_total on a varied fleet) names machines, it explains nothing:
+    it is left out once there are three minions or more to compare.
     """
     if not failing:
         return []
     on_failing, on_passing = Counter(), Counter()
+    values_of: dict[str, Counter] = defaultdict(Counter)
     for grains in failing:
-        on_failing.update(_grain_features(grains))
+        features = _grain_features(grains)
+        on_failing.update(features)
+        for name, value in features:
+            values_of[name][value] += 1
     for grains in passing:
-        on_passing.update(_grain_features(grains))
+        features = _grain_features(grains)
+        on_passing.update(features)
+        for name, value in features:
+            values_of[name][value] += 1
     n_fail, n_pass = len(failing), len(passing)
+    identifying = {name for name, values in values_of.items()
+                   if sum(values.values()) >= 3 and all(count == 1 for count in values.values())}
     ranked = []
     for (name, value), count in on_failing.items():
+        if name in identifying:
+            continue
         passing_count = on_passing.get((name, value), 0)
         score = count / n_fail - (passing_count / n_pass if n_pass else 0.0)
         if score > 0 and (n_pass or count == n_fail):

@@ -35,6 +35,10 @@ GRAINS = {
     "num_cpus": 2,
     "mem_total": 24000,
     "saltversion": "3008.4",
+    "os_family": "Debian",
+    "virtual": "kvm",
+    "pythonversion": [3, 11, 2, "final", 0],
+    "roles": ["web", "edge"],
     "id": MINION_ID,
     "fqdn": "not-selected.example",
 }
@@ -161,7 +165,9 @@ def test_pytestrun_job_is_documented_signed_and_spooled(spool_dir, pki_dir):
     assert doc["success"] is True and doc["retcode"] == 0
     assert doc["returned_at"].endswith("Z") and "T" in doc["returned_at"]
     assert doc["result"] == {"status": "passed", "counts": {"passed": 3}}
-    assert doc["grains"] == {k: GRAINS[k] for k in returner_module.DEFAULT_GRAINS}
+    # Only the grains the minion has (no osfinger, productname... here), roles when set.
+    assert doc["grains"] == {k: GRAINS[k] for k in returner_module.DEFAULT_GRAINS if k in GRAINS}
+    assert doc["grains"]["roles"] == ["web", "edge"] and "fqdn" not in doc["grains"]
     verify_per_spec(doc, (pki_dir / "minion.pub").read_bytes())
 
 

@@ -90,3 +90,4 @@ def test_is_signature_rejects_anything_but_16_hex_digits():
     assert not is_signature("../../etc/passwd")
     assert not is_signature("ABCDEF0123456789")
     assert not is_signature("")
+
