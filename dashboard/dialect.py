@@ -231,6 +231,14 @@ class _EmptyCursor:
         return iter(())
 
 
+def _without_nul(value: Any) -> Any:
+    # PostgreSQL text cannot hold NUL: a bound value with one (a crafted query string) is looked
+    # up with U+FFFD instead, which matches nothing stored, rather than failing the request.
+    if type(value) is str and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
 class PgConnection:
     """A psycopg 3 connection with sqlite3's shape: ``execute``/``executemany`` taking ``?`` SQL,
     ``in_transaction``, ``total_changes``, explicit ``BEGIN``/``COMMIT`` (autocommit mode, like
@@ -249,6 +257,8 @@ class PgConnection:
         text, params = translate(sql, params)
         if not text:
             return _EmptyCursor()
+        if params and not isinstance(params, Mapping):
+            params = [_without_nul(value) for value in params]
         cursor = self.raw.execute(text, params)
         if text == "BEGIN":
             self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK_KEY,))
@@ -314,3 +324,50 @@ def connect_postgres(url: str, *, dict_rows: bool = False, statement_timeout_ms:
     raw.adapters.register_dumper(bool, IntDumper)
     raw.adapters.register_loader("numeric", _NumberLoader)
     return PgConnection(raw, dict_rows=dict_rows)
+
+
+# -- results: bulk insert, partitions -----------------------------------------------------------
+
+RESULT_COLUMNS = ("run_id", "test_id", "phase", "outcome", "duration", "message", "longrepr", "stdout", "stderr",
+                  "markers", "signature")
+_INSERT_RESULT = (
+    f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) "  # noqa: S608 (constant columns)
+    f"VALUES ({', '.join('?' for _ in RESULT_COLUMNS)})"
+)
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])")
+
+
+def ensure_results_partitions(conn: PgConnection, started_at: Iterable[str]) -> None:
+    """PostgreSQL: create the monthly ``results`` partitions these run starts fall in (idempotent;
+    the writer lock the transaction holds keeps two writers from racing on one)."""
+    months = sorted({stamp[:7] for stamp in started_at if stamp and _MONTH.match(stamp)})
+    for month in months:
+        conn.execute("SELECT distmon_results_partition(?)", (month,))
+
+
+def insert_results(conn: Any, runs: Sequence[tuple[str, Sequence[tuple]]]) -> None:
+    """Insert results in bulk: ``runs`` is ``[(the run's started_at, [row, ...]), ...]`` with rows
+    in :data:`RESULT_COLUMNS` order. SQLite: one ``executemany``. PostgreSQL: one ``COPY`` into the
+    partitioned table, each row carrying its run's ``started_at`` (the partition key)."""
+    if dialect_of(conn) != POSTGRES:
+        conn.executemany(_INSERT_RESULT, [row for _started_at, rows in runs for row in rows])
+        return
+    ensure_results_partitions(conn, (started_at for started_at, _rows in runs))
+    columns = ", ".join((*RESULT_COLUMNS, "started_at"))
+    count = 0
+    with conn.raw.cursor().copy(f"COPY results ({columns}) FROM STDIN") as copy:
+        for started_at, rows in runs:
+            for row in rows:
+                copy.write_row((*row, started_at))
+            count += len(rows)
+    conn.total_changes += count
+
+
+def transient_errors() -> tuple[type[Exception], ...]:
+    """Errors after which a write may succeed when simply tried again later (locked, connection
+    lost, deadlock): the ingester leaves the files in the inbox for the next scan."""
+    errors: list[type[Exception]] = [sqlite3.OperationalError]
+    if psycopg is not None:
+        errors += [psycopg.OperationalError, psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
+                   psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled]
+    return tuple(errors)

@@ -539,7 +539,7 @@ async def slowest_tests(db, limit: int = 50) -> list[dict[str, Any]]:
     return await db.fetchall(
         "SELECT t.nodeid, SUM(ts.total_duration) / SUM(ts.runs) AS avg_duration, SUM(ts.runs) AS runs, "
         "COUNT(*) AS minions FROM test_status ts JOIN tests t ON t.id = ts.test_id "
-        "GROUP BY ts.test_id HAVING SUM(ts.runs) > 0 ORDER BY avg_duration DESC LIMIT ?",
+        "GROUP BY ts.test_id, t.nodeid HAVING SUM(ts.runs) > 0 ORDER BY avg_duration DESC LIMIT ?",
         (clamp_limit(limit),),
     )
 

@@ -147,7 +147,7 @@ def set_password_tx(conn: sqlite3.Connection, user_id: int, password_hash: bytes
                     keep_session_hash: str | None = None) -> None:
     """Replace the hash and end every other session of the user (and keep their tokens)."""
     conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
-    conn.execute("DELETE FROM sessions WHERE user_id = ? AND id_hash IS NOT ?", (user_id, keep_session_hash))
+    conn.execute("DELETE FROM sessions WHERE user_id = ? AND id_hash IS DISTINCT FROM ?", (user_id, keep_session_hash))
 
 
 def set_status_tx(conn: sqlite3.Connection, user_id: int, status: str) -> None:

@@ -9,6 +9,7 @@ Tests that are about SQLite itself carry ``@pytest.mark.sqlite_only`` and are sk
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import shutil
@@ -54,16 +55,18 @@ def server() -> PostgresServer:
         return _server
 
 
-def fresh_postgres_url() -> str:
-    """A new, migrated, empty database on the session's server."""
+def fresh_postgres_url(key: str | None = None) -> str:
+    """A migrated database on the session's server: new and empty, or the one already made for ``key``."""
     pg = server()
-    return pg.create_database(f"t{os.getpid()}_{next(_names)}", template=TEMPLATE)
+    name = f"t_{hashlib.sha256(key.encode()).hexdigest()[:20]}" if key else f"t{os.getpid()}_{next(_names)}"
+    return pg.create_database(name, template=TEMPLATE)
 
 
 def database_location(root: Path, name: str = "distmon") -> str | Path:
-    """Where a test's store lives: ``root/<name>.sqlite``, or a fresh PostgreSQL database URL."""
+    """Where a test's store lives: ``root/<name>.sqlite``, or a PostgreSQL database URL that is
+    the same for the same ``root`` and ``name`` (tests build settings for one root repeatedly)."""
     if on_postgres():
-        return fresh_postgres_url()
+        return fresh_postgres_url(f"{Path(root).resolve()}/{name}")
     return Path(root) / f"{name}.sqlite"
 
 

@@ -6,7 +6,6 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from weakref import WeakKeyDictionary
 
 from dashboard.config import Settings
 from dashboard.db import Database
+from dashboard.dialect import transient_errors
 from dashboard.ingest.inbox import archive_file, quarantine_entry, scan_inbox, take_quarantined
 from dashboard.ingest.records import Candidate, InboxDir, IngestReport, JobRecord, RunRecord
 from dashboard.ingest.store import IdCache, write_quarantine_notices, write_records
@@ -91,7 +91,7 @@ async def _prepare(
 
 def _transient(err: BaseException) -> bool:
     """A database error that is about the database (locked, disk full, I/O), not about the file."""
-    return isinstance(err, sqlite3.OperationalError)
+    return isinstance(err, transient_errors())
 
 
 def _finish(settings: Settings, records: list, outcomes: list[str], report: IngestReport) -> None:

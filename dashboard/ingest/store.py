@@ -3,6 +3,10 @@
 :func:`write_records` runs on the writer connection inside one transaction: runs, results,
 jobs, and the summaries (``minions``, ``test_status``, ``counters``, and through
 dashboard/failures.py ``signatures`` and the ``failure_text`` search index) maintained with them.
+The same code serves SQLite and PostgreSQL (dashboard/dialect.py translates; results go in by
+:func:`dashboard.dialect.insert_results`, COPY on PostgreSQL). Several ingesters may share one
+PostgreSQL store: each transaction holds the writer lock, (minion, jid) is unique and a run is
+inserted with ``ON CONFLICT DO NOTHING``, and the id caches only hold ids, which never change.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 
+from dashboard.dialect import insert_results
 from dashboard.failures import FailureBatch
 from dashboard.ingest.records import JobRecord, RunRecord, utc_now
 from dashboard.ingest.status import PRECEDENCE, fold_status
@@ -65,11 +70,7 @@ _INSERT_RUN = """
                       rerun_of)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (minion_id, jid) DO NOTHING
-"""
-_INSERT_RESULT = """
-    INSERT INTO results (run_id, test_id, phase, outcome, duration, message, longrepr, stdout, stderr, markers,
-                         signature)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    RETURNING id
 """
 
 
@@ -90,6 +91,8 @@ class _Batch:
         self.failures = FailureBatch(conn)  # signatures and the failure text index
         # Tests whose failing streak opened or closed: the webhook outbox, in this same transaction.
         self.changes: list[outbox.TestChange] = []
+        # Results wait here and go in with one bulk insert (COPY on PostgreSQL): (started_at, rows).
+        self.pending_results: list[tuple[str, list[tuple]]] = []
 
     # minions ------------------------------------------------------------------------------
     def minion_id(self, name: str, seen_at: str) -> int:
@@ -98,12 +101,11 @@ class _Batch:
             return known
         row = self.conn.execute("SELECT id FROM minions WHERE name = ?", (name,)).fetchone()
         if row is None:
-            cursor = self.conn.execute(
-                "INSERT INTO minions (name, first_seen, last_seen) VALUES (?, ?, ?)", (name, seen_at, seen_at)
-            )
-            minion_id = cursor.lastrowid
-        else:
-            minion_id = row[0]
+            row = self.conn.execute(
+                "INSERT INTO minions (name, first_seen, last_seen) VALUES (?, ?, ?) RETURNING id",
+                (name, seen_at, seen_at),
+            ).fetchone()
+        minion_id = row[0]
         self.ids.minions[name] = minion_id
         return minion_id
 
@@ -165,6 +167,7 @@ class _Batch:
 
     def recompute_status(self, minion_id: int, test_id: int) -> dict | None:
         """Rebuild a test_status row from the full history (for out-of-order arrivals)."""
+        self.flush_results()  # the history includes this batch's runs
         row: dict | None = None
         current: list | None = None
         history = self.conn.execute(
@@ -193,7 +196,7 @@ class _Batch:
         conn = self.conn
         minion_id = self.minion_id(record.minion, record.returned_at)
         counts = record.counts
-        cursor = conn.execute(
+        inserted = conn.execute(
             _INSERT_RUN,
             (
                 minion_id, record.jid, record.fun, record.source, record.status, record.exitcode,
@@ -202,20 +205,17 @@ class _Batch:
                 self.now, record.paths, record.args, record.python_version, record.pytest_version,
                 record.grains, record.message, record.signed, record.code_hash, record.rerun_of,
             ),
-        )  # fmt: skip
-        if cursor.rowcount == 0:
+        ).fetchone()  # fmt: skip
+        if inserted is None:
             return "duplicate"
-        run_id = cursor.lastrowid
+        run_id = inserted[0]
         self.runs += 1
         if record.rows:
             ids = self.test_ids(record)
-            conn.executemany(
-                _INSERT_RESULT,
-                [
-                    (run_id, ids[nodeid], when, outcome, duration, message, longrepr, stdout, stderr, markers, sig)
-                    for nodeid, when, outcome, duration, message, longrepr, stdout, stderr, markers, sig in record.rows
-                ],
-            )
+            self.pending_results.append((record.started_at, [
+                (run_id, ids[nodeid], when, outcome, duration, message, longrepr, stdout, stderr, markers, sig)
+                for nodeid, when, outcome, duration, message, longrepr, stdout, stderr, markers, sig in record.rows
+            ]))  # fmt: skip
             self.results += len(record.rows)
             if record.signature_parts:
                 self.failures.add_run(run_id, record.started_at, record.signature_parts, record.rows)
@@ -275,8 +275,14 @@ class _Batch:
             (record.jid, record.fun, record.tgt, record.tgt_type, record.targeted, record.started_at),
         )
 
+    def flush_results(self) -> None:
+        if self.pending_results:
+            insert_results(self.conn, self.pending_results)
+            self.pending_results = []
+
     def flush(self) -> None:
         conn = self.conn
+        self.flush_results()
         updates, inserts = [], []
         for key in self.dirty:
             row = self.status[key]
@@ -307,7 +313,7 @@ class _Batch:
                     (state["runs"], state["first_seen"], state["last_seen"], state["last_run_id"], state["grains"], minion_id),
                 )
         conn.executemany(
-            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
             [(name, value) for name, value in (("runs", self.runs), ("results", self.results), ("tests", self.new_tests)) if value],
         )
         self.failures.flush()

@@ -108,15 +108,19 @@ def test_ingest_runs_until_signalled(tmp_path):
         assert "ingesting" in proc.stdout.readline()
         write_inbox(settings.inbox, result_document("web-2", "20261127000000000003", datetime.now(UTC),
                                                     [{"nodeid": "t.py::test_b", "outcome": "failed"}]))
-        import sqlite3
         import time
+
+        from dashboard.db import connect_sync
 
         deadline = time.monotonic() + 30
         count = 0
         while time.monotonic() < deadline and not count:
             time.sleep(0.1)
-            with sqlite3.connect(settings.db_path) as conn:
+            conn = connect_sync(settings.db_path)
+            try:
                 count = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            finally:
+                conn.close()
         assert count == 1
     finally:
         proc.terminate()

@@ -106,6 +106,7 @@ def _v1_database(path) -> None:
         conn.close()
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.anyio
 async def test_a_version_1_database_with_data_upgrades_at_app_start(tmp_path, make_app):
     _v1_database(tmp_path / "distmon.sqlite")

@@ -120,6 +120,7 @@ def test_a_failing_commit_on_a_cli_connection_is_rolled_back(tmp_path):
     conn.close()
 
 
+@pytest.mark.sqlite_only
 def test_ingest_ids_do_not_outlive_a_failed_commit(tmp_path):
     """A minion inserted by a transaction whose COMMIT failed must not keep its (reused) id in the cache."""
     settings = make_settings(tmp_path)

@@ -21,6 +21,7 @@ from dashboard.config import Settings
 from dashboard.db import Database, connect_sync
 from dashboard.ingest import CRASH_AFTER_COMMIT_ENV, IngestReport, run_ingester
 from dashboard.ingest import worker as ingest_worker
+from tests.db_backend import on_postgres
 from tests.functional.ingest_support import (
     counters,
     drop,
@@ -264,7 +265,7 @@ def test_an_older_run_arriving_late_does_not_overwrite_the_latest(settings):
     outcomes = ["passed", "failed", "failed", "passed"]
     # Arrival: 0, 1, 3, then the older 2 (e.g. a minion that spooled it while offline).
     late = _history(settings, outcomes, order=[0, 1, 3, 2])
-    in_order = make_settings(settings.db_path.parent.parent / "in-order")
+    in_order = make_settings(Path(settings.inbox).parent / "in-order")
     expected = _history(in_order, outcomes)
     for column in ("last_outcome", "last_started_at", "runs", "fails", "flips", "first_fail_at", "last_pass_at"):
         assert late[column] == expected[column], column
@@ -337,7 +338,8 @@ def test_every_kind_of_bad_input_is_quarantined_with_a_reason_and_ingest_goes_on
     assert rows(settings, "SELECT jid FROM runs") == [{"jid": GOOD_JID}]
     # Nothing escaped the three directories (inbox, archive, quarantine) and the database's.
     root = settings.inbox.parent
-    assert sorted(p.name for p in root.iterdir()) == ["archive", "db", "inbox", "quarantine"]
+    # (db/ holds the SQLite file; a PostgreSQL store has none.)
+    assert sorted(p.name for p in root.iterdir() if p.name != "db") == ["archive", "inbox", "quarantine"]
 
 
 def test_oversized_files_are_quarantined_unread(settings, tmp_path):
@@ -401,10 +403,16 @@ def test_symlinks_directories_and_special_files_are_quarantined_never_followed(s
 
 def test_a_file_the_database_rejects_does_not_sink_its_batch(settings):
     conn = connect_sync(settings.db_path)
-    conn.execute(
-        "CREATE TRIGGER reject_one BEFORE INSERT ON runs WHEN NEW.jid = '20261128070000000402' "
-        "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
-    )
+    if on_postgres():
+        conn.execute("CREATE FUNCTION reject_one() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN RAISE EXCEPTION 'refused by a test trigger'; END $$")
+        conn.execute("CREATE TRIGGER reject_one BEFORE INSERT ON runs FOR EACH ROW "
+                     "WHEN (NEW.jid = '20261128070000000402') EXECUTE FUNCTION reject_one()")
+    else:
+        conn.execute(
+            "CREATE TRIGGER reject_one BEFORE INSERT ON runs WHEN NEW.jid = '20261128070000000402' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
+        )
     conn.close()
     for index in range(5):
         drop_doc(settings.inbox, make_doc(jid=f"2026112807000000040{index}"))
@@ -503,7 +511,7 @@ from pathlib import Path
 from dashboard.config import Settings
 from dashboard.ingest import ingest_pending_sync
 root = Path(sys.argv[1])
-settings = Settings(db_path=root / "db" / "distmon.sqlite", inbox=root / "inbox", archive=root / "archive",
+settings = Settings(db_path=sys.argv[2], inbox=root / "inbox", archive=root / "archive",
                     quarantine=root / "quarantine")
 report = ingest_pending_sync(settings)
 print(report.ingested, report.duplicates, report.results)
@@ -515,14 +523,14 @@ def test_a_crash_between_commit_and_move_loses_nothing_and_duplicates_nothing(se
     for index in range(3):
         drop_doc(settings.inbox, make_doc(jid=f"2026112807000000060{index}"))
     env = {**os.environ, CRASH_AFTER_COMMIT_ENV: "1", "PYTHONPATH": str(REPO_ROOT)}
-    crashed = subprocess.run([sys.executable, "-c", CRASHING_INGEST, str(root)], env=env, capture_output=True, text=True, timeout=60)
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_INGEST, str(root), str(settings.db_path)], env=env, capture_output=True, text=True, timeout=60)
     assert crashed.returncode == 99, crashed.stderr
     # Committed, but the files were never moved.
     assert rows(settings, "SELECT count(*) AS n FROM runs")[0]["n"] == 3
     assert len(list((settings.inbox / "web-1").iterdir())) == 3
 
     env.pop(CRASH_AFTER_COMMIT_ENV)
-    restarted = subprocess.run([sys.executable, "-c", CRASHING_INGEST, str(root)], env=env, capture_output=True, text=True, timeout=60)
+    restarted = subprocess.run([sys.executable, "-c", CRASHING_INGEST, str(root), str(settings.db_path)], env=env, capture_output=True, text=True, timeout=60)
     assert restarted.returncode == 0, restarted.stderr
     assert restarted.stdout.split() == ["0", "3", "0"]
     assert rows(settings, "SELECT count(*) AS n FROM runs")[0]["n"] == 3
