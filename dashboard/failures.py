@@ -242,7 +242,7 @@ class SignatureChanges:
 def _previous_same_paths(conn: sqlite3.Connection, minion_id: int, paths: str, started_at: str, run_id: int) -> int | None:
     row = conn.execute(
         "SELECT id FROM (SELECT id, paths FROM runs WHERE minion_id = ? AND (started_at, id) < (?, ?) "
-        "ORDER BY started_at DESC, id DESC LIMIT ?) WHERE paths = ? LIMIT 1",
+        "ORDER BY started_at DESC, id DESC LIMIT ?) AS recent WHERE paths = ? LIMIT 1",
         (minion_id, started_at, run_id, PREVIOUS_RUN_LOOKBACK, paths),
     ).fetchone()
     return row[0] if row else None
@@ -821,7 +821,7 @@ async def get_signature(db, signature: str) -> dict[str, Any] | None:
 async def _previous_run(db, run: dict) -> dict | None:
     row = await db.fetchone(
         "SELECT id, started_at FROM (SELECT id, paths, started_at FROM runs WHERE minion_id = ? "
-        "AND (started_at, id) < (?, ?) ORDER BY started_at DESC, id DESC LIMIT ?) WHERE paths = ? LIMIT 1",
+        "AND (started_at, id) < (?, ?) ORDER BY started_at DESC, id DESC LIMIT ?) AS recent WHERE paths = ? LIMIT 1",
         (run["minion_id"], run["started_at"], run["id"], PREVIOUS_RUN_LOOKBACK, run["paths_json"]),
     )
     return row

@@ -397,6 +397,7 @@ def _forget_signatures(path) -> dict[int, str]:
         conn.close()
 
 
+@pytest.mark.sqlite_only  # reads SQLite's FTS5 table directly
 async def test_backfill_gives_results_stored_before_signatures_the_same_signatures(tmp_path, make_app):
     async with make_app(tmp_path) as app:
         await seed_fleet(app, jobs=3)
@@ -429,6 +430,7 @@ async def test_backfill_gives_results_stored_before_signatures_the_same_signatur
         assert len((await failures.open_failures(app.db))["failures"]) == len(expected_page)
 
 
+@pytest.mark.sqlite_only  # reads SQLite's FTS5 table directly
 async def test_pruning_old_runs_drops_their_failures_from_the_search_index(tmp_path, make_app):
     async with make_app(tmp_path) as app:
         await seed_fleet(app, jobs=1)
