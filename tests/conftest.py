@@ -25,6 +25,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -102,6 +103,17 @@ def harness_root():
     yield root
     shutil.rmtree(root, ignore_errors=True)
     remove_external_chroots(root)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.25):
+    """Poll ``predicate`` until it returns something truthy or ``timeout`` s pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
 
 
 def make_storage_host(root: Path) -> StorageHost:

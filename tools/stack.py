@@ -137,10 +137,9 @@ def prepare(host: StorageHost) -> dict[str, str]:
         link = srv / name
         if not link.is_symlink():
             link.symlink_to(REPO / name, target_is_directory=True)
-    (RUN / "pillar").mkdir(exist_ok=True)
-    pillar_top = RUN / "pillar" / "top.sls"
-    if not pillar_top.exists():
-        pillar_top.write_text("base: {}\n")
+    # The formula's pillar: `salt '*' state.apply distmon` on the stack writes only under .run/.
+    render("pillar_top.sls", RUN / "pillar" / "top.sls", values)
+    render("pillar_distmon.sls", RUN / "pillar" / "distmon.sls", values)
     render("master.conf", RUN / "salt" / "master" / "master", values)
     for minion_id in MINIONS:
         render("minion.conf", RUN / "salt" / minion_id / "minion", {**values, "MINION_ID": minion_id})

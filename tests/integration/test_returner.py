@@ -20,22 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from dashboard import signing
 from dashboard.models import ResultDocument
-from tests.conftest import make_storage_host
+from tests.conftest import make_storage_host, wait_for
 from tests.loader_support import load_loader_module
 
 DEFAULT_GRAINS = load_loader_module("_returners/distmon.py", "distmon_returner_for_grains").DEFAULT_GRAINS
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def inbox_documents(inbox: Path) -> dict[str, dict]:

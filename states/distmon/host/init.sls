@@ -1,6 +1,8 @@
 {#-
 distmon.host: the storage host the minions upload their results to.
 
+- the packages it needs (`distmon:storage:packages`, per os_family: openssh-server and
+  what makes the dashboard's virtualenv);
 - an SFTP-only account (no shell) whose sshd Match block forces internal-sftp
   and chroots it; sshd demands every component of the chroot path be root-owned
   and not group/world writable, so the chroot is root:root 0755 and the inbox
@@ -11,30 +13,28 @@ distmon.host: the storage host the minions upload their results to.
   /etc/ssh/sshd_config.d/distmon.conf), never an edit of the main sshd_config
   (Debian and Ubuntu include sshd_config.d/*.conf; elsewhere add the Include);
   `sshd -t` checks the result and sshd is reloaded only when that passed
-  (systemd hosts; not in a scratch root);
+  (systemd hosts; not in a scratch root; the service is `ssh` on Debian, `sshd` on
+  RedHat and Suse: osfamilymap.yaml);
 - the database, archive and quarantine directories;
 - the dashboard (with its ingester) in its own virtualenv, run by a systemd
   unit where systemd runs. It moves ingested files out of the inbox, so it runs
   as the account that owns the inbox.
 
 `distmon:storage:root` prefixes every path (a scratch root for trials: then
-no account, no sshd check or reload and no service are touched).
-Every key and its default: states/distmon/defaults.yaml and pillar.example.
+no package, account, sshd check or reload and no service are touched).
+Every key and its default: states/distmon/defaults.yaml and pillar.example;
+distmon.host.clean removes what this installs.
 -#}
-{%- from "distmon/map.jinja" import distmon with context %}
-{%- set storage = distmon.storage %}
-{%- set dashboard = storage.dashboard %}
-{%- set root = storage.root.rstrip('/') %}
-{%- set scratch = root != '' %}
-{%- set chroot = root ~ storage.chroot %}
-{%- set inbox = chroot ~ '/' ~ storage.inbox.strip('/') %}
-{%- set authorized_keys_file = root ~ storage.authorized_keys_file %}
-{%- set sshd_config = root ~ storage.sshd_config %}
-{%- set db_path = root ~ storage.db_path %}
-{%- set app_dir = root ~ dashboard.app_dir %}
-{%- set venv = root ~ dashboard.venv %}
-{%- set owner = storage.sftp_user if storage.manage_user or not scratch else 'root' %}
-{%- set systemd = grains.get('init') == 'systemd' and not scratch %}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/host/paths.jinja" import storage, dashboard, root, scratch, chroot, inbox,
+    authorized_keys_file, sshd_config, db_path, app_dir, venv, owner, systemd with context %}
+
+{%- if not scratch %}
+
+distmon-host-packages:
+  pkg.installed:
+    - pkgs: {{ storage.packages | json }}
+{%- endif %}
 
 {%- if storage.manage_user and not scratch %}
 
@@ -44,7 +44,7 @@ distmon-sftp-user:
     - system: True
     - createhome: False
     - home: /nonexistent
-    - shell: /usr/sbin/nologin
+    - shell: {{ storage.nologin_shell }}
     - usergroup: True
 {%- endif %}
 
@@ -71,7 +71,7 @@ distmon-inbox:
 distmon-authorized-keys:
   file.managed:
     - name: {{ authorized_keys_file }}
-    - source: salt://distmon/files/authorized_keys.jinja
+    - source: salt://{{ tplroot }}/files/authorized_keys.jinja
     - template: jinja
     - context:
         keys: {{ storage.authorized_keys | json }}
@@ -83,7 +83,7 @@ distmon-authorized-keys:
 distmon-sshd-match:
   file.managed:
     - name: {{ sshd_config }}
-    - source: salt://distmon/files/sshd_distmon.conf.jinja
+    - source: salt://{{ tplroot }}/files/sshd_distmon.conf.jinja
     - template: jinja
     - context:
         sftp_user: {{ storage.sftp_user | json }}
@@ -98,10 +98,12 @@ distmon-sshd-match:
 
 distmon-sshd-check:
   cmd.run:
-    - name: /usr/sbin/sshd -t
+    - name: {{ storage.sshd_bin }} -t
     - onchanges:
       - file: distmon-sshd-match
       - file: distmon-authorized-keys
+    - require:
+      - pkg: distmon-host-packages
 {%-   if systemd %}
 
 distmon-sshd-reload:
@@ -164,12 +166,15 @@ distmon-dashboard-venv:
     - require:
       - file: distmon-dashboard-requirements
       - file: distmon-dashboard-constraints
+{%-   if not scratch %}
+      - pkg: distmon-host-packages
+{%-   endif %}
 {%-   if systemd %}
 
 distmon-dashboard-unit:
   file.managed:
     - name: /etc/systemd/system/{{ dashboard.service }}.service
-    - source: salt://distmon/files/distmon-dashboard.service.jinja
+    - source: salt://{{ tplroot }}/files/distmon-dashboard.service.jinja
     - template: jinja
     - context:
         user: {{ owner | json }}
