@@ -42,6 +42,7 @@ is logged once.
     distmon.deadline: 30                       # seconds for lock + connect + transfer of one flush
     distmon.spool_max_files: 0                 # 0 = never drop; else drop the oldest (logged)
     distmon.spool_max_bytes: 0                 # 0 = never drop; else drop the oldest (logged)
+    distmon.events: true                       # distmon/spool/backlog and /drained on the master's bus
 
 The returner's own keys (``grains``, ``all_jobs``, ``sign``) are documented in
 ``_returners/distmon.py``.
@@ -147,6 +148,25 @@ def _log_drops(dropped, spool: dict, minion_id: str) -> list[str]:
             spool["spool_max_files"], spool["spool_max_bytes"], entry.jid, minion_id, entry.size,
         )
     return [entry.jid for entry in dropped]
+
+
+def _announce_spool(spool: dict, minion_id: str, report: dict) -> None:
+    """Fire distmon/spool/backlog or distmon/spool/drained after a delivery attempt (never raises)."""
+    try:
+        if "event.fire_master" not in __salt__ or _lib("distmon_events.masterless")(__opts__):
+            return
+        if __salt__["config.option"]("distmon.events", True) in (False, "false", "False", 0, "0", "no", "off"):
+            return
+        entries = _lib("distmon_transport.spool_entries")(spool["spool_dir"])
+        waiting = report.get("waiting") or []
+        last_error = waiting[0]["reason"] if waiting else None
+        if entries and last_error is None:
+            last_error = _lib("distmon_transport.spool_error")(entries[0].path).get("last_error")
+        for tag, data in _lib("distmon_events.spool_events")(spool["spool_dir"], minion_id, entries, report,
+                                                                last_error):
+            _lib("distmon_events.fire_best_effort")(__salt__["event.fire_master"], tag, data)
+    except Exception:  # an event is a courtesy: the spool and its delivery stand regardless
+        log.exception("distmon: could not announce the spool state of minion %s", minion_id)
 
 
 def _flush(transport: dict, spool: dict, minion_id: str, started: float) -> dict:
@@ -271,6 +291,7 @@ def store(document: dict, sign: bool = False, option_errors: list | None = None,
         # The deadline covers delivery (lock, connect, transfer), not the local write above.
         report = _flush(transport, spool, minion_id, started)
     report.update({"spooled": jid, "dropped": dropped, "elapsed": round(time.monotonic() - started, 3)})
+    _announce_spool(spool, minion_id, report)
     return report
 
 
@@ -297,6 +318,7 @@ def flush(**kwargs) -> dict:
     transport = _lib("distmon_options.transport_options")(raw)  # a misconfigured flush is the caller's error
     report = _flush(transport, spool, minion_id, started)
     report["elapsed"] = round(time.monotonic() - started, 3)
+    _announce_spool(spool, minion_id, report)
     if report["waiting"]:
         __context__["retcode"] = 1
     return report

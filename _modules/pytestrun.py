@@ -94,6 +94,7 @@ CLI Example:
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import hashlib
 import json
@@ -1137,7 +1138,8 @@ def _fire_best_effort(tag: str, data: dict) -> None:
         except Exception as err:  # the bus is a courtesy: the run's result stands regardless
             outcome.append(err)
 
-    thread = threading.Thread(target=fire, name="pytestrun-event", daemon=True)
+    # The loader's dunders (__opts__, __salt__ ...) live in context variables: the thread needs a copy.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(fire,), name="pytestrun-event", daemon=True)
     thread.start()
     thread.join(max(0.0, timeout))
     if thread.is_alive():

@@ -39,6 +39,7 @@ CLI Example:
     salt-run distmon.run path=salt://sample_tests tgt='web-*'
     salt-run distmon.status
     salt-run distmon.results jid=20261128073012345678
+    salt-run distmon.rerun jid=20261128073012345678
 """
 
 from __future__ import annotations
@@ -385,41 +386,51 @@ def run(
     if test_timeout:
         kwarg["timeout"] = test_timeout
 
+    with salt.client.get_local_client(__opts__["conf_file"]) as client:
+        rows = _publish_and_collect(client, target, tgt_type, path, kwarg, timeout, gather_job_timeout, max_wait, ret)
+    if rows is None:
+        raise DistmonUsageError(f"no minion matches {tgt_type} target {tgt!r}; nothing was run")
+    return _finish(rows)
+
+
+def _publish_and_collect(client, target, tgt_type: str, path, kwarg: dict, timeout: int, gather_job_timeout: int,
+                         max_wait: float, ret: str) -> dict | None:
+    """Publish pytestrun.run, write the manifest, show each return as it arrives; rows by minion (None: no match)."""
     progress_line = _lib("distmon_summary.progress_line")
     started_at = _lib("distmon_transport.utc_now")()
-    with salt.client.get_local_client(__opts__["conf_file"]) as client:
-        pub_data = client.run_job(
-            target, RUN_FUNCTION, arg=[path], tgt_type=tgt_type, ret=ret,
-            timeout=timeout, kwarg=kwarg or None, listen=True,
-        )
-        if not pub_data:
-            raise DistmonUsageError(f"no minion matches {tgt_type} target {tgt!r}; nothing was run")
-        jid = pub_data["jid"]
-        targeted = sorted(pub_data["minions"])
-        _progress(f"jid {jid}: {RUN_FUNCTION} {path} sent to {len(targeted)} minion(s): {', '.join(targeted)}")
-        upload = _ManifestUpload(_manifest(jid, target, tgt_type, targeted, started_at))
-        upload.start()
+    pub_data = client.run_job(
+        target, RUN_FUNCTION, arg=[path], tgt_type=tgt_type, ret=ret,
+        timeout=timeout, kwarg=kwarg or None, listen=True,
+    )
+    if not pub_data:
+        return None
+    jid = pub_data["jid"]
+    targeted = sorted(pub_data["minions"])
+    shown = path if isinstance(path, str) else f"{len(path)} node id(s)"
+    _progress(f"jid {jid}: {RUN_FUNCTION} {shown} sent to {len(targeted)} minion(s): {', '.join(targeted)}")
+    upload = _ManifestUpload(_manifest(jid, target, tgt_type, targeted, started_at))
+    upload.start()
 
-        rows: dict = {}
-        hard_deadline = time.monotonic() + max_wait
-        gave_up = False
-        for event in client.get_iter_returns(
-            jid, set(targeted), timeout=timeout, tgt=target, tgt_type=tgt_type,
-            block=False, gather_job_timeout=gather_job_timeout, expect_minions=False,
-        ):
-            if time.monotonic() > hard_deadline:
-                log.warning("distmon: job %s: max_wait %s s reached", jid, max_wait)
-                gave_up = True
-                break
-            if not event:
-                time.sleep(0.05)
+    rows: dict = {}
+    hard_deadline = time.monotonic() + max_wait
+    gave_up = False
+    for event in client.get_iter_returns(
+        jid, set(targeted), timeout=timeout, tgt=target, tgt_type=tgt_type,
+        block=False, gather_job_timeout=gather_job_timeout, expect_minions=False,
+    ):
+        if time.monotonic() > hard_deadline:
+            log.warning("distmon: job %s: max_wait %s s reached", jid, max_wait)
+            gave_up = True
+            break
+        if not event:
+            time.sleep(0.05)
+            continue
+        for minion, data in event.items():
+            if not isinstance(data, dict) or "ret" not in data or minion in rows:
                 continue
-            for minion, data in event.items():
-                if not isinstance(data, dict) or "ret" not in data or minion in rows:
-                    continue
-                rows[minion] = _row(jid, data["ret"], data.get("retcode"))
-                _progress(progress_line(minion, rows[minion]))
-        upload.wait()
+            rows[minion] = _row(jid, data["ret"], data.get("retcode"))
+            _progress(progress_line(minion, rows[minion]))
+    upload.wait()
 
     for minion in targeted:
         if minion not in rows:
@@ -429,7 +440,91 @@ def run(
             )
             rows[minion] = _missing_row(jid, reason)
             _progress(progress_line(minion, rows[minion]))
-    return _finish(rows)
+    return rows
+
+
+def _failed_paths(result: dict) -> list[str]:
+    """Paths that run again exactly the tests that failed (or errored) in a pytestrun.run result."""
+    failed = sorted({entry.get("nodeid") for entry in result.get("tests") or []
+                     if isinstance(entry, dict) and entry.get("outcome") in ("failed", "error") and entry.get("nodeid")})
+    paths = [str(p) for p in result.get("paths") or []]
+    if paths and all(p.startswith("salt://") for p in paths):
+        return [f"salt://{nodeid}" for nodeid in failed]  # node ids are relative to the salt:// root
+    root = result.get("rootdir") or ""
+    return [f"{root.rstrip('/')}/{nodeid}" if root else nodeid for nodeid in failed]
+
+
+def rerun(jid=None, timeout=None, test_timeout=None, max_wait=None, gather_job_timeout=None, ret: str = RETURNER) -> dict:
+    """
+    Re-run the failed tests of an earlier job, each minion only its own failures, with progress and summary.
+
+    jid
+        The job whose failures to re-run (``distmon.run`` printed it; its returns
+        are read from the master's job cache).
+    timeout, test_timeout, max_wait, gather_job_timeout, ret
+        As for ``distmon.run``.
+
+    Minions that failed the same node ids are targeted together (list
+    targeting); a minion whose tests all passed is not run again. Each re-run
+    carries ``rerun_of=<jid>``: the dashboard links it to the original and counts
+    a test that passes on re-run as flaky. Returns the same rows as
+    ``distmon.run`` (one per re-run minion) plus ``retcode`` (0: every re-run
+    test passed).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run distmon.rerun jid=20261128073012345678
+        salt-run distmon.rerun 20261128073012345678 test_timeout=120 --out json
+    """
+    if not jid:
+        raise DistmonUsageError("jid missing\nusage: salt-run distmon.rerun jid=<jid>")
+    jid = str(jid)
+    try:
+        _lib("distmon_options.check_name")("jid", jid, __opts__)
+    except SaltInvocationError:
+        raise DistmonUsageError(f"jid {jid!r} is not a job id") from None
+    job = __salt__["jobs.list_job"](jid)
+    if not isinstance(job, dict) or "Error" in job or not job.get("Function"):
+        raise DistmonUsageError(f"job {jid} is not in the job cache")
+    groups: dict[tuple, list[str]] = {}
+    for minion, data in sorted((job.get("Result") or {}).items()):
+        result = data.get("return") if isinstance(data, dict) else None
+        if not _lib("distmon_summary.is_pytestrun_return")(result):
+            continue
+        paths = _failed_paths(result)
+        if paths:
+            groups.setdefault(tuple(paths), []).append(minion)
+    if not groups:
+        _progress(f"jid {jid}: no failed tests to re-run")
+        return _finish_rerun({})
+    timeout = _as_number(timeout, int, "timeout") or int(__opts__["timeout"])
+    gather_job_timeout = _as_number(gather_job_timeout, int, "gather_job_timeout") or int(
+        __opts__["gather_job_timeout"]
+    )
+    test_timeout = _as_number(test_timeout, float, "test_timeout")
+    max_wait = _as_number(max_wait, float, "max_wait") or ((test_timeout or 600) + timeout + gather_job_timeout + 30)
+    kwarg = {"rerun_of": jid}
+    if test_timeout:
+        kwarg["timeout"] = test_timeout
+    rows: dict = {}
+    with salt.client.get_local_client(__opts__["conf_file"]) as client:
+        for paths, minions in groups.items():
+            _progress(f"re-running {len(paths)} failed test(s) of {jid} on {', '.join(minions)}")
+            got = _publish_and_collect(client, minions, "list", list(paths), kwarg, timeout, gather_job_timeout,
+                                       max_wait, ret)
+            for minion in minions:
+                rows[minion] = (got or {}).get(minion) or _missing_row(jid, "the re-run could not be published")
+    return _finish_rerun(rows)
+
+
+def _finish_rerun(rows: dict) -> dict:
+    # Nothing to re-run is a success, not "no rows": the original's failures are all someone else's.
+    if rows:
+        return _finish(rows)
+    __context__["retcode"] = 0
+    return {"data": {"retcode": 0}, "outputter": OUTPUTTER}
 
 
 def results(jid=None) -> dict:

@@ -185,6 +185,10 @@ def salt_master(salt_factories, file_roots_dir, storage_host):
         "file_roots": {"base": [str(REPO_ROOT / "states"), str(file_roots_dir)]},
         "fileserver_followsymlinks": True,
         "log_level_logfile": "info",
+        # The shipped re-run reactor (docs/events.md). It acts only on runs whose event asks for a
+        # re-run: the session's minions say no by default (minion_overrides), a test asks with
+        # pytestrun.run rerun_new_failures=True, so no other test sees extra runs.
+        "reactor": [{"distmon/run/*": ["salt://reactor/distmon_rerun.sls"]}],
     }
     master = salt_factories.salt_master_daemon("distmon-master", overrides=overrides)
     with master.started():
@@ -195,7 +199,8 @@ def salt_master(salt_factories, file_roots_dir, storage_host):
 
 def minion_overrides(host: StorageHost | None, **extra) -> dict:
     """Minion config that points the distmon returner at ``host``."""
-    overrides = {"log_level_logfile": "info"}
+    # No reactor re-runs unless a run asks (see salt_master).
+    overrides = {"log_level_logfile": "info", "pytestrun.rerun_new_failures": False}
     if host is not None:
         for key, value in host.returner_config().items():
             overrides[f"distmon.{key}"] = value

@@ -31,7 +31,7 @@ def fake_config_option(opts: dict, pillar: dict):
     return option
 
 
-UTILS_LIBRARY = ("distmon_options", "distmon_transport", "distmon_signing", "distmon_summary")
+UTILS_LIBRARY = ("distmon_options", "distmon_transport", "distmon_signing", "distmon_summary", "distmon_events")
 
 
 def load_utils(names=UTILS_LIBRARY) -> dict:

@@ -382,4 +382,4 @@ def test_only_the_documented_functions_are_public():
     public = sorted(name for name, value in vars(runner).items()
                     if callable(value) and not name.startswith("_") and getattr(value, "__module__", "") == runner.__name__
                     and not isinstance(value, type))
-    assert public == ["results", "run", "status"]
+    assert public == ["rerun", "results", "run", "status"]
