@@ -84,6 +84,153 @@ TRIAGE_TABLES = """
         INSERT INTO signature_backfill (id, pending_upto) SELECT 1, COALESCE(MAX(id), 0) FROM results;
         """
 
+# -- migration 7: fleet summaries ---------------------------------------------------------------
+FLEET_TABLES_SQLITE = """
+    ALTER TABLE minions ADD COLUMN last_status TEXT;               -- status of last_run_id
+    ALTER TABLE minions ADD COLUMN tests INTEGER NOT NULL DEFAULT 0;    -- test_status rows
+    ALTER TABLE minions ADD COLUMN failing INTEGER NOT NULL DEFAULT 0;  -- latest outcome fails
+    ALTER TABLE minions ADD COLUMN passing INTEGER NOT NULL DEFAULT 0;  -- latest outcome passes
+    ALTER TABLE minions ADD COLUMN late_after TEXT;  -- late when silent past this; NULL: no interval yet
+    -- One row per minion and test file: the minion x file matrix.
+    CREATE TABLE file_status (
+        minion_id INTEGER NOT NULL REFERENCES minions(id),
+        file TEXT NOT NULL,
+        tests INTEGER NOT NULL DEFAULT 0,
+        failing INTEGER NOT NULL DEFAULT 0,
+        passing INTEGER NOT NULL DEFAULT 0,
+        last_started_at TEXT,
+        PRIMARY KEY (minion_id, file)
+    ) WITHOUT ROWID;
+    -- One row per test across minions: a test's page and /slowest.
+    CREATE TABLE test_totals (
+        test_id INTEGER PRIMARY KEY REFERENCES tests(id),
+        minions INTEGER NOT NULL DEFAULT 0,
+        runs INTEGER NOT NULL DEFAULT 0,
+        fails INTEGER NOT NULL DEFAULT 0,
+        flips INTEGER NOT NULL DEFAULT 0,
+        code_flips INTEGER NOT NULL DEFAULT 0,
+        total_duration REAL NOT NULL DEFAULT 0,
+        avg_duration REAL,
+        failing INTEGER NOT NULL DEFAULT 0,  -- minions where it fails now
+        passing INTEGER NOT NULL DEFAULT 0,
+        last_pass_at TEXT
+    );
+    CREATE INDEX test_totals_slowest ON test_totals (avg_duration DESC) WHERE runs > 0;
+    -- The grains of each minion's newest run, one row per (grain, value); a list grain
+    -- (roles) has one row per element. Groups the fleet by grain.
+    CREATE TABLE minion_grains (
+        grain TEXT NOT NULL,
+        value TEXT NOT NULL,
+        minion_id INTEGER NOT NULL REFERENCES minions(id),
+        PRIMARY KEY (grain, value, minion_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX minion_grains_minion ON minion_grains (minion_id);
+    -- Open failing streaks of a test, oldest first: its "failing since".
+    CREATE INDEX test_status_failing ON test_status (test_id, first_fail_at) WHERE first_fail_at IS NOT NULL;
+"""
+FLEET_TABLES_POSTGRESQL = """
+    ALTER TABLE minions ADD COLUMN last_status TEXT;
+    ALTER TABLE minions ADD COLUMN tests INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE minions ADD COLUMN failing INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE minions ADD COLUMN passing INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE minions ADD COLUMN late_after TEXT COLLATE "C";
+    CREATE TABLE file_status (
+        minion_id BIGINT NOT NULL REFERENCES minions(id),
+        file TEXT NOT NULL,
+        tests INTEGER NOT NULL DEFAULT 0,
+        failing INTEGER NOT NULL DEFAULT 0,
+        passing INTEGER NOT NULL DEFAULT 0,
+        last_started_at TEXT,
+        PRIMARY KEY (minion_id, file)
+    );
+    CREATE TABLE test_totals (
+        test_id BIGINT PRIMARY KEY REFERENCES tests(id),
+        minions INTEGER NOT NULL DEFAULT 0,
+        runs INTEGER NOT NULL DEFAULT 0,
+        fails INTEGER NOT NULL DEFAULT 0,
+        flips INTEGER NOT NULL DEFAULT 0,
+        code_flips INTEGER NOT NULL DEFAULT 0,
+        total_duration DOUBLE PRECISION NOT NULL DEFAULT 0,
+        avg_duration DOUBLE PRECISION,
+        failing INTEGER NOT NULL DEFAULT 0,
+        passing INTEGER NOT NULL DEFAULT 0,
+        last_pass_at TEXT
+    );
+    CREATE INDEX test_totals_slowest ON test_totals (avg_duration DESC) WHERE runs > 0;
+    CREATE TABLE minion_grains (
+        grain TEXT NOT NULL,
+        value TEXT NOT NULL,
+        minion_id BIGINT NOT NULL REFERENCES minions(id),
+        PRIMARY KEY (grain, value, minion_id)
+    );
+    CREATE INDEX minion_grains_minion ON minion_grains (minion_id);
+    CREATE INDEX test_status_failing ON test_status (test_id, first_fail_at) WHERE first_fail_at IS NOT NULL;
+"""
+_FLEET_COUNTS = """
+    DELETE FROM file_status;
+    DELETE FROM test_totals;
+    DELETE FROM minion_grains;
+    UPDATE minions SET tests = 0, failing = 0, passing = 0, late_after = NULL,
+        last_status = (SELECT r.status FROM runs r WHERE r.id = minions.last_run_id);
+    UPDATE minions SET tests = s.tests, failing = s.failing, passing = s.passing FROM (
+        SELECT minion_id, COUNT(*) AS tests, SUM(CASE WHEN last_outcome IN ('failed', 'error') THEN 1 ELSE 0 END) AS failing,
+            SUM(CASE WHEN last_outcome IN ('passed', 'xpassed', 'xfailed') THEN 1 ELSE 0 END) AS passing
+        FROM test_status GROUP BY minion_id
+    ) AS s WHERE s.minion_id = minions.id;
+    INSERT INTO file_status (minion_id, file, tests, failing, passing, last_started_at)
+    SELECT ts.minion_id, t.file, COUNT(*), SUM(CASE WHEN ts.last_outcome IN ('failed', 'error') THEN 1 ELSE 0 END),
+        SUM(CASE WHEN ts.last_outcome IN ('passed', 'xpassed', 'xfailed') THEN 1 ELSE 0 END), MAX(ts.last_started_at)
+    FROM test_status ts JOIN tests t ON t.id = ts.test_id GROUP BY ts.minion_id, t.file;
+    INSERT INTO test_totals (test_id, minions, runs, fails, flips, code_flips, total_duration, avg_duration,
+        failing, passing, last_pass_at)
+    SELECT test_id, COUNT(*), SUM(runs), SUM(fails), SUM(flips), SUM(code_flips), SUM(total_duration),
+        CASE WHEN SUM(runs) > 0 THEN SUM(total_duration) / SUM(runs) END,
+        SUM(CASE WHEN last_outcome IN ('failed', 'error') THEN 1 ELSE 0 END),
+        SUM(CASE WHEN last_outcome IN ('passed', 'xpassed', 'xfailed') THEN 1 ELSE 0 END), MAX(last_pass_at)
+    FROM test_status GROUP BY test_id;
+"""
+# (Re)fill the summaries of migration 7 from test_status, runs and minions.grains: migration 7 on
+# an existing store, and dashboard/seed.py after its bulk insert. Idempotent. Lateness and the
+# grains' JSON are where the engines differ.
+FLEET_SUMMARIES = {
+    "sqlite": _FLEET_COUNTS + """
+    UPDATE minions SET late_after = strftime('%Y-%m-%dT%H:%M:%fZ', julianday(minions.last_seen) + MAX(2 * x.iv, x.iv + 60) / 86400.0)
+    FROM (
+        SELECT id, COALESCE(expected_interval, CASE WHEN runs >= 3 AND julianday(last_seen) > julianday(first_seen)
+            THEN (julianday(last_seen) - julianday(first_seen)) * 86400.0 / (runs - 1) END) AS iv
+        FROM minions
+    ) AS x WHERE x.id = minions.id AND x.iv IS NOT NULL;
+    INSERT OR IGNORE INTO minion_grains (grain, value, minion_id)
+    SELECT g.key, substr(CASE WHEN e.type IS NOT NULL THEN
+            CASE e.type WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' ELSE CAST(e.atom AS TEXT) END
+        ELSE CASE g.type WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' ELSE CAST(g.atom AS TEXT) END END, 1, 200),
+        m.id
+    FROM minions m JOIN json_each(CASE WHEN json_valid(m.grains) THEN m.grains ELSE '{}' END) g
+    LEFT JOIN json_each(CASE WHEN g.type = 'array' THEN g.value END) e
+    WHERE json_type(CASE WHEN json_valid(m.grains) THEN m.grains ELSE '{}' END) = 'object'
+        AND ((g.type = 'array' AND e.type IN ('text', 'integer', 'real', 'true', 'false'))
+            OR g.type IN ('text', 'integer', 'real', 'true', 'false'));
+    """,  # noqa: S608 (constant SQL)
+    "postgresql": _FLEET_COUNTS + """
+    UPDATE minions SET late_after = to_char((minions.last_seen::timestamptz
+            + make_interval(secs => GREATEST(2 * x.iv, x.iv + 60))) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    FROM (
+        SELECT id, COALESCE(expected_interval, CASE WHEN runs >= 3 AND last_seen::timestamptz > first_seen::timestamptz
+            THEN extract(epoch FROM last_seen::timestamptz - first_seen::timestamptz) / (runs - 1) END) AS iv
+        FROM minions
+    ) AS x WHERE x.id = minions.id AND x.iv IS NOT NULL;
+    INSERT INTO minion_grains (grain, value, minion_id)
+    SELECT DISTINCT g.key, left(CASE WHEN jsonb_typeof(e.value) = 'string' THEN e.value #>> '{}'
+        ELSE e.value::text END, 200), m.id
+    FROM minions m
+    CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(m.grains::jsonb) = 'object' THEN m.grains::jsonb
+        ELSE '{}'::jsonb END) g
+    CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(g.value) = 'array' THEN g.value
+        ELSE jsonb_build_array(g.value) END) e
+    WHERE jsonb_typeof(e.value) IN ('string', 'number', 'boolean');
+    """,  # noqa: S608 (constant SQL)
+}
+
 # (version, sql). Append only.
 MIGRATIONS: list[tuple[int, MigrationSQL]] = [
     (
@@ -387,6 +534,16 @@ MIGRATIONS: list[tuple[int, MigrationSQL]] = [
         ALTER TABLE runs ADD COLUMN rerun_of TEXT;
         CREATE INDEX runs_rerun_of ON runs (rerun_of) WHERE rerun_of IS NOT NULL;
         """,
+    ),
+    (
+        7,
+        {
+            # Summaries for large fleets (10,000 minions x 500 tests): the fleet page, its groups, a
+            # test's page and /slowest read these, never test_status or results in bulk. The ingester
+            # (dashboard/ingest/store.py) maintains them in the transaction that stores each run.
+            "sqlite": FLEET_TABLES_SQLITE + FLEET_SUMMARIES["sqlite"],
+            "postgresql": FLEET_TABLES_POSTGRESQL + FLEET_SUMMARIES["postgresql"],
+        },
     ),
 ]
 

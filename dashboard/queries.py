@@ -4,8 +4,11 @@ Rules that keep each page within ~100 ms on a million results:
 
 - Lists use keyset (cursor) pagination on an index (``runs_started``, ``runs_minion_started``,
   ``runs_status_started``, ``results_test``), never OFFSET, and always a LIMIT.
-- Aggregates come from the summary tables (``minions``, ``test_status``, ``counters``);
-  nothing counts over ``results``.
+- Aggregates come from the summary tables (``minions``, ``test_status``, ``file_status``,
+  ``test_totals``, ``minion_grains``, ``counters``); nothing counts over ``results``, and no page
+  aggregates ``test_status`` over the whole fleet (10,000 minions x 500 tests is 5,000,000 rows).
+- Pages that list minions (the fleet, a test's minions, a job's runs) show at most
+  :data:`FLEET_PAGE` rows and page with a cursor.
 - Charts and timelines read a bounded window (the latest ``CHART_WINDOW`` runs).
 
 Functions return plain dicts/lists ready for both the templates and the API.
@@ -24,6 +27,9 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from dashboard.lateness import expected_interval
+from dashboard.models import format_timestamp
+
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "errors")
 RUN_STATUSES = ("passed", "failed", "no_tests", "usage_error", "internal_error", "interrupted", "timeout", "error")
 FAILING = ("failed", "error")
@@ -34,6 +40,12 @@ DETAIL_RESULTS_LIMIT = 5000
 COMPARE_RESULTS_LIMIT = 20000
 # A text search on test ids looks at most this many matching tests (each is one index probe per run).
 SEARCH_TESTS_LIMIT = 50
+FLEET_PAGE = 100  # minions per page of the fleet, a test's minions and a job's runs
+MAX_GROUPS = 500  # grain values listed when grouping the fleet
+# A minion needs attention when tests fail now or its newest run did not pass.
+MINION_FAILING = "(m.failing > 0 OR m.last_status NOT IN ('passed', 'no_tests'))"
+ATTENTION = ("failing", "late", "ok")  # the fleet's order, and its state filter
+GRAIN_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
 RUN_COLUMNS = (
     "r.id, r.jid, r.fun, r.source, r.status, r.exitcode, r.passed, r.failed, r.skipped, r.xfailed, "
@@ -350,22 +362,11 @@ async def get_job(db, jid: str) -> dict[str, Any] | None:
 # -- minions and the fleet -----------------------------------------------------------------
 
 
-def _learned_interval(row: dict) -> float | None:
-    """Expected seconds between runs: configured, else the average gap over the minion's history."""
-    if row.get("expected_interval"):
-        return float(row["expected_interval"])
-    first, last = parse_iso(row["first_seen"]), parse_iso(row["last_seen"])
-    if not first or not last or (row["runs"] or 0) < 3:
-        return None
-    gap = (last - first).total_seconds() / (row["runs"] - 1)
-    return gap if gap > 0 else None
-
-
 def _minion_state(row: dict, now: datetime) -> dict[str, Any]:
-    interval = _learned_interval(row)
+    interval = expected_interval(row["first_seen"], row["last_seen"], row["runs"], row.get("expected_interval"))
     last = parse_iso(row["last_seen"])
     age = (now - last).total_seconds() if last else None
-    # Late when silent for twice the usual gap (and at least a minute more): one slow run is not an alarm.
+    # The rule of dashboard/lateness.py; fleet-wide counts and order use the stored late_after.
     late = bool(interval and age is not None and age > max(2 * interval, interval + 60))
     counts = {key: row.get(key) or 0 for key in OUTCOMES}
     return {
@@ -384,49 +385,182 @@ def _minion_state(row: dict, now: datetime) -> dict[str, Any]:
 
 
 _MINION_SQL = (
-    "SELECT m.id, m.name, m.first_seen, m.last_seen, m.last_run_id, m.runs, m.expected_interval, "
+    "SELECT m.id, m.name, m.first_seen, m.last_seen, m.last_run_id, m.runs, m.expected_interval, m.late_after, "
     "r.status, r.passed, r.failed, r.skipped, r.xfailed, r.xpassed, r.errors "
     "FROM minions m LEFT JOIN runs r ON r.id = m.last_run_id"
 )
 
 
-async def list_minions(db, limit: int = 1000) -> list[dict[str, Any]]:
+async def list_minions(db, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+    """Minions by name, a page at a time: {"minions": [...], "next": cursor or None}."""
+    limit = clamp_limit(limit, FLEET_PAGE)
+    after = decode_cursor(cursor, (str,))
     now = datetime.now(UTC)
-    rows = await db.fetchall(f"{_MINION_SQL} ORDER BY m.name LIMIT ?", (limit,))
-    return [_minion_state(row, now) | {"id": row["id"]} for row in rows]
+    if after:
+        rows = await db.fetchall(f"{_MINION_SQL} WHERE m.name > ? ORDER BY m.name LIMIT ?", (after[0], limit + 1))
+    else:
+        rows = await db.fetchall(f"{_MINION_SQL} ORDER BY m.name LIMIT ?", (limit + 1,))
+    next_cursor = encode_cursor(rows[limit - 1]["name"]) if len(rows) > limit else None
+    return {"minions": [_minion_state(row, now) | {"id": row["id"]} for row in rows[:limit]], "next": next_cursor}
 
 
-async def fleet(db, *, max_files: int = 60) -> dict[str, Any]:
-    """The fleet overview: minions, the minion x test file matrix of latest outcomes, late minions."""
-    minions = await list_minions(db, limit=500)
-    cells = await db.fetchall(
-        "SELECT ts.minion_id, t.file, COUNT(*) AS tests, "
-        "SUM(CASE WHEN ts.last_outcome IN ('failed', 'error') THEN 1 ELSE 0 END) AS failing, "
-        "SUM(CASE WHEN ts.last_outcome IN ('passed', 'xpassed', 'xfailed') THEN 1 ELSE 0 END) AS passing, "
-        "MAX(ts.last_started_at) AS last_started_at "
-        "FROM test_status ts JOIN tests t ON t.id = ts.test_id GROUP BY ts.minion_id, t.file LIMIT 100000"
+async def late_minion_names(db, now: datetime | None = None, limit: int = 1000) -> list[str]:
+    """Names of the minions late at ``now``, by name (reads every minion: for background jobs)."""
+    now = now or datetime.now(UTC)
+    rows = await db.fetchall(
+        "SELECT name, first_seen, last_seen, last_run_id, runs, expected_interval FROM minions ORDER BY name",
+        timeout=30,
     )
-    files: dict[str, int] = {}
+    return [row["name"] for row in rows if _minion_state(row, now)["late"]][:limit]
+
+
+def check_grain(name: str) -> str:
+    """A grain name to group by (top-level key), or InputError."""
+    if not GRAIN_NAME.match(name or ""):
+        raise InputError("A grain name is 1-100 letters, digits, '_', '.', ':' or '-'.")
+    return name
+
+
+def _fleet_scope(group: str | None, value: str | None) -> tuple[str, list]:
+    """FROM clause of the minions in view: the whole fleet, or one grain value's minions."""
+    if group and value is not None:
+        return ("minions m JOIN minion_grains g ON g.minion_id = m.id AND g.grain = ? AND g.value = ?",
+                [group, value])
+    return "minions m", []
+
+
+async def grain_names(db, limit: int = 200) -> list[str]:
+    """The grains minions have (one index seek per name: a loose scan of minion_grains)."""
+    rows = await db.fetchall(
+        "WITH RECURSIVE names(grain) AS (SELECT MIN(grain) FROM minion_grains UNION ALL "
+        "SELECT (SELECT MIN(grain) FROM minion_grains WHERE grain > names.grain) FROM names "
+        "WHERE names.grain IS NOT NULL) SELECT grain FROM names WHERE grain IS NOT NULL LIMIT ?",
+        (limit,),
+    )
+    return [row["grain"] for row in rows]
+
+
+async def fleet_groups(db, group: str, now_iso: str) -> dict[str, Any]:
+    """One row per value of grain ``group`` (each element of a list grain): minions, failing, pass rate."""
+    rows = await db.fetchall(
+        f"SELECT g.value, COUNT(*) AS minions, SUM(CASE WHEN {MINION_FAILING} THEN 1 ELSE 0 END) AS failing_minions, "
+        f"SUM(CASE WHEN NOT {MINION_FAILING} AND m.late_after < ? THEN 1 ELSE 0 END) AS late_minions, "
+        "SUM(m.tests) AS tests, SUM(m.failing) AS failing, SUM(m.passing) AS passing "
+        "FROM minion_grains g JOIN minions m ON m.id = g.minion_id WHERE g.grain = ? GROUP BY g.value "
+        "ORDER BY failing_minions DESC, late_minions DESC, g.value LIMIT ?",
+        (now_iso, group, MAX_GROUPS + 1),
+    )
+    for row in rows:
+        judged = (row["passing"] or 0) + (row["failing"] or 0)
+        row["pass_rate"] = (row["passing"] or 0) / judged if judged else None
+    return {"rows": rows[:MAX_GROUPS], "truncated": len(rows) > MAX_GROUPS}
+
+
+async def fleet(
+    db,
+    *,
+    group: str | None = None,
+    value: str | None = None,
+    state: str | None = None,
+    cursor: str | None = None,
+    limit: int | None = None,
+    max_files: int = 60,
+) -> dict[str, Any]:
+    """The fleet overview for a fleet of any size, from summary tables only.
+
+    Counts per state (failing, late, ok) and per newest-run status; minions a page at a time,
+    those that need attention first (failing, then late, then the rest, each by name); the
+    minion x test file matrix of that page; with ``group`` a grain, one row per value of it
+    (``value`` then narrows everything to that value's minions); ``state`` keeps one state.
+    """
+    limit = clamp_limit(limit, FLEET_PAGE)
+    if group:
+        check_grain(group)
+    if state and state not in ATTENTION:
+        raise InputError(f"Unknown state {state!r}; one of: {', '.join(ATTENTION)}.")
+    after = decode_cursor(cursor, (int, str))
+    now = datetime.now(UTC)
+    now_iso = format_timestamp(now)
+    scope, scope_params = _fleet_scope(group, value)
+    totals = await db.fetchone(
+        f"SELECT COUNT(*) AS minions, SUM(CASE WHEN {MINION_FAILING} THEN 1 ELSE 0 END) AS failing_minions, "
+        f"SUM(CASE WHEN NOT {MINION_FAILING} AND m.late_after < ? THEN 1 ELSE 0 END) AS late_minions, "
+        f"SUM(m.tests) AS tests, SUM(m.failing) AS failing, SUM(m.passing) AS passing FROM {scope}",
+        (now_iso, *scope_params),
+    )
+    by_status = await db.fetchall(
+        f"SELECT COALESCE(m.last_status, 'none') AS status, COUNT(*) AS minions FROM {scope} "
+        "GROUP BY m.last_status ORDER BY minions DESC LIMIT 50",
+        scope_params,
+    )
+    counts = {
+        "minions": totals["minions"] or 0,
+        "failing": totals["failing_minions"] or 0,
+        "late": totals["late_minions"] or 0,
+    }
+    counts["ok"] = counts["minions"] - counts["failing"] - counts["late"]
+    # The page: attention rank, then name; keyset on (rank, name).
+    where, params = [], [now_iso, *scope_params]
+    if state:
+        where.append("s.attention = ?")
+        params.append(ATTENTION.index(state))
+    if after:
+        where.append("(s.attention > ? OR (s.attention = ? AND s.name > ?))")
+        params.extend([after[0], after[0], after[1]])
+    rows = await db.fetchall(
+        "SELECT * FROM (SELECT m.id, m.name, m.first_seen, m.last_seen, m.last_run_id, m.runs, m.expected_interval, "
+        "m.late_after, m.last_status AS status, m.tests, m.failing, m.passing, "
+        f"CASE WHEN {MINION_FAILING} THEN 0 WHEN m.late_after < ? THEN 1 ELSE 2 END AS attention FROM {scope}) AS s"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY s.attention, s.name LIMIT ?",
+        (*params, limit + 1),
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1]["attention"], rows[-1]["name"])
+    minions = []
+    for row in rows:
+        minion = _minion_state(row, now) | {"id": row["id"], "attention": ATTENTION[row["attention"]]}
+        judged = (row["passing"] or 0) + (row["failing"] or 0)
+        # The minion's pass rate over the latest outcome of each of its tests.
+        minion.update(tests=row["tests"], failing=row["failing"], passing=row["passing"],
+                      pass_rate=(row["passing"] or 0) / judged if judged else None)
+        minions.append(minion)
     matrix: dict[int, dict[str, dict]] = {}
-    totals = {"tests": 0, "failing": 0, "passing": 0}
-    for cell in cells:
-        files[cell["file"]] = files.get(cell["file"], 0) + cell["tests"]
-        state = "fail" if cell["failing"] else ("pass" if cell["passing"] else "skip")
-        matrix.setdefault(cell["minion_id"], {})[cell["file"]] = {**cell, "state": state}
-        for key in totals:
-            totals[key] += cell[key] or 0
+    files: dict[str, int] = {}
+    ids = [m["id"] for m in minions]
+    if ids:
+        marks = ",".join("?" * len(ids))
+        for cell in await db.fetchall(
+            f"SELECT minion_id, file, tests, failing, passing, last_started_at FROM file_status "
+            f"WHERE minion_id IN ({marks}) LIMIT 100000",
+            ids,
+        ):
+            files[cell["file"]] = files.get(cell["file"], 0) + cell["tests"]
+            state_name = "fail" if cell["failing"] else ("pass" if cell["passing"] else "skip")
+            matrix.setdefault(cell["minion_id"], {})[cell["file"]] = {**cell, "state": state_name}
     shown_files = sorted(files)[:max_files]
-    judged = totals["passing"] + totals["failing"]
+    judged = (totals["passing"] or 0) + (totals["failing"] or 0)
     counters = {row["name"]: row["value"] for row in await db.fetchall("SELECT name, value FROM counters LIMIT 100")}
     recent = await list_runs(db, limit=15)
     return {
+        "counts": counts,
+        "by_status": {row["status"]: row["minions"] for row in by_status},
+        "group": group,
+        "value": value,
+        "state": state,
+        "groups": await fleet_groups(db, group, now_iso) if group and value is None else None,
+        "grains": await grain_names(db),
         "minions": minions,
+        "next": next_cursor,
+        "paged": bool(after),
         "files": shown_files,
         "files_hidden": max(0, len(files) - len(shown_files)),
         "matrix": {m["name"]: matrix.get(m["id"], {}) for m in minions},
-        "pass_rate": totals["passing"] / judged if judged else None,
-        "tests_tracked": totals["tests"],
-        "failing": totals["failing"],
+        "pass_rate": (totals["passing"] or 0) / judged if judged else None,
+        "tests_tracked": totals["tests"] or 0,
+        "failing": totals["failing"] or 0,
         "late": [m["name"] for m in minions if m["late"]],
         "counters": counters,
         "recent_runs": recent["runs"],
@@ -473,18 +607,44 @@ async def search_tests(db, q: str, limit: int = 100) -> list[dict[str, Any]]:
     )
 
 
-async def get_test(db, nodeid: str, window: int = CHART_WINDOW) -> dict[str, Any] | None:
-    """One test id across minions and time: per-minion status, flakiness, outcome timeline."""
+async def get_test(
+    db, nodeid: str, window: int = CHART_WINDOW, *, cursor: str | None = None, limit: int | None = None
+) -> dict[str, Any] | None:
+    """One test id across minions and time: totals, per-minion status a page at a time, timeline.
+
+    Totals come from ``test_totals``; minions page by name (``cursor``), those where it fails
+    now are listed apart (oldest failing streak first, at most a page).
+    """
     test = await db.fetchone("SELECT id, nodeid, file, line FROM tests WHERE nodeid = ?", (nodeid,))
     if test is None:
         return None
-    per_minion = await db.fetchall(
-        "SELECT m.name AS minion, ts.last_run_id, ts.last_outcome, ts.last_started_at, ts.runs, ts.fails, "
-        "ts.flips, ts.code_flips, ts.first_fail_at, ts.last_pass_at, ts.total_duration FROM test_status ts "
-        "JOIN minions m ON m.id = ts.minion_id WHERE ts.test_id = ? ORDER BY m.name LIMIT 1000",
+    limit = clamp_limit(limit, FLEET_PAGE)
+    after = decode_cursor(cursor, (str,))
+    totals = await db.fetchone(
+        "SELECT minions, runs, fails, flips, code_flips, failing, passing, last_pass_at FROM test_totals "
+        "WHERE test_id = ?",
         (test["id"],),
+    ) or {"minions": 0, "runs": 0, "fails": 0, "flips": 0, "code_flips": 0, "failing": 0, "passing": 0,
+          "last_pass_at": None}
+    columns = (
+        "m.name AS minion, ts.last_run_id, ts.last_outcome, ts.last_started_at, ts.runs, ts.fails, ts.flips, "
+        "ts.code_flips, ts.first_fail_at, ts.last_pass_at, ts.total_duration"
     )
-    for row in per_minion:
+    params: list[Any] = [test["id"]]
+    sql = f"SELECT {columns} FROM test_status ts JOIN minions m ON m.id = ts.minion_id WHERE ts.test_id = ?"
+    if after:
+        sql += " AND m.name > ?"
+        params.append(after[0])
+    per_minion = await db.fetchall(sql + " ORDER BY m.name LIMIT ?", (*params, limit + 1))
+    next_cursor = encode_cursor(per_minion[limit - 1]["minion"]) if len(per_minion) > limit else None
+    per_minion = per_minion[:limit]
+    # Open failing streaks, oldest first (index test_status_failing).
+    failing_now = await db.fetchall(
+        f"SELECT {columns} FROM test_status ts JOIN minions m ON m.id = ts.minion_id "
+        "WHERE ts.test_id = ? AND ts.first_fail_at IS NOT NULL ORDER BY ts.first_fail_at LIMIT ?",
+        (test["id"], limit),
+    )
+    for row in (*per_minion, *failing_now):
         row["avg_duration"] = row["total_duration"] / row["runs"] if row["runs"] else None
         row["flip_rate"] = row["flips"] / (row["runs"] - 1) if row["runs"] and row["runs"] > 1 else 0.0
     timeline = await db.fetchall(
@@ -494,26 +654,29 @@ async def get_test(db, nodeid: str, window: int = CHART_WINDOW) -> dict[str, Any
         (test["id"], window),
     )
     timeline.reverse()
-    runs = sum(row["runs"] for row in per_minion)
-    flips = sum(row["flips"] for row in per_minion)
-    code_flips = sum(row["code_flips"] for row in per_minion)
-    fail_starts = [row["first_fail_at"] for row in per_minion if row["first_fail_at"]]
-    passes = [row["last_pass_at"] for row in per_minion if row["last_pass_at"]]
+    runs, flips, code_flips = totals["runs"] or 0, totals["flips"] or 0, totals["code_flips"] or 0
+    minion_count = totals["minions"] or 0
     window_failures = [row for row in timeline if row["outcome"] in FAILING]
     return {
         **test,
         "minions": per_minion,
+        "minion_count": minion_count,
+        "failing_now": failing_now,
+        "failing_minions": totals["failing"] or 0,
+        "passing_minions": totals["passing"] or 0,
+        "next": next_cursor,
+        "paged": bool(after),
         "timeline": timeline,
         "runs": runs,
-        "fails": sum(row["fails"] for row in per_minion),
+        "fails": totals["fails"] or 0,
         "flips": flips,
-        "flakiness": flips / max(1, runs - len(per_minion)),
+        "flakiness": flips / max(1, runs - minion_count),
         # Flips on unchanged code (same code_hash on both sides): flakiness proper.
         "code_flips": code_flips,
-        "code_flakiness": code_flips / max(1, runs - len(per_minion)),
-        "first_failure": min(fail_starts) if fail_starts else (
+        "code_flakiness": code_flips / max(1, runs - minion_count),
+        "first_failure": failing_now[0]["first_fail_at"] if failing_now else (
             window_failures[0]["started_at"] if window_failures else None),
-        "last_pass": max(passes) if passes else None,
+        "last_pass": totals["last_pass_at"],
     }
 
 
@@ -535,11 +698,10 @@ async def flaky_tests(db, limit: int = 50) -> list[dict[str, Any]]:
 
 
 async def slowest_tests(db, limit: int = 50) -> list[dict[str, Any]]:
-    """Tests by mean duration over every run on every minion (from test_status)."""
+    """Tests by mean duration over every run on every minion (test_totals, index test_totals_slowest)."""
     return await db.fetchall(
-        "SELECT t.nodeid, SUM(ts.total_duration) / SUM(ts.runs) AS avg_duration, SUM(ts.runs) AS runs, "
-        "COUNT(*) AS minions FROM test_status ts JOIN tests t ON t.id = ts.test_id "
-        "GROUP BY ts.test_id, t.nodeid HAVING SUM(ts.runs) > 0 ORDER BY avg_duration DESC LIMIT ?",
+        "SELECT t.nodeid, tt.avg_duration, tt.runs, tt.minions FROM test_totals tt JOIN tests t ON t.id = tt.test_id "
+        "WHERE tt.runs > 0 ORDER BY tt.avg_duration DESC LIMIT ?",
         (clamp_limit(limit),),
     )
 

@@ -31,8 +31,10 @@ from typing import Any
 
 from dashboard.db import run_transaction
 from dashboard.ingest.status import FAIL, fold_status
+from dashboard.ingest.store import INSERT_STATUS, STATUS_COLUMNS, rebuild_fleet_summaries
 
 BATCH_RUNS = 1000
+BATCH_RESULTS = 200_000  # rows held before an executemany: bounds memory with many tests per run
 # The seeded test code changes every this many jobs (a new code_hash for every minion at once).
 CODE_EVERY = 10
 LONGREPR = (
@@ -103,10 +105,17 @@ def seed(
     behaviours = [_behaviour(i) for i in range(tests)]
     base_durations = [0.002 + (i * 37 % 100) / 200 for i in range(tests)]
     grains_by_minion = [
-        json.dumps({"os": "Debian", "osrelease": "12", "kernel": "Linux", "num_cpus": 2 + i % 4,
-                    "mem_total": 4096 * (1 + i % 3), "saltversion": "3008.4", "id": name}, sort_keys=True)
+        json.dumps({"os": "Debian" if i % 4 else "Ubuntu", "osrelease": "12" if i % 4 else "24.04",
+                    "kernel": "Linux", "num_cpus": 2 + i % 4, "mem_total": 4096 * (1 + i % 3),
+                    "saltversion": "3008.4", "id": name,
+                    "roles": ["distmon-minion", ("web", "db", "cache")[i % 3]]}, sort_keys=True)
         for i, name in enumerate(minion_names)
     ]
+    jobs_needed = -(-runs // minions) if minions else 0
+    in_last_job = runs - (jobs_needed - 1) * minions  # minions that run in the last job
+
+    def last_job_of(m_index: int) -> int:
+        return jobs_needed - 1 if m_index < in_last_job else jobs_needed - 2
 
     def fill(conn: sqlite3.Connection) -> tuple[int, int]:
         minion_ids = []
@@ -125,7 +134,10 @@ def seed(
             )
             test_ids.append(cur.lastrowid)
         next_run_id = (conn.execute("SELECT MAX(id) FROM runs").fetchone()[0] or 0) + 1
+        # Only minions that have runs still to come keep their test_status rows in memory; a
+        # minion's rows are written after its last run (10,000 minions x 500 tests stay small).
         status: dict[tuple[int, int], dict] = {}
+        status_rows: list[tuple] = []
         minion_state: dict[int, dict] = {}
         jobs = []
         run_rows, result_rows = [], []
@@ -172,23 +184,19 @@ def seed(
                 state["last_seen"] = _ts(finished)
                 state["last_run_id"] = run_id
                 made += 1
-                if len(run_rows) >= BATCH_RUNS:
-                    _flush(conn, run_rows, result_rows)
+                if job_index == last_job_of(m_index):
+                    status_rows.extend(
+                        tuple(row[column] for column in STATUS_COLUMNS)
+                        for row in (status.pop((minion_id, test_id)) for test_id in test_ids)
+                    )
+                if len(run_rows) >= BATCH_RUNS or len(result_rows) >= BATCH_RESULTS:
+                    _flush(conn, run_rows, result_rows, status_rows)
             job_index += 1
-        _flush(conn, run_rows, result_rows)
+        _flush(conn, run_rows, result_rows, status_rows)
+        assert not status, "every minion's last run was seen"
         conn.executemany(
             "INSERT OR REPLACE INTO jobs (jid, fun, tgt, tgt_type, targeted, started_at) VALUES (?, ?, ?, ?, ?, ?)",
             jobs,
-        )
-        conn.executemany(
-            "INSERT OR REPLACE INTO test_status (minion_id, test_id, last_run_id, last_outcome, last_started_at, runs, "
-            "fails, flips, first_fail_at, last_pass_at, total_duration, last_code_hash, code_flips) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (m, t, s["last_run_id"], s["last_outcome"], s["last_started_at"], s["runs"], s["fails"], s["flips"],
-                 s["first_fail_at"], s["last_pass_at"], s["total_duration"], s["last_code_hash"], s["code_flips"])
-                for (m, t), s in status.items()
-            ],
         )
         conn.executemany(
             "UPDATE minions SET runs = runs + ?, first_seen = ?, last_seen = ?, last_run_id = ? WHERE id = ?",
@@ -200,14 +208,16 @@ def seed(
             "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             [("runs", runs), ("results", results), ("tests", tests)],
         )
+        rebuild_fleet_summaries(conn)
         return results, len(jobs)
 
+    conn.execute("PRAGMA cache_size = -262144")  # 256 MB: index inserts of millions of rows stay in memory
     results, job_count = run_transaction(conn, fill)
     conn.execute("PRAGMA optimize")
     return {"runs": runs, "results": results, "minions": minions, "tests": tests, "jobs": job_count}
 
 
-def _flush(conn: sqlite3.Connection, run_rows: list, result_rows: list) -> None:
+def _flush(conn: sqlite3.Connection, run_rows: list, result_rows: list, status_rows: list) -> None:
     conn.executemany(
         "INSERT INTO runs (id, minion_id, jid, fun, source, status, exitcode, passed, failed, skipped, xfailed, "
         "xpassed, errors, started_at, finished_at, duration, returned_at, ingested_at, paths, args, "
@@ -220,5 +230,7 @@ def _flush(conn: sqlite3.Connection, run_rows: list, result_rows: list) -> None:
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         result_rows,
     )
+    conn.executemany(INSERT_STATUS, status_rows)
     run_rows.clear()
     result_rows.clear()
+    status_rows.clear()

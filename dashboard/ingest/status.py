@@ -68,3 +68,4 @@ def fold_status(
     row["last_signature"] = signature if outcome in FAIL else None
     row["last_started_at"] = started_at
     return row
+

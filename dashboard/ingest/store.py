@@ -1,8 +1,12 @@
 """Storing: every write the ingester makes to the database lives here.
 
 :func:`write_records` runs on the writer connection inside one transaction: runs, results,
-jobs, and the summaries (``minions``, ``test_status``, ``counters``, and through
-dashboard/failures.py ``signatures`` and the ``failure_text`` search index) maintained with them.
+jobs, and the summaries maintained with them: ``minions`` (newest run, counts of failing and
+passing tests, when it turns late), ``test_status`` (per minion and test), ``file_status`` (per
+minion and test file: the fleet matrix), ``test_totals`` (per test across minions),
+``minion_grains`` (the newest run's grains, for grouping), ``counters``, and through
+dashboard/failures.py ``signatures`` and the ``failure_text`` search index.
+:func:`rebuild_fleet_summaries` refills the fleet summaries from test_status (the seeder).
 The same code serves SQLite and PostgreSQL (dashboard/dialect.py translates; results go in by
 :func:`dashboard.dialect.insert_results`, COPY on PostgreSQL). Several ingesters may share one
 PostgreSQL store: each transaction holds the writer lock, (minion, jid) is unique and a run is
@@ -11,13 +15,17 @@ inserted with ``ON CONFLICT DO NOTHING``, and the id caches only hold ids, which
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
+from typing import Any
 
-from dashboard.dialect import insert_results
+from dashboard.dialect import dialect_of, insert_results
 from dashboard.failures import FailureBatch
 from dashboard.ingest.records import JobRecord, RunRecord, utc_now
-from dashboard.ingest.status import PRECEDENCE, fold_status
+from dashboard.ingest.status import FAIL, PASS, PRECEDENCE, fold_status
+from dashboard.lateness import late_after
+from dashboard.migrations import FLEET_SUMMARIES, statements_for
 from dashboard.webhooks import outbox
 
 SQL_CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
@@ -36,10 +44,12 @@ class IdCache:
     def __init__(self) -> None:
         self.minions: dict[str, int] = {}
         self.tests: dict[str, int] = {}
+        self.files: dict[int, str] = {}  # test id -> its file (tests.file)
 
     def clear(self) -> None:
         self.minions.clear()
         self.tests.clear()
+        self.files.clear()
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -47,13 +57,13 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-_STATUS_COLUMNS = (
+STATUS_COLUMNS = (
     "minion_id", "test_id", "last_run_id", "last_outcome", "last_started_at", "runs", "fails", "flips",
     "first_fail_at", "last_pass_at", "total_duration", "last_code_hash", "code_flips", "last_signature",
 )  # fmt: skip
-_INSERT_STATUS = (
-    f"INSERT INTO test_status ({', '.join(_STATUS_COLUMNS)}) "  # noqa: S608 (constant columns)
-    f"VALUES ({', '.join('?' for _ in _STATUS_COLUMNS)})"
+INSERT_STATUS = (
+    f"INSERT INTO test_status ({', '.join(STATUS_COLUMNS)}) "  # noqa: S608 (constant columns)
+    f"VALUES ({', '.join('?' for _ in STATUS_COLUMNS)})"
 )
 # Existing rows are updated in place, not REPLACEd: a REPLACE deletes and re-inserts the row in
 # the table and both its indexes, which cost more than inserting the results themselves.
@@ -72,6 +82,78 @@ _INSERT_RUN = """
     ON CONFLICT (minion_id, jid) DO NOTHING
     RETURNING id
 """
+# Summaries change by deltas: one upsert per touched test / (minion, file) per transaction.
+_UPSERT_TEST_TOTALS = """
+    INSERT INTO test_totals (test_id, minions, runs, fails, flips, code_flips, total_duration, avg_duration,
+                             failing, passing, last_pass_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (test_id) DO UPDATE SET
+        minions = test_totals.minions + excluded.minions,
+        runs = test_totals.runs + excluded.runs,
+        fails = test_totals.fails + excluded.fails,
+        flips = test_totals.flips + excluded.flips,
+        code_flips = test_totals.code_flips + excluded.code_flips,
+        total_duration = test_totals.total_duration + excluded.total_duration,
+        avg_duration = CASE WHEN test_totals.runs + excluded.runs > 0 THEN
+            (test_totals.total_duration + excluded.total_duration) / (test_totals.runs + excluded.runs) END,
+        failing = test_totals.failing + excluded.failing,
+        passing = test_totals.passing + excluded.passing,
+        last_pass_at = CASE WHEN test_totals.last_pass_at IS NULL OR excluded.last_pass_at > test_totals.last_pass_at
+            THEN excluded.last_pass_at ELSE test_totals.last_pass_at END
+"""
+_UPSERT_FILE_STATUS = """
+    INSERT INTO file_status (minion_id, file, tests, failing, passing, last_started_at) VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (minion_id, file) DO UPDATE SET
+        tests = file_status.tests + excluded.tests,
+        failing = file_status.failing + excluded.failing,
+        passing = file_status.passing + excluded.passing,
+        last_started_at = CASE WHEN file_status.last_started_at IS NULL
+            OR excluded.last_started_at > file_status.last_started_at
+            THEN excluded.last_started_at ELSE file_status.last_started_at END
+"""
+# Bound of a grain value kept for grouping.
+GRAIN_VALUE_CHARS = 200
+
+
+def _verdict(outcome: str | None) -> int:
+    """1 for a failing latest outcome, 2 for a passing one, 0 for neither (skipped)."""
+    return 1 if outcome in FAIL else (2 if outcome in PASS else 0)
+
+
+def grain_values(grains: str | None) -> set[tuple[str, str]]:
+    """(grain, value) pairs of a grains JSON object: scalars, and each scalar element of a list.
+
+    The same text as the SQL backfill (dashboard/migrations.py FLEET_SUMMARIES) makes: strings as
+    they are, numbers as JSON, booleans as ``true``/``false``; nested objects are not grouped by.
+    """
+    try:
+        parsed = json.loads(grains or "{}")
+    except ValueError:
+        return set()
+    if not isinstance(parsed, dict):
+        return set()
+    pairs = set()
+    for name, value in parsed.items():
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, bool):
+                text = "true" if item else "false"
+            elif isinstance(item, str):
+                text = item
+            elif isinstance(item, int | float):
+                text = json.dumps(item)
+            else:
+                continue
+            pairs.add((name, text[:GRAIN_VALUE_CHARS]))
+    return pairs
+
+
+def rebuild_fleet_summaries(conn: Any) -> None:
+    """Refill minions' counts, file_status, test_totals and minion_grains from what is stored.
+
+    In the caller's transaction. For bulk loads (dashboard/seed.py); the ingester keeps them by deltas.
+    """
+    for statement in statements_for(FLEET_SUMMARIES, dialect_of(conn)):
+        conn.execute(statement)
 
 
 class _Batch:
@@ -83,6 +165,9 @@ class _Batch:
         self.status: dict[tuple[int, int], dict | None] = {}
         self.dirty: set[tuple[int, int]] = set()
         self.stored: set[tuple[int, int]] = set()  # keys that have a row in the database
+        # The stored row's (runs, fails, flips, code_flips, total_duration, verdict) before this
+        # batch folded into it: the summaries change by the difference.
+        self.baseline: dict[tuple[int, int], tuple] = {}
         self.minions: dict[int, dict] = {}
         self.runs = 0
         self.results = 0
@@ -113,8 +198,8 @@ class _Batch:
         state = self.minions.get(minion_id)
         if state is None:
             row = self.conn.execute(
-                "SELECT m.first_seen, m.last_seen, m.last_run_id, r.started_at FROM minions m "
-                "LEFT JOIN runs r ON r.id = m.last_run_id WHERE m.id = ?",
+                "SELECT m.first_seen, m.last_seen, m.last_run_id, r.started_at, m.runs, m.expected_interval, m.grains "
+                "FROM minions m LEFT JOIN runs r ON r.id = m.last_run_id WHERE m.id = ?",
                 (minion_id,),
             ).fetchone()
             state = {
@@ -122,8 +207,15 @@ class _Batch:
                 "last_seen": row[1],
                 "last_run_id": row[2],
                 "last_started": row[3],
+                "stored_runs": row[4],
+                "expected_interval": row[5],
+                "stored_grains": row[6],
                 "runs": 0,
                 "grains": None,
+                "status": None,
+                "tests": 0,
+                "failing": 0,
+                "passing": 0,
             }
             self.minions[minion_id] = state
         return state
@@ -144,11 +236,12 @@ class _Batch:
             self.new_tests += self.conn.total_changes - before
             for chunk in _chunks(missing, SQL_CHUNK):
                 marks = ",".join("?" * len(chunk))
-                for test_id, nodeid in self.conn.execute(
-                    f"SELECT id, nodeid FROM tests WHERE nodeid IN ({marks})",  # noqa: S608 (placeholders only)
+                for test_id, nodeid, file in self.conn.execute(
+                    f"SELECT id, nodeid, file FROM tests WHERE nodeid IN ({marks})",  # noqa: S608 (placeholders only)
                     chunk,
                 ):
                     known[nodeid] = test_id
+                    self.ids.files[test_id] = file
         return known
 
     def load_status(self, minion_id: int, test_ids: list[int]) -> None:
@@ -158,12 +251,18 @@ class _Batch:
                 self.status[(minion_id, tid)] = None
             marks = ",".join("?" * len(chunk))
             for row in self.conn.execute(
-                f"SELECT {', '.join(_STATUS_COLUMNS)} FROM test_status "  # noqa: S608 (constant columns)
+                f"SELECT {', '.join(STATUS_COLUMNS)} FROM test_status "  # noqa: S608 (constant columns)
                 f"WHERE minion_id = ? AND test_id IN ({marks})",
                 [minion_id, *chunk],
             ):
-                self.status[(minion_id, row[1])] = dict(zip(_STATUS_COLUMNS, row, strict=True))
-                self.stored.add((minion_id, row[1]))
+                stored = dict(zip(STATUS_COLUMNS, row, strict=True))
+                key = (minion_id, row[1])
+                self.status[key] = stored
+                self.stored.add(key)
+                self.baseline[key] = (
+                    stored["runs"], stored["fails"], stored["flips"], stored["code_flips"], stored["total_duration"],
+                    _verdict(stored["last_outcome"]),
+                )
 
     def recompute_status(self, minion_id: int, test_id: int) -> dict | None:
         """Rebuild a test_status row from the full history (for out-of-order arrivals)."""
@@ -265,6 +364,7 @@ class _Batch:
             state["last_run_id"] = run_id
             state["last_started"] = record.started_at
             state["grains"] = record.grains
+            state["status"] = record.status
 
     def add_job(self, record: JobRecord) -> None:
         outbox.record_manifest(self.conn, record.jid, self.now)
@@ -284,8 +384,12 @@ class _Batch:
         conn = self.conn
         self.flush_results()
         updates, inserts = [], []
+        totals: dict[int, list] = {}
+        files: dict[tuple[int, str], list] = {}
+        file_of = self.ids.files
         for key in self.dirty:
             row = self.status[key]
+            verdict = _verdict(row["last_outcome"])
             if key in self.stored:
                 updates.append(
                     (
@@ -294,30 +398,90 @@ class _Batch:
                         row["last_code_hash"], row["code_flips"], row["last_signature"], key[0], key[1],
                     )
                 )  # fmt: skip
+                runs, fails, flips, code_flips, duration, was = self.baseline[key]
+                new = 0
             else:
-                inserts.append(tuple(row[c] for c in _STATUS_COLUMNS))
+                inserts.append(tuple(row[c] for c in STATUS_COLUMNS))
+                runs = fails = flips = code_flips = duration = was = 0
+                new = 1
+            failing = (verdict == 1) - (was == 1)
+            passing = (verdict == 2) - (was == 2)
+            minion_id, test_id = key
+            total = totals.get(test_id)
+            if total is None:
+                total = totals[test_id] = [0, 0, 0, 0, 0, 0.0, 0, 0, None]
+            total[0] += new
+            total[1] += row["runs"] - runs
+            total[2] += row["fails"] - fails
+            total[3] += row["flips"] - flips
+            total[4] += row["code_flips"] - code_flips
+            total[5] += row["total_duration"] - duration
+            total[6] += failing
+            total[7] += passing
+            if row["last_pass_at"] and (total[8] is None or row["last_pass_at"] > total[8]):
+                total[8] = row["last_pass_at"]
+            if new or failing or passing:
+                cell_key = (minion_id, file_of[test_id])
+                cell = files.get(cell_key)
+                if cell is None:
+                    cell = files[cell_key] = [0, 0, 0, None]
+                cell[0] += new
+                cell[1] += failing
+                cell[2] += passing
+                if cell[3] is None or row["last_started_at"] > cell[3]:
+                    cell[3] = row["last_started_at"]
+                state = self.minions[minion_id]
+                state["tests"] += new
+                state["failing"] += failing
+                state["passing"] += passing
         if updates:
             conn.executemany(_UPDATE_STATUS, updates)
         if inserts:
-            conn.executemany(_INSERT_STATUS, inserts)
+            conn.executemany(INSERT_STATUS, inserts)
+        if totals:
+            conn.executemany(
+                _UPSERT_TEST_TOTALS,
+                [
+                    (test_id, t[0], t[1], t[2], t[3], t[4], t[5], t[5] / t[1] if t[1] > 0 else None, t[6], t[7], t[8])
+                    for test_id, t in totals.items()
+                ],
+            )
+        if files:
+            conn.executemany(_UPSERT_FILE_STATUS, [(m, f, *cell) for (m, f), cell in files.items()])
         for minion_id, state in self.minions.items():
-            if state["grains"] is None:
-                conn.execute(
-                    "UPDATE minions SET runs = runs + ?, first_seen = ?, last_seen = ? WHERE id = ?",
-                    (state["runs"], state["first_seen"], state["last_seen"], minion_id),
-                )
-            else:
-                conn.execute(
-                    "UPDATE minions SET runs = runs + ?, first_seen = ?, last_seen = ?, last_run_id = ?, grains = ? "
-                    "WHERE id = ?",
-                    (state["runs"], state["first_seen"], state["last_seen"], state["last_run_id"], state["grains"], minion_id),
-                )
+            self._flush_minion(minion_id, state)
         conn.executemany(
             "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
             [(name, value) for name, value in (("runs", self.runs), ("results", self.results), ("tests", self.new_tests)) if value],
         )
         self.failures.flush()
         outbox.record_changes(conn, self.changes, self.now)
+
+    def _flush_minion(self, minion_id: int, state: dict) -> None:
+        conn = self.conn
+        late = late_after(state["first_seen"], state["last_seen"], (state["stored_runs"] or 0) + state["runs"],
+                          state["expected_interval"])  # fmt: skip
+        counts = (state["tests"], state["failing"], state["passing"])
+        if state["grains"] is None:
+            conn.execute(
+                "UPDATE minions SET runs = runs + ?, first_seen = ?, last_seen = ?, late_after = ?, tests = tests + ?, "
+                "failing = failing + ?, passing = passing + ? WHERE id = ?",
+                (state["runs"], state["first_seen"], state["last_seen"], late, *counts, minion_id),
+            )
+            return
+        conn.execute(
+            "UPDATE minions SET runs = runs + ?, first_seen = ?, last_seen = ?, late_after = ?, tests = tests + ?, "
+            "failing = failing + ?, passing = passing + ?, last_run_id = ?, last_status = ?, grains = ? WHERE id = ?",
+            (state["runs"], state["first_seen"], state["last_seen"], late, *counts, state["last_run_id"],
+             state["status"], state["grains"], minion_id),
+        )  # fmt: skip
+        if state["grains"] != state["stored_grains"]:
+            # Grains rarely change: rewrite this minion's rows only when they did.
+            conn.execute("DELETE FROM minion_grains WHERE minion_id = ?", (minion_id,))
+            conn.executemany(
+                "INSERT INTO minion_grains (grain, value, minion_id) VALUES (?, ?, ?)",
+                [(grain, value, minion_id) for grain, value in sorted(grain_values(state["grains"]))],
+            )
 
 
 def _failure_messages(record: RunRecord) -> dict[str, str]:

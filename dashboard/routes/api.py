@@ -61,6 +61,7 @@ class Minion(BaseModel):
 
 class MinionsList(BaseModel):
     minions: list[Minion]
+    next: str | None = None
 
 
 @router.get("/runs", response_model=RunsPage, summary="Runs, newest first, filtered, cursor-paginated")
@@ -104,9 +105,10 @@ async def api_job(jid: str, db: DbDep) -> dict[str, Any]:
     return job
 
 
-@router.get("/minions", response_model=MinionsList, summary="Every minion with its latest run and lateness")
-async def api_minions(db: DbDep):
-    return {"minions": await queries.list_minions(db)}
+@router.get("/minions", response_model=MinionsList,
+            summary="Minions by name with their latest run and lateness, cursor-paginated")
+async def api_minions(db: DbDep, cursor: str | None = None, limit: int = Query(queries.FLEET_PAGE, ge=1, le=500)):
+    return await queries.list_minions(db, limit, cursor)
 
 
 @router.get("/minions/{name}", summary="One minion: grains and its latest runs (chart window)")
@@ -117,15 +119,30 @@ async def api_minion(name: str, db: DbDep) -> dict[str, Any]:
     return minion
 
 
-@router.get("/fleet", summary="The fleet overview: minion x test-file matrix, pass rate, late minions")
-async def api_fleet(db: DbDep) -> dict[str, Any]:
-    return await queries.fleet(db)
+@router.get("/fleet", summary="The fleet: counts per state, minions needing attention first (paged), "
+            "groups by grain (group=), the minion x test-file matrix of the page")
+async def api_fleet(
+    db: DbDep,
+    group: str | None = None,
+    value: str | None = None,
+    state: str | None = None,
+    cursor: str | None = None,
+    limit: int = Query(queries.FLEET_PAGE, ge=1, le=500),
+) -> dict[str, Any]:
+    return await queries.fleet(db, group=group or None, value=value, state=state or None, cursor=cursor,
+                               limit=limit)
 
 
 @router.get("/tests", summary="One test id across minions and time (nodeid=), or a search (q=)")
-async def api_tests(db: DbDep, nodeid: str | None = None, q: str | None = None) -> dict[str, Any]:
+async def api_tests(
+    db: DbDep,
+    nodeid: str | None = None,
+    q: str | None = None,
+    cursor: str | None = None,
+    limit: int = Query(queries.FLEET_PAGE, ge=1, le=500),
+) -> dict[str, Any]:
     if nodeid:
-        test = await queries.get_test(db, nodeid)
+        test = await queries.get_test(db, nodeid, cursor=cursor, limit=limit)
         if test is None:
             raise HTTPException(status_code=404, detail="No such test.")
         return test

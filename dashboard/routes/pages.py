@@ -21,8 +21,17 @@ def _filters(request: Request) -> dict[str, str]:
 
 
 @router.get("/")
-async def fleet_page(request: Request, db: DbDep):
-    return render(request, "fleet.html", {"fleet": await queries.fleet(db)})
+async def fleet_page(request: Request, db: DbDep, group: str = "", value: str | None = None, state: str = "",
+                     cursor: str = ""):
+    fleet = await queries.fleet(db, group=group.strip() or None, value=value if group else None,
+                                state=state or None, cursor=cursor or None)
+    scope = {k: v for k, v in (("group", fleet["group"]), ("value", fleet["value"]), ("state", fleet["state"]))
+             if v is not None}
+    return render(request, "fleet.html", {
+        "fleet": fleet,
+        "scope": scope,
+        "next_params": {**scope, "cursor": fleet["next"]} if fleet["next"] else None,
+    })
 
 
 @router.get("/runs")
@@ -112,12 +121,15 @@ async def minion_page(request: Request, name: str, db: DbDep):
 
 
 @router.get("/tests")
-async def tests_page(request: Request, db: DbDep, nodeid: str = "", q: str = ""):
+async def tests_page(request: Request, db: DbDep, nodeid: str = "", q: str = "", cursor: str = ""):
     if nodeid:
-        test = await queries.get_test(db, nodeid)
+        test = await queries.get_test(db, nodeid, cursor=cursor or None)
         if test is None:
             raise HTTPException(status_code=404, detail="No such test.")
-        return render(request, "test.html", {"test": test})
+        return render(request, "test.html", {
+            "test": test,
+            "next_params": {"nodeid": nodeid, "cursor": test["next"]} if test["next"] else None,
+        })
     found = await queries.search_tests(db, q) if q else []
     return render(request, "tests.html", {"q": q, "tests": found})
 

@@ -333,7 +333,7 @@ def prune_tx(conn: sqlite3.Connection, now: datetime | None = None) -> None:
 
 async def digest_facts(db, now: datetime | None = None) -> dict[str, Any]:
     """What the daily digest says (read on reader connections, outside any write)."""
-    from dashboard.queries import list_minions
+    from dashboard.queries import late_minion_names
 
     now = now or datetime.now(UTC)
     since = iso(now - timedelta(days=1))
@@ -353,7 +353,7 @@ async def digest_facts(db, now: datetime | None = None) -> dict[str, Any]:
     )
     flaky_count = await db.fetchval(
         "SELECT COUNT(DISTINCT test_id) FROM test_status WHERE flips > 0 AND code_flips > 0", default=0, timeout=30)
-    late = [m["name"] for m in await list_minions(db) if m["late"]]
+    late = await late_minion_names(db, now)
     return {"event": "digest", "digest": {
         "date": now.strftime("%Y-%m-%d"), "failing_tests": failing_tests, "failing": failing,
         "new": counts.get("new_failure", 0), "fixed": counts.get("fixed", 0), "flaky": flaky_count,
