@@ -24,7 +24,8 @@ Configuration (dashboard/config.py; callers pass the values in):
 - Login rate limit: stored in the database (dashboard/users.py, docs/security.md), per account
   and per client address; the address is the direct peer's unless it is a trusted proxy.
 - Headers: :data:`SECURITY_HEADERS` on every response, error pages included (app.py wraps the
-  whole middleware stack in :class:`SecurityHeadersMiddleware`).
+  whole middleware stack in :class:`SecurityHeadersMiddleware`); ``Cache-Control: no-store``
+  on everything but ``/static/``; ``Strict-Transport-Security`` over https.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ SECURITY_HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
+NO_STORE = (b"cache-control", b"no-store")
+# Sent only over https (directly, or from a trusted proxy that says so): one year, as ASVS asks.
+STRICT_TRANSPORT_SECURITY = (b"strict-transport-security", b"max-age=31536000")
 
 
 class PasswordPolicyError(ValueError):
@@ -183,11 +187,18 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
 
+        extra = []
+        if not scope["path"].startswith("/static/"):
+            # Pages and API answers hold test results and tokens: never kept in a browser's or proxy's cache.
+            extra.append(NO_STORE)
+        if scope.get("scheme") == "https":
+            extra.append(STRICT_TRANSPORT_SECURITY)
+
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
-                headers.extend(item for item in SECURITY_HEADERS if item[0] not in present)
+                headers.extend(item for item in (*SECURITY_HEADERS, *extra) if item[0] not in present)
                 message["headers"] = headers
             await send(message)
 

@@ -48,6 +48,10 @@ class UserError(ValueError):
     """A refusal whose message is safe to show on the form."""
 
 
+class WrongPassword(UserError):
+    """The current password given to confirm a change is wrong (counts as a failed login)."""
+
+
 def iso_now(delta: timedelta | None = None) -> str:
     """UTC now (plus delta) as ISO 8601 with Z, the format every timestamp column uses."""
     moment = datetime.now(UTC)
@@ -298,7 +302,7 @@ async def change_password(
     security.check_password_policy(new)
     row = await db.fetchone("SELECT password_hash FROM users WHERE id = ?", (user["id"],))
     if row is None or not await security.verify_password(current, row["password_hash"], rounds):
-        raise UserError("The current password is wrong.")
+        raise WrongPassword("The current password is wrong.")
     new_hash = await security.hash_password(new, rounds)
     await db.write(set_password_tx, user["id"], new_hash, user.get("id_hash"))
 

@@ -18,6 +18,7 @@ from dashboard.routes.common import render
 router = APIRouter(tags=["account"])
 
 LOGIN_FAILED = "Invalid username or password."
+TOO_MANY_FAILURES = "Too many failed attempts. Wait a few minutes and try again."
 PENDING_MESSAGE = "Thank you. An admin must approve the account before you can log in."
 REGISTERED_MESSAGES = {
     "admin": "Account created. You are the first user, so you are the admin. Log in.",
@@ -57,7 +58,7 @@ async def login(request: Request, form: CsrfFormDep, db: DbDep, settings: Settin
                       status_code=status)
 
     if await users.login_blocked(db, settings, username, address):
-        return again("Too many failed attempts. Wait a few minutes and try again.", 429)
+        return again(TOO_MANY_FAILURES, 429)
     if len(password.encode("utf-8")) > security.PASSWORD_MAX_BYTES:
         return again(f"Passwords are at most {security.PASSWORD_MAX_BYTES} bytes (UTF-8); this one is longer.", 400)
     user = await users.authenticate(db, username, password, rounds=settings.bcrypt_rounds)
@@ -132,9 +133,16 @@ async def change_password(request: Request, auth: AuthDep, form: CsrfFormDep, db
     context = {"tokens": await users.list_tokens(db, auth.user["id"])}
     if new != _field(form, "new_password2"):
         return render(request, "account.html", {**context, "error": "The two new passwords differ."}, status_code=400)
+    # Guessing the current password here (a stolen session) is held to the login limit too.
+    username, address = auth.user["username"], _client_address(request)
+    if await users.login_blocked(db, settings, username, address):
+        return render(request, "account.html", {**context, "error": TOO_MANY_FAILURES}, status_code=429)
     try:
         await users.change_password(db, {**auth.user, "id_hash": auth.session_hash},
                                     _field(form, "current_password"), new, rounds=settings.bcrypt_rounds)
+    except users.WrongPassword as err:
+        await db.write(users.record_login_failure_tx, username, address, settings.login_failure_window)
+        return render(request, "account.html", {**context, "error": str(err)}, status_code=400)
     except (security.PasswordPolicyError, users.UserError) as err:
         return render(request, "account.html", {**context, "error": str(err)}, status_code=400)
     return render(request, "account.html", {**context, "notice": "Password changed. Your other sessions ended."})

@@ -607,3 +607,31 @@ async def test_the_login_limit_is_stored_and_shared_by_workers_and_restarts(make
             assert (await restarted.login(f"nobody-{index}", "wrong-password")).status_code == 401
         assert (await restarted.login("nobody-else", "wrong-password")).status_code == 429
         assert (await restarted.login(*ADMIN)).status_code == 429  # same address
+
+
+async def test_guessing_the_current_password_on_the_account_page_is_limited(make_app):
+    async with make_app(login_max_failures_account=3) as app:
+        await app.register(*ADMIN)
+        assert (await app.login(*ADMIN)).status_code == 303
+        form = {"new_password": "new-password-123", "new_password2": "new-password-123"}
+        for _ in range(3):
+            wrong = await app.post_form("/account/password", {**form, "current_password": "a-guess-1234"})
+            assert wrong.status_code == 400 and "current password is wrong" in wrong.text
+        right = await app.post_form("/account/password", {**form, "current_password": ADMIN[1]})
+        assert right.status_code == 429 and "Too many failed attempts" in right.text
+        # The login form counts the same failures.
+        async with app.new_client() as other:
+            assert (await app.login(*ADMIN, client=other)).status_code == 429
+
+
+async def test_pages_are_not_cached_and_https_gets_hsts(make_app):
+    async with make_app() as app:
+        await app.register(*ADMIN)
+        await app.login(*ADMIN)
+        for path in ("/", "/api/runs", "/login", "/no/such/page"):
+            assert (await app.http.get(path)).headers.get("cache-control") == "no-store", path
+        static = await app.http.get("/static/style.css")
+        assert static.status_code == 200 and static.headers.get("cache-control") != "no-store"
+        assert "strict-transport-security" not in static.headers  # plain http
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app), base_url="https://testserver") as tls:
+            assert (await tls.get("/login")).headers["strict-transport-security"] == "max-age=31536000"
