@@ -271,7 +271,7 @@ async def get_run(db, run_id: int) -> dict[str, Any] | None:
     """One run with its grains, paths, args, failures (full detail) and every result (bounded)."""
     row = await db.fetchone(
         f"SELECT {RUN_COLUMNS}, r.minion_id, r.paths, r.args, r.python_version, r.pytest_version, r.grains, "
-        "r.message FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.id = ?",
+        "r.message, r.rerun_of FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.id = ?",
         (run_id,),
     )
     if row is None:
@@ -291,6 +291,16 @@ async def get_run(db, run_id: int) -> dict[str, Any] | None:
         grains=loads(row["grains"], {}),
         message=row["message"],
         pass_rate=pass_rate(run["counts"]),
+        # A re-run of failures (reactor, salt-run distmon.rerun) links to its original job's run here...
+        rerun_of=row["rerun_of"],
+        rerun_of_run=await db.fetchval(
+            "SELECT id FROM runs WHERE jid = ? AND minion_id = ?", (row["rerun_of"], row["minion_id"])
+        ) if row["rerun_of"] else None,
+        # ... and an original lists its re-runs on the same minion (index runs_rerun_of).
+        reruns=await db.fetchall(
+            "SELECT id, jid, status FROM runs WHERE rerun_of = ? AND minion_id = ? ORDER BY started_at, id LIMIT 20",
+            (row["jid"], row["minion_id"]),
+        ),
     )
     results = await db.fetchall(
         "SELECT x.id, t.nodeid, t.file, t.line, x.phase, x.outcome, x.duration, x.message, x.markers "
@@ -345,8 +355,13 @@ async def get_job(db, jid: str) -> dict[str, Any] | None:
     returned = {run["minion"] for run in runs}
     totals = {key: sum(run["counts"][key] for run in runs) for key in OUTCOMES}
     durations = [run["duration"] for run in runs if run["duration"] is not None]
+    rerun_of = await db.fetchval("SELECT rerun_of FROM runs WHERE jid = ? AND rerun_of IS NOT NULL LIMIT 1", (jid,))
+    reruns = [row["jid"] for row in await db.fetchall(
+        "SELECT DISTINCT jid FROM runs WHERE rerun_of = ? ORDER BY jid LIMIT 50", (jid,))]
     return {
         "jid": jid,
+        "rerun_of": rerun_of,
+        "reruns": reruns,
         "fun": manifest["fun"] if manifest else (runs[0]["fun"] if runs else None),
         "tgt": manifest["tgt"] if manifest else None,
         "tgt_type": manifest["tgt_type"] if manifest else None,
