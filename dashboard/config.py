@@ -81,8 +81,12 @@ class _Environment(EnvSettingsSource):
     def _load_env_vars(self) -> Mapping[str, str | None]:
         environ = _ENVIRON.get()
         if environ is None:
-            return super()._load_env_vars()
-        return parse_env_vars(environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+            found = super()._load_env_vars()
+        else:
+            found = parse_env_vars(environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+        # Only DISTMON_* names: a field's aliases (db_path's "db") are for keyword arguments, and a
+        # stray DB=... in the environment (make's `DB=postgres`) must not become the database.
+        return {key: value for key, value in found.items() if key.lower().startswith("distmon_")}
 
 
 class Settings(BaseSettings):

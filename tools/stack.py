@@ -7,7 +7,10 @@ Starts, from the repo root, everything under .run/ (git-ignored):
 - three salt-minions, web-1, web-2 and db-1, each with its own config and root dir;
 - the storage host: OpenSSH sshd on 127.0.0.1:DISTMON_SSH_PORT (default 14522), SFTP only
   into the inbox (tools/storage_host.py);
-- the dashboard and its ingester on DISTMON_DASHBOARD_PORT (default 8000).
+- the dashboard and its ingester on DISTMON_DASHBOARD_PORT (default 8000);
+- its store: SQLite at .run/host/distmon.sqlite, or with ``--db postgres`` (`make up DB=postgres`)
+  a PostgreSQL server under .run/pg (tools/postgres.py; port DISTMON_PG_PORT, else a free one
+  kept across restarts).
 
 Idempotent: a service whose pid file names a live process is left alone, so `up` also
 restarts a service that died. Each service writes .run/<service>.pid and logs to
@@ -32,6 +35,7 @@ from string import Template
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tools.postgres import PostgresError, PostgresServer  # noqa: E402
 from tools.storage_host import StorageHost, StorageHostError, port_is_open  # noqa: E402
 
 RUN = REPO / ".run"
@@ -126,7 +130,7 @@ def seed_minion_keys(master_pki: Path) -> None:
         seed_minion_key(master_pki, RUN / "salt" / minion_id, minion_id)
 
 
-def prepare(host: StorageHost) -> dict[str, str]:
+def prepare(host: StorageHost, db: str | None = None) -> dict[str, str]:
     LOG.mkdir(parents=True, exist_ok=True)
     os.chmod(RUN, 0o755)
     host.prepare()
@@ -144,11 +148,26 @@ def prepare(host: StorageHost) -> dict[str, str]:
     for minion_id in MINIONS:
         render("minion.conf", RUN / "salt" / minion_id / "minion", {**values, "MINION_ID": minion_id})
     seed_minion_keys(RUN / "salt" / "master" / "pki")
-    write_stack_env(host)
+    write_stack_env(host, db)
     return values
 
 
-def write_stack_env(host: StorageHost) -> None:
+def postgres_server() -> PostgresServer:
+    port = os.environ.get("DISTMON_PG_PORT")
+    return PostgresServer(RUN / "pg", port=int(port) if port else None)
+
+
+def start_postgres() -> str:
+    """Start the stack's PostgreSQL (idempotent); its URL."""
+    try:
+        url = postgres_server().start()
+    except PostgresError as err:
+        raise SystemExit(f"[distmon] PostgreSQL: {err}") from None
+    say(f"PostgreSQL up: {url}")
+    return url
+
+
+def write_stack_env(host: StorageHost, db: str | None = None) -> None:
     env = {
         "DISTMON_DASHBOARD_URL": DASHBOARD_URL,
         "DISTMON_SSH_HOST": "127.0.0.1",
@@ -158,7 +177,7 @@ def write_stack_env(host: StorageHost) -> None:
         "DISTMON_KNOWN_HOSTS": str(host.known_hosts),
         "DISTMON_REMOTE_INBOX": host.remote_inbox,
         "DISTMON_INBOX": str(host.inbox),
-        "DISTMON_DB": str(RUN / "host" / "distmon.sqlite"),
+        "DISTMON_DB": db or str(RUN / "host" / "distmon.sqlite"),
         "DISTMON_PUBKEYS_DIR": str(RUN / "salt" / "master" / "pki" / "minions"),
         "DISTMON_REQUIRE_SIGNATURE": "1",
         "DISTMON_SALT_MASTER_CONFIG_DIR": str(RUN / "salt" / "master"),
@@ -265,11 +284,12 @@ def check_root_or_explain() -> None:
         say("note: not running as root: the SFTP account is this user and is not chrooted")
 
 
-def up() -> None:
+def up(db_backend: str = "sqlite") -> None:
     check_root_or_explain()
     host = storage_host()
+    db = start_postgres() if db_backend == "postgres" else None
     try:
-        prepare(host)
+        prepare(host, db)
         host.start()
     except StorageHostError as err:
         raise SystemExit(f"[distmon] storage host: {err}") from None
@@ -322,6 +342,8 @@ def down() -> None:
         host.kill_sessions()
         host.stop()
         say("stopped the storage host (sshd)")
+    if postgres_server().stop():
+        say("stopped PostgreSQL")
     # Salt daemons take a moment to reap their workers after SIGTERM.
     deadline = time.monotonic() + 15
     while leftover_processes() and time.monotonic() < deadline:
@@ -338,22 +360,32 @@ def status() -> None:
     rows = [("salt-master", pid_alive(RUN / "master.pid"))]
     rows += [(f"salt-minion {m}", pid_alive(RUN / f"{m}.pid")) for m in MINIONS]
     rows += [("sshd storage host", host.pid()), ("dashboard", pid_alive(RUN / "dashboard.pid"))]
+    if (RUN / "pg" / "data").exists():
+        rows.append(("postgresql", postgres_server().pid()))
     for name, pid in rows:
         print(f"{name:22} {'up (pid ' + str(pid) + ')' if pid else 'down'}")
 
 
 # -- demo --------------------------------------------------------------------
-def runs_since(db_path: Path, since: str) -> dict[str, dict]:
-    if not db_path.exists():
+def runs_since(db_path: Path | str, since: str) -> dict[str, dict]:
+    from dashboard.dialect import DATABASE_ERRORS, connect_postgres, is_postgres
+
+    if is_postgres(db_path):
+        try:
+            conn = connect_postgres(str(db_path))
+        except DATABASE_ERRORS:
+            return {}
+    elif not Path(db_path).exists():
         return {}
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+    else:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
     try:
         rows = conn.execute(
             "SELECT m.name, r.id, r.status, r.passed, r.failed, r.skipped, r.errors FROM runs r "
             "JOIN minions m ON m.id = r.minion_id WHERE r.ingested_at >= ? ORDER BY r.id",
             (since,),
         ).fetchall()
-    except sqlite3.Error:
+    except DATABASE_ERRORS:
         return {}
     finally:
         conn.close()
@@ -367,7 +399,7 @@ def demo() -> None:
     proc = salt("salt-run", "distmon.run", "path=salt://sample_tests", "tgt=*", check=False, capture=False)
     # sample_tests holds a deliberately failing test, so a non-zero exit is expected here.
     say(f"salt-run distmon.run exited {proc.returncode} (non-zero: some sample tests fail on purpose)")
-    db_path = Path(stack_env().get("DISTMON_DB", RUN / "host" / "distmon.sqlite"))
+    db_path = stack_env().get("DISTMON_DB") or str(RUN / "host" / "distmon.sqlite")
     seen: dict[str, dict] = {}
 
     def all_seen() -> bool:
@@ -404,10 +436,12 @@ def dashboard_answers() -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status", "demo", "sync", "env"])
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite",
+                        help="the dashboard's store for `up` (default sqlite; postgres starts a server under .run/pg)")
     args = parser.parse_args()
     os.chdir(REPO)
     if args.command == "up":
-        up()
+        up(args.db)
     elif args.command == "down":
         down()
     elif args.command == "status":

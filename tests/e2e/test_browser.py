@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.db_backend import database_location
 from tests.functional.conftest import XSS, XSS_MINION, result_document, write_inbox
 from tools.storage_host import free_port
 
@@ -51,7 +52,7 @@ def server(tmp_path_factory):
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
-        "DISTMON_DB": str(root / "distmon.sqlite"),
+        "DISTMON_DB": str(database_location(root)),
         "DISTMON_INBOX": str(inbox),
         "DISTMON_INGEST": "1",
         "DISTMON_SCAN_INTERVAL": "0.1",

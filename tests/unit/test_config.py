@@ -145,3 +145,13 @@ def test_no_env_file_is_read_unless_asked_and_the_environment_wins_over_it(tmp_p
     assert Settings(_env_file=stack_env).registration == "closed"
     # Arguments win over both (the CLI's --db).
     assert Settings(_env_file=stack_env, db_path=tmp_path / "x.sqlite").db_path == tmp_path / "x.sqlite"
+
+
+def test_only_distmon_variables_are_read_not_a_fields_bare_alias(tmp_path, monkeypatch):
+    # `make up DB=postgres` exports DB=postgres to every recipe: it once became the database path.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DB", "postgres")
+    monkeypatch.setenv("DB_PATH", "elsewhere.sqlite")
+    monkeypatch.delenv("DISTMON_DB", raising=False)
+    assert Settings().db_path == (tmp_path / ".run/host/distmon.sqlite").resolve()
+    assert Settings(db="given.sqlite").db_path == (tmp_path / "given.sqlite").resolve()
