@@ -214,6 +214,7 @@ def test_schedule_list_shows_the_runs(applied, served_pillar, salt_cli, salt_min
         run, flush = jobs[RUN_JOB], jobs[FLUSH_JOB]
         assert (run["function"], run["args"], run["returner"]) == ("pytestrun.run", [tests_dir], "distmon")
         assert (run["hours"], run["splay"], run["maxrunning"], run["enabled"]) == (1, 600, 1, True)
+        assert run["run_on_start"] is False  # no fleet-wide run the moment the state adds it
         assert (flush["function"], flush["minutes"], flush["maxrunning"]) == ("distmon.flush", 15, 1)
         assert flush["return_job"] is False and "returner" not in flush
     # Salt's scheduler by default: no cron line.
