@@ -306,3 +306,12 @@ def test_status_refuses_a_storage_host_whose_key_is_not_pinned(storage_host, tmp
     pinned = check_host(options, 10.0)
     assert pinned["host_key_verified"] and pinned["login"] and pinned["inbox"] == storage_host.remote_inbox
 
+
+
+def test_salt_run_doc_lists_the_public_functions_only(salt_master):
+    """``salt-run -d distmon`` listed format_table, summarize_return and build_manifest too."""
+    proc = run_salt_run(salt_master, "-d", "distmon")
+    assert proc.returncode == 0, proc
+    listed = re.findall(r"^(distmon\.\w+):$", proc.stdout, re.MULTILINE)
+    assert listed == ["distmon.rerun", "distmon.results", "distmon.run", "distmon.status"], proc.stdout
+    assert proc.stdout.count("CLI Example") == 4

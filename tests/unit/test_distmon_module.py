@@ -267,3 +267,5 @@ def test_public_functions_are_only_the_documented_ones():
     public = sorted(name for name, value in vars(distmon).items()
                     if callable(value) and not name.startswith("_") and getattr(value, "__module__", "") == distmon.__name__)
     assert public == ["flush", "spool", "store"]
+    for name in public:
+        assert "CLI Example:" in getattr(distmon, name).__doc__ and f"distmon.{name}" in getattr(distmon, name).__doc__

@@ -383,3 +383,5 @@ def test_only_the_documented_functions_are_public():
                     if callable(value) and not name.startswith("_") and getattr(value, "__module__", "") == runner.__name__
                     and not isinstance(value, type))
     assert public == ["rerun", "results", "run", "status"]
+    for name in public:
+        assert "CLI Example:" in getattr(runner, name).__doc__ and f"distmon.{name}" in getattr(runner, name).__doc__
