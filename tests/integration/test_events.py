@@ -194,3 +194,76 @@ def test_spool_backlog_and_drained_events(salt_cli, salt_run_cli, salt_minion_2,
     assert flushed.returncode == 0 and len(flushed.data["delivered"]) == 1, flushed
     [(tag, event)] = listener.events()
     assert tag == "distmon/spool/drained" and event.get("data", event)["delivered"] == flushed.data["delivered"]
+
+
+# -- webhooks end to end: real minions, runner, returner, storage host, dashboard process, receiver ----
+
+
+def _mirror(storage_host, private_inbox: Path, jid: str, minions: list[str]) -> None:
+    """Copy one job's manifest and results from the shared inbox into a private one (dot-name, then rename),
+    so the dashboard process under test archives its own copies and never the session's files."""
+    sources = [storage_host.inbox / "_jobs" / f"{jid}.json"] + [storage_host.inbox / m / f"{jid}.json" for m in minions]
+    for source in sources:
+        if not source.exists():
+            continue
+        target = private_inbox / source.parent.name / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{source.name}.part")
+        temporary.write_bytes(source.read_bytes())
+        temporary.rename(target)
+
+
+def test_webhook_gets_one_signed_message_per_real_job_one_for_the_fix_none_while_failing(
+        salt_master, salt_minion, salt_minion_2, salt_run_cli, storage_host, file_roots_dir, tmp_path):
+    from tests.faults.helpers import DashboardProcess
+    from tests.webhook_receiver import WebhookReceiver
+
+    suite = file_roots_dir / f"hooks_{uuid.uuid4().hex[:8]}"
+    suite.mkdir()
+    flag = tmp_path / "broken.flag"
+    (suite / "test_hooked.py").write_text(
+        "from pathlib import Path\n\n"
+        f"def test_hooked():\n    assert not Path({str(flag)!r}).exists(), 'broken while the flag is there'\n"
+    )
+    minions = [salt_minion.id, salt_minion_2.id]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    dashboard = DashboardProcess(tmp_path / "dashboard", inbox, extra_env={
+        "DISTMON_WEBHOOK_POLL": "0.1", "DISTMON_PUBLIC_URL": "http://dashboard.example"})
+    with WebhookReceiver() as receiver:
+        dashboard.start()
+        try:
+            secret = dashboard.cli("webhook", "add", receiver.url).strip().splitlines()[-1]
+            got_per_job, latencies = [], []
+            for broken, want in ((True, 1), (True, 0), (False, 1)):
+                flag.write_text("x") if broken else flag.unlink()
+                before = len(receiver.accepted())
+                ret = salt_run_cli.run("distmon.run", f"path=salt://{suite.name}", f"tgt={','.join(minions)}",
+                                       "tgt_type=list", "--out", "json")
+                assert ret.returncode == (1 if broken else 0), ret
+                jid = ret.data[minions[0]]["jid"]
+                # The returner and the manifest upload are done when salt-run returns; give SFTP a moment.
+                assert wait_for(lambda jid=jid: all((storage_host.inbox / m / f"{jid}.json").exists() for m in minions)
+                                and (storage_host.inbox / "_jobs" / f"{jid}.json").exists(), 60)
+                mirrored = time.time()
+                _mirror(storage_host, inbox, jid, minions)
+                if want:
+                    received = receiver.wait_for(before + 1, 30)
+                    latencies.append(received[-1].at - mirrored)
+                else:
+                    wait_for(lambda jid=jid: dashboard.ledger([(m, jid) for m in minions]).seen == len(minions), 30)
+                    time.sleep(2)
+                got_per_job.append(len(receiver.accepted()) - before)
+            messages = receiver.accepted()
+            assert got_per_job == [1, 0, 1], (got_per_job, [m.json()["summary"] for m in messages])
+            assert all(m.signature_ok(secret) for m in messages)
+            first, fixed = messages[0].json(), messages[1].json()
+            assert first["summary"] == "1 new failure on 2 of 2 minions"
+            assert first["new_failures"][0]["nodeid"] == f"{suite.name}/test_hooked.py::test_hooked"
+            assert first["new_failures"][0]["minions"] == sorted(minions)
+            assert fixed["summary"] == "1 fixed" and fixed["fixed"][0]["minions"] == sorted(minions)
+            print(f"webhook latency (job's files in the inbox -> message received): "
+                  f"{', '.join(f'{x:.2f} s' for x in latencies)}")
+        finally:
+            dashboard.stop()
+            shutil.rmtree(suite, ignore_errors=True)
