@@ -72,8 +72,8 @@ TARGET_TYPES = (
     "glob", "pcre", "list", "grain", "compound",
     "grain_pcre", "pillar", "pillar_pcre", "nodegroup", "ipcidr", "range",
 )
-# Outputters meant for people; any other (json, yaml, ...) is for programs.
-HUMAN_OUTPUTTERS = (None, "", OUTPUTTER, "nested", "highstate", "txt", "text")
+# salt-run echoes progress events through --out when one is given: only ours shows them as lines.
+OUR_OUTPUT = (None, "", OUTPUTTER)
 USAGE = (
     "usage: salt-run distmon.run path=<file|dir|salt://...> tgt=<target> "
     "[tgt_type=glob|pcre|list|grain|compound] [timeout=<s>] [args='<pytest args>'] "
@@ -110,24 +110,24 @@ def _lib(name: str):
 # -- small helpers -------------------------------------------------------------
 
 
-def _machine_output() -> bool:
-    """True when the user asked for a machine-readable outputter (json, yaml, ...)."""
-    return __opts__.get("output") not in HUMAN_OUTPUTTERS
+def _other_outputter() -> bool:
+    """True when the user chose an outputter (``--out json``, ``yaml``, ``nested``...) other than ours."""
+    return __opts__.get("output") not in OUR_OUTPUT
 
 
 def _progress(message: str) -> None:
     """One line of progress, as a Salt runner reports it: a ``progress`` event.
 
     salt-run shows progress events through the outputter the event names
-    (``distmon``: the line as it is). With a machine outputter salt-run would
-    print every event as one more JSON/YAML document before the data, so then
-    the event only goes on the bus and the line to stderr: stdout stays one
-    document.
+    (``distmon``: the line as it is). With ``--out`` salt-run would show every
+    event through that outputter instead (one more JSON/YAML document, or a
+    nested dump, per line), so then the event only goes on the bus and the line
+    to stderr: stdout is the data alone.
     """
     data = {"message": message, "outputter": OUTPUTTER}
     try:
         jid_event = __jid_event__
-        if _machine_output():
+        if _other_outputter():
             print(message, file=sys.stderr, flush=True)
             jid_event.event.fire_event(data, salt.utils.event.tagify("progress", base=jid_event.base))
         else:

@@ -385,3 +385,13 @@ def test_only_the_documented_functions_are_public():
     assert public == ["rerun", "results", "run", "status"]
     for name in public:
         assert "CLI Example:" in getattr(runner, name).__doc__ and f"distmon.{name}" in getattr(runner, name).__doc__
+
+
+@pytest.mark.parametrize("chosen", ["nested", "yaml", "txt"])
+def test_any_chosen_outputter_gets_the_data_alone_and_progress_on_stderr(chosen, capsys, jid_event):
+    runner.__opts__["output"] = chosen
+    client = FakeClient(["web-1"], [{"web-1": {"ret": pytest_result(), "retcode": 0}}])
+    with use_client(client):
+        runner.run(path="/srv/tests", tgt="web-1")
+    assert jid_event.echoed == []  # else salt-run shows each line as a nested/yaml dump
+    assert "web-1: passed" in capsys.readouterr().err
