@@ -303,6 +303,14 @@ def test_cron_mode_replaces_the_schedule_and_its_line_is_silent_unless_salt_call
     assert distmon["cron"]["run"]["identifier"] not in identifiers
 
 
+def test_an_unknown_scheduler_fails_with_a_message(salt_cli, salt_minion):
+    ret = salt_cli.run("state.sls_id", "distmon-scheduler-invalid", "distmon.minion",
+                       'pillar={"distmon": {"scheduler": "crontab"}}', "test=True", minion_tgt=salt_minion.id)
+    (result,) = ret.data.values()
+    assert result["result"] is False
+    assert result["name"] == "distmon:scheduler must be salt, cron or none, not crontab"
+
+
 def test_init_applies_the_state_of_each_role(salt_cli, salt_minion):
     def included(pillar: dict) -> set[str]:
         ret = salt_cli.run("state.show_sls", "distmon", f"pillar={json.dumps(pillar)}", minion_tgt=salt_minion.id)

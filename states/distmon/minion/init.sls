@@ -42,6 +42,16 @@ Every key and its default: states/distmon/defaults.yaml and pillar.example.
 {%-   endif %}
 {%- endfor %}
 
+{%- if distmon.scheduler not in ('salt', 'cron', 'none') %}
+
+{#- A typo must not quietly leave a minion without scheduled runs. #}
+distmon-scheduler-invalid:
+  test.fail_without_changes:
+{%-   set problem = "distmon:scheduler must be salt, cron or none, not " ~ (distmon.scheduler | string) %}
+    - name: {{ problem | json }}
+    - comment: {{ problem | json }}
+{%- endif %}
+
 distmon-pip-salt-python:
   pip.installed:
     - pkgs: {{ distmon.pip_packages | json }}
