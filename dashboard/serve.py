@@ -23,7 +23,10 @@ What each limit answers:
 - ``limit_concurrency``: a connection beyond it is answered ``503`` at once and closed, before it
   can hold a descriptor; the soft ``RLIMIT_NOFILE`` is raised (up to the hard limit) to leave
   room for them, the database and the inbox. The systemd unit sets ``LimitNOFILE`` to match.
-- headers: h11's default cap on a request's head (16 KiB) stays; a longer one is a 400.
+- headers: a request head still incomplete after :data:`MAX_REQUEST_HEAD` bytes is a 400 (h11's
+  ``max_incomplete_event_size``, set explicitly): what one slow connection makes the server
+  buffer is bounded. (A longer head that arrives whole is parsed; the app caps each URL
+  parameter at 4,096 characters.)
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ log = logging.getLogger("distmon.serve")
 # Descriptors beyond the connections: SQLite (writer, readers, WAL, shm), inbox directories,
 # the validation worker's pipes, log files.
 SPARE_DESCRIPTORS = 512
+MAX_REQUEST_HEAD = 16 * 1024  # h11's own default, pinned here
 _BUSY_BODY = b"The dashboard is at its connection limit. Try again shortly.\n"
 _BUSY_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -133,6 +137,7 @@ def uvicorn_config(settings: Settings, host: str, port: int, **options) -> uvico
         forwarded_allow_ips=trusted or "",  # never uvicorn's default (127.0.0.1 and ::1)
         server_header=False,
         timeout_keep_alive=max(1, round(settings.keep_alive_timeout)),
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
         **options,
     )
 

@@ -1,6 +1,7 @@
 """dashboard.serve: the dashboard as every launcher starts it (``python -m dashboard serve``), over
 real sockets: slow requests are cut, proxy headers count only from trusted proxies, connections
-beyond the limit get a 503; and the systemd unit of ``distmon.host`` starts it that way."""
+beyond the limit get a 503, a request head still incomplete after 16 KiB a 400; and the systemd unit of
+``distmon.host`` starts it that way."""
 
 from __future__ import annotations
 
@@ -83,6 +84,11 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy(serve):
 
 def test_connections_beyond_the_limit_get_a_503_and_are_closed(serve):
     dashboard = serve(limit_concurrency=20, request_timeout=30)
+    # A request head still incomplete after 16 KiB is refused: a slow client cannot make it buffer more.
+    with socket.create_connection(("127.0.0.1", dashboard.port)) as endless:
+        endless.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"x" * 20_000)
+        endless.settimeout(10)
+        assert endless.recv(100).startswith(b"HTTP/1.1 400 ")
     held = [socket.create_connection(("127.0.0.1", dashboard.port)) for _ in range(20)]
     try:
         time.sleep(0.5)  # the server has accepted them all
