@@ -48,6 +48,13 @@ dashboard_rss               RSS of a uvicorn dashboard on the seeded DB    its R
 fanout_20                   ``salt-run distmon.run`` of one trivial test   ``salt 'bench-*' test.ping`` on the     ``-`` (ratio
                             on 20 extra minions until all 20 runs are in   same minions, s                         reported)
                             ``/api/runs``, s
+ingest_rate_pg              results/s, inbox files -> PostgreSQL by        a bare load of the same rows (results   ``>=0.5x``
+                            ``ingest_pending`` (a server the bench starts  by one ``COPY``), one transaction,
+                            with tools/postgres.py)                        results/s
+two_ingesters_pg            runs stored by two ingest processes with two   the distinct runs sent                  ``>=1x&<=1x``
+                            inboxes (1 file in 10 in both) into one
+                            PostgreSQL database, summaries checked
+two_ingesters_pg_rate       results/s of those two together                ``ingest_rate_pg``                      ``-``
 fanout_20_delivered         fewest runs of one fan-out job in /api/runs    the minions targeted (20)               ``==20``
 ==========================  =============================================  ======================================  ================
 
@@ -81,11 +88,12 @@ from bench.common import BENCH_RUN, REPO, Figure, context, say, write_json  # no
 
 BENCH_DIR = REPO / "bench"
 # Order matters a little: the cheap in-process figures first, the 20-minion fan-out last.
-SECTIONS = ("pytestrun", "ingest", "dashboard", "pipeline", "fanout")
+SECTIONS = ("pytestrun", "ingest", "postgres", "dashboard", "pipeline", "fanout")
 # What each section reports when it fails before measuring (so the failure shows as SHORT lines).
 EXPECTED = {
     "pytestrun": [("pytestrun_overhead", "s", "<=1.05x+0.1s"), ("pytestrun_overhead_1000", "s", "<=1.05x+0.1s")],
     "ingest": [("ingest_rate", "results/s", ">=50000&>=0.5x")],
+    "postgres": [("ingest_rate_pg", "results/s", ">=0.5x"), ("two_ingesters_pg", "runs", ">=1x&<=1x")],
     "dashboard": [("result_latency_p95", "s", "<=1s"), ("page_p95_all", "ms", "<=100ms"),
                   ("dashboard_rss", "MB", "<=300MB")],
     "pipeline": [("pipeline_overhead", "s", "<=1.15x")],
@@ -102,6 +110,10 @@ def run_section(name: str, quick: bool, options: argparse.Namespace) -> list[Fig
         from bench import b_ingest
 
         return b_ingest.run(quick=quick)
+    if name == "postgres":
+        from bench import b_postgres
+
+        return b_postgres.run(quick=quick)
     if name == "dashboard":
         from bench import b_dashboard
 

@@ -363,6 +363,31 @@ def insert_results(conn: Any, runs: Sequence[tuple[str, Sequence[tuple]]]) -> No
     conn.total_changes += count
 
 
+def insert_returning(conn: Any, sql: str, rows: Sequence[Sequence]) -> list[Any]:
+    """Run an ``INSERT ... RETURNING x`` once per row; the first returned value of each, or None
+    when it inserted nothing (``ON CONFLICT DO NOTHING``). PostgreSQL: one pipelined
+    ``executemany`` instead of a round trip per row."""
+    if not rows:
+        return []
+    if dialect_of(conn) != POSTGRES:
+        found = []
+        for row in rows:
+            returned = conn.execute(sql, row).fetchone()
+            found.append(None if returned is None else returned[0])
+        return found
+    text, order = _placeholders(sql)
+    cursor = conn.raw.cursor()
+    cursor.executemany(text, [[row[i] for i in order] for row in rows] if order else rows, returning=True)
+    found = []
+    while True:
+        returned = cursor.fetchone()
+        found.append(None if returned is None else returned[0])
+        if not cursor.nextset():
+            break
+    conn.total_changes += sum(value is not None for value in found)
+    return found
+
+
 def transient_errors() -> tuple[type[Exception], ...]:
     """Errors after which a write may succeed when simply tried again later (locked, connection
     lost, deadlock): the ingester leaves the files in the inbox for the next scan."""

@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
-from dashboard.dialect import dialect_of, insert_results
+from dashboard.dialect import dialect_of, insert_results, insert_returning
 from dashboard.failures import FailureBatch
 from dashboard.ingest.records import JobRecord, RunRecord, utc_now
 from dashboard.ingest.status import FAIL, PASS, PRECEDENCE, fold_status
@@ -290,24 +290,26 @@ class _Batch:
         return row
 
     # runs ---------------------------------------------------------------------------------
-    def add_run(self, record: RunRecord) -> str:
-        """Insert one run with its results and summaries: 'ingested' or 'duplicate'."""
-        conn = self.conn
-        minion_id = self.minion_id(record.minion, record.returned_at)
-        counts = record.counts
-        inserted = conn.execute(
-            _INSERT_RUN,
-            (
-                minion_id, record.jid, record.fun, record.source, record.status, record.exitcode,
-                counts["passed"], counts["failed"], counts["skipped"], counts["xfailed"], counts["xpassed"],
-                counts["errors"], record.started_at, record.finished_at, record.duration, record.returned_at,
-                self.now, record.paths, record.args, record.python_version, record.pytest_version,
-                record.grains, record.message, record.signed, record.code_hash, record.rerun_of,
-            ),
-        ).fetchone()  # fmt: skip
-        if inserted is None:
+    def insert_runs(self, records: list[RunRecord]) -> list[int | None]:
+        """Insert the runs of this batch in one go; each one's new id, or None for a (minion, jid) already stored."""
+        rows = []
+        for record in records:
+            counts = record.counts
+            rows.append((
+                self.minion_id(record.minion, record.returned_at), record.jid, record.fun, record.source,
+                record.status, record.exitcode, counts["passed"], counts["failed"], counts["skipped"],
+                counts["xfailed"], counts["xpassed"], counts["errors"], record.started_at, record.finished_at,
+                record.duration, record.returned_at, self.now, record.paths, record.args, record.python_version,
+                record.pytest_version, record.grains, record.message, record.signed, record.code_hash,
+                record.rerun_of,
+            ))  # fmt: skip
+        return insert_returning(self.conn, _INSERT_RUN, rows)
+
+    def add_run(self, record: RunRecord, run_id: int | None) -> str:
+        """Store one run's results and summaries (its row is in, by :meth:`insert_runs`): 'ingested' or 'duplicate'."""
+        if run_id is None:
             return "duplicate"
-        run_id = inserted[0]
+        minion_id = self.minion_id(record.minion, record.returned_at)
         self.runs += 1
         if record.rows:
             ids = self.test_ids(record)
@@ -513,12 +515,15 @@ def write_records(conn: sqlite3.Connection, records: list[RunRecord | JobRecord]
     batch = _Batch(conn, ids)
     outcomes: dict[int, str] = {}
     # Oldest first per minion, so "latest" summaries are built in order within a batch.
-    for index in sorted(range(len(records)), key=lambda i: _sort_key(records[i])):
+    order = sorted(range(len(records)), key=lambda i: _sort_key(records[i]))
+    # Every run row first, in one round trip (PostgreSQL pipelines them): ids in that order.
+    run_ids = iter(batch.insert_runs([records[i] for i in order if isinstance(records[i], RunRecord)]))
+    for index in order:
         record = records[index]
         if isinstance(record, JobRecord):
             batch.add_job(record)
             outcomes[index] = "manifest"
         else:
-            outcomes[index] = batch.add_run(record)
+            outcomes[index] = batch.add_run(record, next(run_ids))
     batch.flush()
     return [outcomes[i] for i in range(len(records))]

@@ -1,0 +1,203 @@
+"""ingest_rate_pg and two_ingesters_pg: the PostgreSQL backend, on a server this bench starts itself.
+
+The server: tools/postgres.py under a temporary directory, a free loopback port, PostgreSQL's
+default (durable) settings, stopped and removed at the end.
+
+- ``ingest_rate_pg``: the documents of bench/b_ingest.py (``FILES`` x ``TESTS`` results) ingested
+  by ``dashboard.ingest.ingest_pending`` into a fresh, migrated PostgreSQL database (results by
+  COPY into the monthly partitions). Floor: a bare load of the same rows into a fresh database of
+  the same schema in one transaction: minions, tests and runs by ``executemany``, results by one
+  ``COPY``. Alternating rounds; the median-ratio pair is reported. Target: >= 0.5x.
+- ``two_ingesters_pg``: two storage hosts, each with its own inbox (half the minions each, and
+  one file in ten delivered to BOTH, as after a fail-over), ingested at the same moment by two
+  ``python -m dashboard ingest --once`` processes into one database. Value: runs stored, after
+  checking that no (minion, jid) is stored twice and that the summaries agree with the rows
+  (counters, minions.runs, test_status); floor: the distinct runs sent. Target: exactly 1x.
+  ``two_ingesters_pg_rate`` (informational): results/s of both together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.b_ingest import FILES, MINIONS, TESTS, bare_rows, make_documents, write_inbox
+from bench.common import REPO, Figure, median_pair, say
+
+ROUNDS = 5
+TEMPLATE = "bench_template"
+
+
+def _fresh(server, name: str) -> str:
+    server.drop_database(name)
+    return server.create_database(name, template=TEMPLATE)
+
+
+def time_ingest_pg(server, work: Path, docs: list[dict], name: str) -> float:
+    """Seconds for one ingest_pending pass over ``docs`` into a fresh PostgreSQL database."""
+    from dashboard.config import Settings
+    from dashboard.db import Database
+    from dashboard.ingest import ingest_pending
+
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    write_inbox(work / "inbox", docs)
+    url = _fresh(server, name)
+    settings = Settings(db_path=url, inbox=work / "inbox", archive=work / "archive",
+                        quarantine=work / "quarantine", require_signature=False, ingest=False)
+
+    async def once() -> float:
+        db = Database(url)
+        await db.open()
+        try:
+            started = time.perf_counter()
+            report = await ingest_pending(db, settings)
+            elapsed = time.perf_counter() - started
+        finally:
+            await db.close()
+        if report.ingested != len(docs) or report.results != len(docs) * TESTS:
+            raise RuntimeError(f"ingest stored {report.ingested} runs / {report.results} results: {report}")
+        return elapsed
+
+    return asyncio.run(once())
+
+
+def time_bare_copy(server, rows: tuple[list, list, list, list], started_at: dict[int, str], name: str) -> float:
+    """Seconds for a bare load of the same rows (results by COPY) into a fresh database, one transaction."""
+    from dashboard.db import run_transaction
+    from dashboard.dialect import RESULT_COLUMNS, connect_postgres, ensure_results_partitions
+
+    url = _fresh(server, name)
+    conn = connect_postgres(url)
+    minion_rows, test_rows, run_rows, result_rows = rows
+    columns = ", ".join((*RESULT_COLUMNS[:10], "started_at"))
+
+    def load(conn) -> None:
+        conn.executemany("INSERT INTO minions (id, name, first_seen, last_seen) VALUES (?, ?, ?, ?)", minion_rows)
+        conn.executemany("INSERT INTO tests (id, nodeid, file, line) VALUES (?, ?, ?, ?)", test_rows)
+        conn.executemany(
+            "INSERT INTO runs (id, minion_id, jid, fun, source, status, exitcode, passed, failed, skipped, "
+            "xfailed, xpassed, errors, started_at, finished_at, duration, returned_at, ingested_at, paths, "
+            "args, python_version, pytest_version, grains, message, signed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            run_rows,
+        )
+        ensure_results_partitions(conn, started_at.values())
+        with conn.raw.cursor().copy(f"COPY results ({columns}) FROM STDIN") as copy:
+            for row in result_rows:
+                copy.write_row((*row, started_at[row[0]]))
+
+    try:
+        started = time.perf_counter()
+        run_transaction(conn, load)
+        return time.perf_counter() - started
+    finally:
+        conn.close()
+
+
+def two_ingesters(server, work: Path, docs: list[dict]) -> tuple[int, int, float, str]:
+    """Two ingest processes, two inboxes, one database: (runs stored, distinct runs sent, seconds, problems)."""
+    from dashboard.dialect import connect_postgres
+
+    if work.exists():
+        shutil.rmtree(work)
+    url = _fresh(server, "two_ingesters")
+    hosts = {"host-a": [], "host-b": []}
+    for index, doc in enumerate(docs):
+        home = "host-a" if int(doc["minion_id"].rsplit("-", 1)[1]) < MINIONS // 2 else "host-b"
+        hosts[home].append(doc)
+        if index % 10 == 0:  # delivered to both storage hosts (a fail-over retry)
+            hosts["host-b" if home == "host-a" else "host-a"].append(doc)
+    procs = []
+    for host, host_docs in hosts.items():
+        write_inbox(work / host / "inbox", host_docs)
+    started = time.perf_counter()
+    for host in hosts:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "DISTMON_DB": url,
+               "DISTMON_INBOX": str(work / host / "inbox"), "DISTMON_ARCHIVE": str(work / host / "archive"),
+               "DISTMON_QUARANTINE": str(work / host / "quarantine"), "DISTMON_REQUIRE_SIGNATURE": "0"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "dashboard", "ingest", "--once"], env=env, cwd=work,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    seconds = time.perf_counter() - started
+    problems = [f"ingester {i} exited {p.returncode}: {err[-500:]}" for i, (p, (_o, err)) in
+                enumerate(zip(procs, outputs, strict=True)) if p.returncode != 0]
+    conn = connect_postgres(url)
+    try:
+        def value(sql: str):
+            return conn.execute(sql).fetchone()[0]
+
+        runs = value("SELECT count(*) FROM runs")
+        checks = {
+            "a (minion, jid) stored twice": value("SELECT count(*) FROM (SELECT minion_id, jid FROM runs "
+                                                  "GROUP BY minion_id, jid HAVING count(*) > 1) AS doubles"),
+            "counters.runs != runs": value("SELECT (SELECT value FROM counters WHERE name = 'runs') - count(*) "
+                                           "FROM runs"),
+            "counters.results != results": value("SELECT (SELECT value FROM counters WHERE name = 'results') - "
+                                                 "count(*) FROM results"),
+            "sum(minions.runs) != runs": value("SELECT (SELECT sum(runs) FROM minions) - count(*) FROM runs"),
+            "sum(test_status.runs) != tests per run": value(
+                "SELECT (SELECT sum(runs) FROM test_status) - count(*) FROM results"),
+        }
+        problems += [f"{what}: {amount}" for what, amount in checks.items() if amount]
+    finally:
+        conn.close()
+    return runs, len({(d["minion_id"], d["jid"]) for d in docs}), seconds, "; ".join(problems)
+
+
+def run(quick: bool = False) -> list[Figure]:
+    from dashboard.db import connect_sync
+    from tools.postgres import PostgresServer
+
+    files = FILES // 4 if quick else FILES
+    docs = make_documents(files)
+    rows = bare_rows(docs)
+    started_at = {run_row[0]: run_row[13] for run_row in rows[2]}
+    results = files * TESTS
+    root = Path(tempfile.mkdtemp(prefix="distmon-bench-pg-"))
+    os.chmod(root, 0o755)  # noqa: S103 - the postgres user must reach its data directory below
+    server = PostgresServer(root / "pg")
+    ingest_times, bare_times = [], []
+    try:
+        say(f"PostgreSQL for the bench: {server.start()}")
+        server.create_database(TEMPLATE)
+        connect_sync(server.url(TEMPLATE)).close()  # migrated once; every round clones it
+        from dashboard import ingest
+
+        ingest.warm_up_validation_worker()
+        time_ingest_pg(server, root / "ingest", docs, "ingest")
+        time_bare_copy(server, rows, started_at, "bare")
+        for round_index in range(1 if quick else ROUNDS):
+            ingest_times.append(time_ingest_pg(server, root / "ingest", docs, "ingest"))
+            bare_times.append(time_bare_copy(server, rows, started_at, "bare"))
+            say(f"pg round {round_index + 1}: ingest_pending {ingest_times[-1]:.2f} s, "
+                f"bare COPY {bare_times[-1]:.2f} s for {results} results")
+        stored, sent, seconds, problems = two_ingesters(server, root / "two", docs)
+        say(f"two ingesters: {stored} runs stored of {sent} sent in {seconds:.2f} s; {problems or 'consistent'}")
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    rate, bare_rate = median_pair([results / s for s in ingest_times], [results / s for s in bare_times])
+    return [
+        Figure("ingest_rate_pg", rate, "results/s", bare_rate, ">=0.5x",
+               note=f"{files} files x {TESTS} results by ingest_pending into PostgreSQL vs a bare load of the same "
+                    f"rows (results by one COPY); the median-ratio pair of {len(ingest_times)} alternating rounds",
+               extra={"ingest_seconds": ingest_times, "bare_seconds": bare_times, "results": results}),
+        Figure("two_ingesters_pg", None if problems else stored, "runs", sent, ">=1x&<=1x",
+               note="two `python -m dashboard ingest --once` processes, two inboxes (1 file in 10 in both), one "
+                    "PostgreSQL database: runs stored once each, summaries consistent"
+                    + (f"; PROBLEMS: {problems}" if problems else ""),
+               extra={"seconds": seconds, "stored": stored, "sent": sent}),
+        Figure("two_ingesters_pg_rate", results / seconds, "results/s", rate, "-",
+               note="results/s of the two ingesters together (wall clock, both processes' start-up included) vs "
+                    "one ingester's ingest_rate_pg"),
+    ]
