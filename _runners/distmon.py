@@ -91,20 +91,27 @@ class DistmonUsageError(salt.exceptions.NotImplemented):
     """
 
 
+class DistmonNotInstalled(salt.exceptions.NotImplemented):
+    """The shared library is missing on the master: said as cleanly as a usage error, exit code 1."""
+
+
 def __virtual__():
-    try:
-        _lib("distmon_summary.summarize_return")
-        _lib("distmon_transport.deliver")
-    except (ImportError, AttributeError):
-        return (False, "distmon runner: the shared library _utils/distmon_*.py is not loaded on the master: "
-                       "run salt-run saltutil.sync_all (or pip install saltext-distmon)")
+    # Listed even without the shared library, so that calling it says what to install.
     return __virtualname__
 
 
 def _lib(name: str):
     """The shared library's ``module.function``: ``_utils`` synced to the master, or the saltext package."""
+    if name in __utils__:
+        return __utils__[name]
     module, _, function = name.partition(".")
-    return __utils__[name] if name in __utils__ else getattr(importlib.import_module(_PACKAGE + module), function)
+    try:
+        return getattr(importlib.import_module(_PACKAGE + module), function)
+    except ImportError:
+        raise DistmonNotInstalled(
+            f"the shared library _utils/{module}.py is not on this master: run salt-run saltutil.sync_all "
+            "(or pip install saltext-distmon)"
+        ) from None
 
 
 # -- small helpers -------------------------------------------------------------

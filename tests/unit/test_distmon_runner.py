@@ -395,3 +395,11 @@ def test_any_chosen_outputter_gets_the_data_alone_and_progress_on_stderr(chosen,
         runner.run(path="/srv/tests", tgt="web-1")
     assert jid_event.echoed == []  # else salt-run shows each line as a nested/yaml dump
     assert "web-1: passed" in capsys.readouterr().err
+
+
+def test_without_the_shared_library_the_runner_says_what_to_sync(monkeypatch):
+    monkeypatch.setattr(runner, "__utils__", {})
+    assert runner.__virtual__() == "distmon"  # still listed by salt-run -d
+    with pytest.raises(runner.DistmonNotInstalled, match="run salt-run saltutil.sync_all") as err:
+        runner.run(path="/srv/tests", tgt="web-1")
+    assert isinstance(err.value, SaltNotImplemented)  # printed without a traceback, exit code 1
