@@ -17,7 +17,8 @@ restarts and for every worker on the database: more than ``login_max_failures_ac
 failures for one account, or ``login_max_failures_address`` from one client address, within
 ``login_failure_window`` seconds, and the next attempts answer 429 without checking the
 password, until the oldest failure leaves the window. A successful login clears its account's
-failures (not its address's).
+failures (not its address's). An IPv6 client counts by its /64: a host usually holds the whole
+range and could take a new address for every guess.
 """
 
 # SQL here is built only from constant column lists and '?' placeholders; values are always bound.
@@ -26,6 +27,7 @@ failures (not its address's).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import sqlite3
 import time
 import unicodedata
@@ -332,8 +334,21 @@ async def list_users(db) -> list[dict[str, Any]]:
 # -- login failures (the persistent rate limit) ---------------------------------------------
 
 
+def address_key(address: str) -> str:
+    """The login limit's key for a client address: IPv4 as is, IPv6 by its /64 (one host's whole range)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def _failure_keys(username: str, address: str) -> list[tuple[str, str]]:
-    return [("account", normalize_username(username).casefold()[:USERNAME_MAX * 4]), ("address", address[:64])]
+    return [("account", normalize_username(username).casefold()[:USERNAME_MAX * 4]), ("address", address_key(address))]
 
 
 async def login_blocked(db, settings, username: str, address: str) -> bool:

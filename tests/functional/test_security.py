@@ -635,3 +635,18 @@ async def test_pages_are_not_cached_and_https_gets_hsts(make_app):
         assert "strict-transport-security" not in static.headers  # plain http
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app), base_url="https://testserver") as tls:
             assert (await tls.get("/login")).headers["strict-transport-security"] == "max-age=31536000"
+
+
+async def test_an_ipv6_client_counts_by_its_slash_64(make_app):
+    async with make_app(login_max_failures_address=3) as app:
+
+        def client_from(address: str) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=app.app, client=(address, 40000))
+            return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+        for index in range(3):  # a new address of the same /64 for every guess
+            async with client_from(f"2001:db8:0:1::{index + 1:x}") as client:
+                assert (await app.login(f"guess-{index}", "wrong-password", client=client)).status_code == 401
+        async with client_from("2001:db8:0:1:ffff::9") as same_range, client_from("2001:db8:0:2::1") as other:
+            assert (await app.login("guess-x", "wrong-password", client=same_range)).status_code == 429
+            assert (await app.login("guess-y", "wrong-password", client=other)).status_code == 401
