@@ -15,7 +15,12 @@
    starts after the rename and stops when ``/api/runs?jid=`` lists the run (polled every
    10 ms over keep-alive HTTP). A random pause before each sample spreads the samples over the
    scan cycle. Floor: the scan interval. Target: p95 <= 1 s.
-4. ``dashboard_rss``: that uvicorn process's RSS after the latency samples and
+4. ``page10k_p95_<route>`` / ``page10k_p50_<route>``: the same routes (plus the fleet's groups and
+   states) on the shape of a large fleet, ``--minions 10000 --tests 500`` (one run each: 5,000,000
+   results). Seeding it takes minutes, so the seeded file is kept in ``.run/bench/`` under a name
+   made of the shape, the schema version and a hash of dashboard/seed.py, and reused by later runs
+   (``make clean`` or a schema/seed change makes a new one). Floor and target as in 2.
+5. ``dashboard_rss``: that uvicorn process's RSS after the latency samples and
    ``RSS_REQUESTS`` requests of every route over HTTP. Floor: its RSS right after start-up.
    Target: <= 300 MB.
 """
@@ -37,6 +42,9 @@ from pathlib import Path
 from bench.common import REPO, Figure, median, percentile, say
 
 SEED_RUNS, SEED_TESTS, SEED_MINIONS = 20_000, 50, 50
+# The large fleet: 10,000 minions x 500 tests, one run each (docs/scaling.md).
+FLEET_RUNS, FLEET_TESTS, FLEET_MINIONS = 10_000, 500, 10_000
+FLEET_ROUNDS = 30
 WARMUP, ROUNDS = 5, 60
 ROUTE_BUDGET_SECONDS = 300  # stop sampling early (after at least 20 rounds) if the pages are very slow
 LATENCY_SAMPLES = 50
@@ -45,17 +53,44 @@ SCAN_INTERVAL = 0.2
 FLOOR_ROUTE = "api_me"
 
 
-def seed_database(path: Path) -> float:
+def seed_database(path: Path, runs: int = SEED_RUNS, tests: int = SEED_TESTS, minions: int = SEED_MINIONS) -> float:
     from dashboard.db import connect_sync
     from dashboard.seed import seed
 
     conn = connect_sync(path)
     try:
         started = time.perf_counter()
-        seed(conn, runs=SEED_RUNS, tests=SEED_TESTS, minions=SEED_MINIONS)
+        seed(conn, runs=runs, tests=tests, minions=minions)
         return time.perf_counter() - started
     finally:
         conn.close()
+
+
+def fleet_database() -> tuple[Path, float | None]:
+    """The seeded large-fleet database from .run/bench (seeded now when missing): (path, seconds or None)."""
+    import hashlib
+
+    from bench.common import BENCH_RUN
+    from dashboard.migrations import MIGRATIONS
+
+    seed_hash = hashlib.sha256((REPO / "dashboard" / "seed.py").read_bytes()).hexdigest()[:10]
+    shape = f"{FLEET_MINIONS}m-{FLEET_TESTS}t-{FLEET_RUNS}r"
+    path = BENCH_RUN / f"fleet-{shape}-schema{MIGRATIONS[-1][0]}-seed{seed_hash}.sqlite"
+    if path.exists():
+        return path, None
+    BENCH_RUN.mkdir(parents=True, exist_ok=True)
+    for stale in BENCH_RUN.glob("fleet-*.sqlite*"):  # another shape, schema or seeder: never read again
+        stale.unlink()
+    partial = path.with_name(path.name + ".part")
+    say(f"seeding the large fleet ({shape}) into {path} (kept for later runs) ...")
+    seconds = seed_database(partial, FLEET_RUNS, FLEET_TESTS, FLEET_MINIONS)
+    import sqlite3
+
+    sqlite3.connect(partial).execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
+    for suffix in ("-wal", "-shm"):
+        partial.with_name(partial.name + suffix).unlink(missing_ok=True)
+    partial.rename(path)
+    return path, seconds
 
 
 def bench_token(path: Path) -> str:
@@ -91,7 +126,9 @@ def route_table(path: Path) -> dict[str, str]:
         ).fetchone()
         previous = conn.execute(
             "SELECT r.id FROM runs r WHERE r.minion_id = (SELECT minion_id FROM runs WHERE id = ?) AND r.id < ? "
-            "ORDER BY r.id DESC LIMIT 1", (run_id, run_id)).fetchone()[0]
+            "ORDER BY r.id DESC LIMIT 1", (run_id, run_id)).fetchone()
+        # One run per minion (the large fleet): compare with another minion's run.
+        previous = previous[0] if previous else run_id - 1
         nodeid = conn.execute(
             "SELECT t.nodeid FROM test_status s JOIN tests t ON t.id = s.test_id ORDER BY s.flips DESC LIMIT 1"
         ).fetchone()[0]
@@ -103,6 +140,9 @@ def route_table(path: Path) -> dict[str, str]:
     node = quote(nodeid, safe="")
     return {
         "fleet": "/",
+        "fleet_failing": "/?state=failing",
+        "fleet_group": "/?group=roles",
+        "fleet_group_value": "/?group=os&value=Debian",
         "runs": "/runs",
         "runs_minion": f"/runs?minion={quote(minion)}",
         "runs_failed": "/runs?status=failed",
@@ -122,6 +162,8 @@ def route_table(path: Path) -> dict[str, str]:
         "api_minion": f"/api/minions/{quote(minion)}",
         "api_tests": f"/api/tests?nodeid={node}",
         "api_fleet": "/api/fleet",
+        "api_fleet_group": "/api/fleet?group=roles",
+        "api_slowest": "/api/slowest",
         "api_job": f"/api/jobs/{jid}",
         "api_flaky": "/api/flaky",
         "api_compare": f"/api/compare?a={previous}&b={run_id}",
@@ -166,18 +208,42 @@ async def _time_routes(db_path: Path, work: Path, token: str, routes: dict[str, 
     return samples
 
 
-def page_figures(samples: dict[str, list[float]], routes: dict[str, str]) -> list[Figure]:
+def page_figures(samples: dict[str, list[float]], routes: dict[str, str], prefix: str = "page",
+                 shape: str = "1M results") -> list[Figure]:
     floor = samples[FLOOR_ROUTE]
     floor_p50, floor_p95 = percentile(floor, 50), percentile(floor, 95)
     figures = []
     for name, values in samples.items():
         p50, p95 = percentile(values, 50), percentile(values, 95)
         common = {"url": routes[name], "samples": len(values), "max_ms": max(values)}
-        figures.append(Figure(f"page_p95_{name}", p95, "ms", floor_p95, "<=100ms",
-                              note=f"GET {routes[name]}: p95 of {len(values)} in-process requests; "
+        figures.append(Figure(f"{prefix}_p95_{name}", p95, "ms", floor_p95, "<=100ms",
+                              note=f"GET {routes[name]} ({shape}): p95 of {len(values)} in-process requests; "
                                    "floor: p95 of /api/me", extra=common))
-        figures.append(Figure(f"page_p50_{name}", p50, "ms", floor_p50, "<=100ms",
-                              note=f"GET {routes[name]}: p50", extra=common))
+        figures.append(Figure(f"{prefix}_p50_{name}", p50, "ms", floor_p50, "<=100ms",
+                              note=f"GET {routes[name]} ({shape}): p50", extra=common))
+    return figures
+
+
+def fleet_figures(quick: bool) -> list[Figure]:
+    """Every route on the large fleet (10,000 minions x 500 tests), from the cached seeded file."""
+    path, seconds = fleet_database()
+    figures = []
+    if seconds is not None:
+        figures.append(Figure("seed_fleet_10k", seconds, "s", None, "-",
+                              note=f"dashboard/seed.py: {FLEET_MINIONS} minions x {FLEET_TESTS} tests, one run each "
+                                   f"({FLEET_RUNS * FLEET_TESTS} results); cached in .run/bench for later runs"))
+    else:
+        say(f"pages (large fleet): reusing {path}")
+    work = Path(tempfile.mkdtemp(prefix="distmon-bench-fleet-"))
+    try:
+        token = bench_token(path)
+        routes = route_table(path)
+        rounds = 5 if quick else FLEET_ROUNDS
+        samples = asyncio.run(_time_routes(path, work, token, routes, 2 if quick else WARMUP, rounds))
+        figures.extend(page_figures(samples, routes, prefix="page10k",
+                                    shape=f"{FLEET_MINIONS} minions x {FLEET_TESTS} tests"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return figures
 
 
@@ -334,4 +400,5 @@ def run(quick: bool = False, seeded_db: str | None = None) -> list[Figure]:
                                    "every route over HTTP; floor: its RSS right after start-up"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    figures.extend(fleet_figures(quick))
     return figures

@@ -95,6 +95,7 @@ EXPECTED = {
     "ingest": [("ingest_rate", "results/s", ">=50000&>=0.5x")],
     "postgres": [("ingest_rate_pg", "results/s", ">=0.5x"), ("two_ingesters_pg", "runs", ">=1x&<=1x")],
     "dashboard": [("result_latency_p95", "s", "<=1s"), ("page_p95_all", "ms", "<=100ms"),
+                  ("page10k_p95_all", "ms", "<=100ms"),
                   ("dashboard_rss", "MB", "<=300MB")],
     "pipeline": [("pipeline_overhead", "s", "<=1.15x")],
     "fanout": [("fanout_20", "s", "-"), ("fanout_20_delivered", "runs", "==20")],

@@ -340,21 +340,37 @@ async def run_export(db, run_id: int) -> dict[str, Any] | None:
 # -- jobs ----------------------------------------------------------------------------------
 
 
-async def get_job(db, jid: str) -> dict[str, Any] | None:
-    """One salt job across minions: its runs, the targeted minions that never returned."""
+MISSING_SHOWN = 500  # targeted minions that never returned, named on a job's page
+
+
+async def get_job(db, jid: str, *, cursor: str | None = None, limit: int | None = None) -> dict[str, Any] | None:
+    """One salt job across minions: totals over all its runs, its runs a page at a time (in the
+    order they arrived, cursor-paginated), the targeted minions that never returned."""
+    limit = clamp_limit(limit, FLEET_PAGE)
+    after = decode_cursor(cursor, (int,))
     manifest = await db.fetchone("SELECT jid, fun, tgt, tgt_type, targeted, started_at FROM jobs WHERE jid = ?", (jid,))
-    rows = await db.fetchall(
-        f"SELECT {RUN_COLUMNS} FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.jid = ? "
-        "ORDER BY m.name LIMIT 5000",
+    summary = await db.fetchone(
+        "SELECT COUNT(*) AS runs, SUM(passed) AS passed, SUM(failed) AS failed, SUM(skipped) AS skipped, "
+        "SUM(xfailed) AS xfailed, SUM(xpassed) AS xpassed, SUM(errors) AS errors, MAX(duration) AS max_duration, "
+        "MIN(started_at) AS started_at, MIN(fun) AS fun FROM runs WHERE jid = ?",
         (jid,),
     )
-    if manifest is None and not rows:
+    if manifest is None and not summary["runs"]:
         return None
-    runs = [run_summary(row) for row in rows]
-    targeted = loads(manifest["targeted"], []) if manifest else []
-    returned = {run["minion"] for run in runs}
-    totals = {key: sum(run["counts"][key] for run in runs) for key in OUTCOMES}
-    durations = [run["duration"] for run in runs if run["duration"] is not None]
+    sql = f"SELECT {RUN_COLUMNS} FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.jid = ?"
+    params: list[Any] = [jid]
+    if after:
+        sql += " AND r.id > ?"
+        params.append(after[0])
+    rows = await db.fetchall(sql + " ORDER BY r.id LIMIT ?", (*params, limit + 1))
+    next_cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
+    runs = [run_summary(row) for row in rows[:limit]]
+    targeted = [str(name) for name in (loads(manifest["targeted"], []) if manifest else []) if isinstance(name, str | int)]
+    missing: list[str] = []
+    if targeted:
+        returned = {row["name"] for row in await db.fetchall(
+            "SELECT m.name FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.jid = ? LIMIT 1000000", (jid,))}
+        missing = sorted(name for name in set(targeted) if name not in returned)
     rerun_of = await db.fetchval("SELECT rerun_of FROM runs WHERE jid = ? AND rerun_of IS NOT NULL LIMIT 1", (jid,))
     reruns = [row["jid"] for row in await db.fetchall(
         "SELECT DISTINCT jid FROM runs WHERE rerun_of = ? ORDER BY jid LIMIT 50", (jid,))]
@@ -362,15 +378,20 @@ async def get_job(db, jid: str) -> dict[str, Any] | None:
         "jid": jid,
         "rerun_of": rerun_of,
         "reruns": reruns,
-        "fun": manifest["fun"] if manifest else (runs[0]["fun"] if runs else None),
+        "fun": manifest["fun"] if manifest else summary["fun"],
         "tgt": manifest["tgt"] if manifest else None,
         "tgt_type": manifest["tgt_type"] if manifest else None,
-        "started_at": manifest["started_at"] if manifest else (min(r["started_at"] for r in runs) if runs else None),
-        "targeted": [str(name) for name in targeted if isinstance(name, str | int)],
-        "missing": sorted(str(name) for name in targeted if isinstance(name, str | int) and str(name) not in returned),
+        "started_at": manifest["started_at"] if manifest else summary["started_at"],
+        "targeted": targeted[:MISSING_SHOWN],
+        "targeted_count": len(targeted),
+        "missing": missing[:MISSING_SHOWN],
+        "missing_count": len(missing),
+        "returned": summary["runs"],
         "runs": runs,
-        "counts": totals,
-        "max_duration": max(durations) if durations else None,
+        "next": next_cursor,
+        "paged": bool(after),
+        "counts": {key: summary[key] or 0 for key in OUTCOMES},
+        "max_duration": summary["max_duration"],
     }
 
 
@@ -627,14 +648,15 @@ async def get_test(
 ) -> dict[str, Any] | None:
     """One test id across minions and time: totals, per-minion status a page at a time, timeline.
 
-    Totals come from ``test_totals``; minions page by name (``cursor``), those where it fails
-    now are listed apart (oldest failing streak first, at most a page).
+    Totals come from ``test_totals``; minions page in the order they first reported (minion id,
+    the index test_status_test: no sort of 10,000 rows), those where it fails now are listed
+    apart (oldest failing streak first, at most a page).
     """
     test = await db.fetchone("SELECT id, nodeid, file, line FROM tests WHERE nodeid = ?", (nodeid,))
     if test is None:
         return None
     limit = clamp_limit(limit, FLEET_PAGE)
-    after = decode_cursor(cursor, (str,))
+    after = decode_cursor(cursor, (int,))
     totals = await db.fetchone(
         "SELECT minions, runs, fails, flips, code_flips, failing, passing, last_pass_at FROM test_totals "
         "WHERE test_id = ?",
@@ -642,16 +664,16 @@ async def get_test(
     ) or {"minions": 0, "runs": 0, "fails": 0, "flips": 0, "code_flips": 0, "failing": 0, "passing": 0,
           "last_pass_at": None}
     columns = (
-        "m.name AS minion, ts.last_run_id, ts.last_outcome, ts.last_started_at, ts.runs, ts.fails, ts.flips, "
+        "m.name AS minion, ts.minion_id, ts.last_run_id, ts.last_outcome, ts.last_started_at, ts.runs, ts.fails, ts.flips, "
         "ts.code_flips, ts.first_fail_at, ts.last_pass_at, ts.total_duration"
     )
     params: list[Any] = [test["id"]]
     sql = f"SELECT {columns} FROM test_status ts JOIN minions m ON m.id = ts.minion_id WHERE ts.test_id = ?"
     if after:
-        sql += " AND m.name > ?"
+        sql += " AND ts.minion_id > ?"
         params.append(after[0])
-    per_minion = await db.fetchall(sql + " ORDER BY m.name LIMIT ?", (*params, limit + 1))
-    next_cursor = encode_cursor(per_minion[limit - 1]["minion"]) if len(per_minion) > limit else None
+    per_minion = await db.fetchall(sql + " ORDER BY ts.minion_id LIMIT ?", (*params, limit + 1))
+    next_cursor = encode_cursor(per_minion[limit - 1]["minion_id"]) if len(per_minion) > limit else None
     per_minion = per_minion[:limit]
     # Open failing streaks, oldest first (index test_status_failing).
     failing_now = await db.fetchall(

@@ -96,9 +96,12 @@ async def api_live(db: DbDep, after: int = Query(0, ge=0, le=INT64_MAX), limit: 
     return {"runs": runs, "latest": runs[-1]["id"] if runs else after}
 
 
-@router.get("/jobs/{jid}", summary="One salt job across minions, with targeted minions that never returned")
-async def api_job(jid: str, db: DbDep) -> dict[str, Any]:
-    job = await queries.get_job(db, jid)
+@router.get("/jobs/{jid}", summary="One salt job across minions: totals, its runs cursor-paginated, "
+            "targeted minions that never returned; new/still failing/fixed over the runs listed")
+async def api_job(
+    jid: str, db: DbDep, cursor: str | None = None, limit: int = Query(queries.FLEET_PAGE, ge=1, le=500)
+) -> dict[str, Any]:
+    job = await queries.get_job(db, jid, cursor=cursor, limit=limit)
     if job is None:
         raise HTTPException(status_code=404, detail="No such job.")
     job["changes"] = await failures.job_changes(db, [run["id"] for run in job["runs"]])

@@ -104,12 +104,16 @@ async def run_json(run_id: RowId, db: DbDep):
 
 
 @router.get("/jobs/{jid}")
-async def job_page(request: Request, jid: str, db: DbDep):
-    job = await queries.get_job(db, jid)
+async def job_page(request: Request, jid: str, db: DbDep, cursor: str = ""):
+    job = await queries.get_job(db, jid, cursor=cursor or None)
     if job is None:
         raise HTTPException(status_code=404, detail="No such job.")
     changes = await failures.job_changes(db, [run["id"] for run in job["runs"]])
-    return render(request, "job.html", {"job": job, "changes": changes})
+    return render(request, "job.html", {
+        "job": job,
+        "changes": changes,
+        "next_params": {"cursor": job["next"]} if job["next"] else None,
+    })
 
 
 @router.get("/minions/{name}")

@@ -20,6 +20,7 @@ from tests.functional.conftest import (
     make_settings,
     result_document,
     write_inbox,
+    write_job,
 )
 
 pytestmark = pytest.mark.anyio
@@ -171,3 +172,30 @@ async def test_a_tests_minions_page_with_the_failing_ones_apart(fleet_app):
 async def test_slowest_reads_the_per_test_totals(fleet_app):
     rows = (await fleet_app.http.get("/api/slowest")).json()["tests"]
     assert {row["nodeid"]: (row["runs"], row["minions"]) for row in rows}[BROKEN] == (28, 7)
+
+
+async def test_a_jobs_runs_page_with_totals_over_all_of_them(make_app):
+    async with make_app() as app:
+        started = NOW - timedelta(hours=1)
+        jid = "20261201120000000001"
+        write_job(app.settings.inbox, jid, [f"job-{i}" for i in range(6)], started)
+        for i in range(5):
+            outcome = "failed" if i == 3 else "passed"
+            write_inbox(app.settings.inbox, result_document(f"job-{i}", jid, started + timedelta(seconds=i),
+                                                            [{"nodeid": PASSING, "outcome": outcome}]))
+        await ingest(app)
+        assert (await app.register(*ADMIN)).status_code == 303
+        assert (await app.login(*ADMIN)).status_code == 303
+        first = (await app.http.get(f"/api/jobs/{jid}", params={"limit": "2"})).json()
+        assert first["returned"] == 5 and first["counts"]["passed"] == 4 and first["counts"]["failed"] == 1
+        assert first["missing"] == ["job-5"] and first["missing_count"] == 1 and first["targeted_count"] == 6
+        seen, job = [], first
+        while True:
+            seen += [run["minion"] for run in job["runs"]]
+            if not job["next"]:
+                break
+            job = (await app.http.get(f"/api/jobs/{jid}", params={"limit": "2", "cursor": job["next"]})).json()
+        assert seen == [f"job-{i}" for i in range(5)]
+        page = await app.http.get(f"/jobs/{jid}")
+        assert page.status_code == 200 and "5 minions returned of 6 targeted" in page.text
+        assert 'href="/minions/job-5"' in page.text
