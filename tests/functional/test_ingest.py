@@ -455,9 +455,13 @@ def test_hostile_or_unwanted_junit_is_quarantined(settings, tmp_path):
     drop(settings.inbox, "ci", "bomb.xml", bomb)
     drop(settings.inbox, "ci", "broken.xml", b"<testsuite><testcase")
     drop(settings.inbox, "ci", "html.xml", b"<html/>")
-    assert ingest(settings).quarantined == 3
+    # The same bomb in UTF-16: no "<!DOCTYPE" in its bytes, the parser sees it all the same.
+    drop(settings.inbox, "ci", "bomb16.xml", bomb.replace(b'version="1.0"', b'version="1.0" encoding="UTF-16"')
+         .decode().encode("utf-16"))
+    assert ingest(settings).quarantined == 4
     reasons = quarantined(settings)
     assert "DOCTYPE" in reasons["ci/bomb.xml"]
+    assert "DOCTYPE/ENTITY declarations are refused" in reasons["ci/bomb16.xml"]
     assert "well-formed" in reasons["ci/broken.xml"]
     assert "root element" in reasons["ci/html.xml"]
 
