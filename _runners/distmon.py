@@ -450,6 +450,21 @@ def _publish_and_collect(client, target, tgt_type: str, path, kwarg: dict, timeo
     return rows
 
 
+def _cached_job(jid, command: str) -> tuple[str, dict]:
+    """(jid, the job from the master's job cache) or a usage error naming what is wrong."""
+    if not jid:
+        raise DistmonUsageError(f"jid missing\nusage: salt-run distmon.{command} jid=<jid>")
+    jid = str(jid)
+    try:
+        _lib("distmon_options.check_name")("jid", jid, __opts__)
+    except SaltInvocationError:
+        raise DistmonUsageError(f"jid {jid!r} is not a job id") from None
+    job = __salt__["jobs.list_job"](jid)
+    if not isinstance(job, dict) or "Error" in job or not job.get("Function"):
+        raise DistmonUsageError(f"job {jid} is not in the job cache")
+    return jid, job
+
+
 def _failed_paths(result: dict) -> list[str]:
     """Paths that run again exactly the tests that failed (or errored) in a pytestrun.run result."""
     failed = sorted({entry.get("nodeid") for entry in result.get("tests") or []
@@ -485,16 +500,7 @@ def rerun(jid=None, timeout=None, test_timeout=None, max_wait=None, gather_job_t
         salt-run distmon.rerun jid=20261128073012345678
         salt-run distmon.rerun 20261128073012345678 test_timeout=120 --out json
     """
-    if not jid:
-        raise DistmonUsageError("jid missing\nusage: salt-run distmon.rerun jid=<jid>")
-    jid = str(jid)
-    try:
-        _lib("distmon_options.check_name")("jid", jid, __opts__)
-    except SaltInvocationError:
-        raise DistmonUsageError(f"jid {jid!r} is not a job id") from None
-    job = __salt__["jobs.list_job"](jid)
-    if not isinstance(job, dict) or "Error" in job or not job.get("Function"):
-        raise DistmonUsageError(f"job {jid} is not in the job cache")
+    jid, job = _cached_job(jid, "rerun")
     groups: dict[tuple, list[str]] = {}
     for minion, data in sorted((job.get("Result") or {}).items()):
         result = data.get("return") if isinstance(data, dict) else None
@@ -552,16 +558,7 @@ def results(jid=None) -> dict:
         salt-run distmon.results jid=20261128073012345678
         salt-run distmon.results 20261128073012345678 --out json
     """
-    if not jid:
-        raise DistmonUsageError("jid missing\nusage: salt-run distmon.results jid=<jid>")
-    jid = str(jid)
-    try:
-        _lib("distmon_options.check_name")("jid", jid, __opts__)
-    except SaltInvocationError:
-        raise DistmonUsageError(f"jid {jid!r} is not a job id") from None
-    job = __salt__["jobs.list_job"](jid)
-    if not isinstance(job, dict) or "Error" in job or not job.get("Function"):
-        raise DistmonUsageError(f"job {jid} is not in the job cache")
+    jid, job = _cached_job(jid, "results")
     returns = job.get("Result") or {}
     targeted = sorted(set(job.get("Minions") or []) | set(returns))
     _progress(

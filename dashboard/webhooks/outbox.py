@@ -289,34 +289,54 @@ def due_reads() -> tuple[str, str]:
 # -- late minions ----------------------------------------------------------------------------------
 
 
+def late_changes(rows: list[dict], alerted: dict[int, str], now: datetime) -> tuple[list[dict], list[dict]]:
+    """(newly late, reporting again) among minion rows (queries' _MINION_SQL), given who was told about."""
+    from dashboard.queries import _minion_state  # the fleet page's own lateness rule
+
+    late, back = [], []
+    for row in rows:
+        state = _minion_state(row, now)
+        told = alerted.get(row["id"])
+        if state["late"] and told != row["last_seen"]:
+            late.append({"id": row["id"], "minion": row["name"], "last_seen": row["last_seen"],
+                         "silent_for": state["silent_for"], "expected_interval": state["expected_interval"]})
+        elif told is not None and not state["late"]:
+            back.append({"id": row["id"], "minion": row["name"], "last_seen": row["last_seen"]})
+    return late, back
+
+
 def check_late_tx(conn: sqlite3.Connection, base_url: str, now: datetime | None = None) -> int:
     """Tell once per silence that a minion is late (the fleet page's rule), and when it reports again."""
-    from dashboard.queries import _MINION_SQL, _minion_state  # the fleet page's own lateness rule
+    from dashboard.queries import _MINION_SQL
 
     now = now or datetime.now(UTC)
     cursor = conn.execute(_MINION_SQL)
     names = [c[0] for c in cursor.description]
+    rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
     alerted = {row[0]: row[1] for row in conn.execute("SELECT minion_id, last_seen FROM late_alerts")}
-    late, back = [], []
-    stamp = iso(now)
-    for values in cursor.fetchall():
-        row = dict(zip(names, values, strict=True))
-        state = _minion_state(row, now)
-        told = alerted.get(row["id"])
-        if state["late"] and told != row["last_seen"]:
-            late.append({"minion": row["name"], "last_seen": row["last_seen"], "silent_for": state["silent_for"],
-                         "expected_interval": state["expected_interval"]})
-            conn.execute("INSERT INTO late_alerts (minion_id, last_seen, alerted_at) VALUES (?, ?, ?) "
-                         "ON CONFLICT (minion_id) DO UPDATE SET last_seen = excluded.last_seen, "
-                         "alerted_at = excluded.alerted_at", (row["id"], row["last_seen"], stamp))
-        elif told is not None and not state["late"]:
-            back.append({"minion": row["name"], "last_seen": row["last_seen"]})
-            conn.execute("DELETE FROM late_alerts WHERE minion_id = ?", (row["id"],))
+    late, back = late_changes(rows, alerted, now)
     if not late and not back:
         return 0
-    facts = {"event": "minion_late", "late": late, "back": back}
+    stamp = iso(now)
+    conn.executemany("INSERT INTO late_alerts (minion_id, last_seen, alerted_at) VALUES (?, ?, ?) "
+                     "ON CONFLICT (minion_id) DO UPDATE SET last_seen = excluded.last_seen, "
+                     "alerted_at = excluded.alerted_at", [(item["id"], item["last_seen"], stamp) for item in late])
+    conn.executemany("DELETE FROM late_alerts WHERE minion_id = ?", [(item["id"],) for item in back])
+    facts = {"event": "minion_late", "late": [{k: v for k, v in item.items() if k != "id"} for item in late],
+             "back": [{k: v for k, v in item.items() if k != "id"} for item in back]}
     subject = ",".join(item["minion"] for item in late + back)
     return queue_message(conn, _hooks(conn), facts, subject, base_url, now)
+
+
+async def late_check_due(db, now: datetime | None = None) -> bool:
+    """Whether :func:`check_late_tx` has anything to tell, read on reader connections (no write lock)."""
+    from dashboard.queries import _MINION_SQL
+
+    rows = await db.fetchall(f"{_MINION_SQL} LIMIT 1000000", timeout=30)
+    alerted = {row["minion_id"]: row["last_seen"]
+               for row in await db.fetchall("SELECT minion_id, last_seen FROM late_alerts LIMIT 1000000")}
+    late, back = late_changes(rows, alerted, now or datetime.now(UTC))
+    return bool(late or back)
 
 
 def prune_tx(conn: sqlite3.Connection, now: datetime | None = None) -> None:

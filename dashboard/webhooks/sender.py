@@ -167,7 +167,9 @@ class Sender:
         tick = time.monotonic()
         if tick >= self.next_late:
             self.next_late = tick + LATE_CHECK_SECONDS
-            await self.db.write(outbox.check_late_tx, self.settings.public_url)
+            # Read first: the write (and its lock) only when a minion went late or came back.
+            if await outbox.late_check_due(self.db):
+                await self.db.write(outbox.check_late_tx, self.settings.public_url)
         if tick >= self.next_digest:
             self.next_digest = tick + DIGEST_CHECK_SECONDS
             now = datetime.now(UTC)

@@ -25,6 +25,7 @@ import pytest
 from dashboard.config import Settings
 from dashboard.db import connect_sync
 from dashboard.ingest import ingest_pending_sync
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,16 +51,6 @@ class BusListener:
             if payload.startswith("{"):
                 found.append((tag, json.loads(payload)))
         return found
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def uploaded(inbox: Path, minion: str) -> dict[str, dict]:
