@@ -20,6 +20,7 @@ CLI Example:
     python -m dashboard --env-file .run/stack.env ingest --once   # as the local stack's app would
     python -m dashboard serve --host 127.0.0.1 --port 8000   # the web app, with its limits (dashboard/serve.py)
     python -m dashboard backfill-signatures         # signatures for results stored before they existed
+    python -m dashboard migrate-to postgresql://distmon@db1:5432/distmon   # copy this SQLite store into PostgreSQL
     python -m dashboard triage known-issue 3f2a9c0d1e4b5a69 --note "kernel 6.1 regression" --url https://bugs/1 --user alice
     python -m dashboard triage mute --signature 3f2a9c0d1e4b5a69 --grain osrelease=11 --expires 7d --user alice
     python -m dashboard triage mute --test "tests/test_net.py::test_dns" --expires 2d --reason "DNS move" --user alice
@@ -159,6 +160,21 @@ def cmd_prune(args, settings: Settings) -> int:
 
     removed = asyncio.run(run())
     print(f"pruned {removed} runs older than {args.older_than}")
+    return 0
+
+
+def cmd_migrate_to(args, settings: Settings) -> int:
+    """Copy this SQLite store (DISTMON_DB / --db) into an empty PostgreSQL database."""
+    from dashboard.dialect import redact
+    from dashboard.migrate_to import MigrateError, migrate_to
+
+    try:
+        copied = migrate_to(settings.db_path, args.url)
+    except MigrateError as err:
+        raise CliError(str(err)) from err
+    for table, rows in copied.items():
+        print(f"{table:24} {rows:>12,}")
+    print(f"copied {sum(copied.values()):,} rows of {len(copied)} tables into {redact(args.url)}")
     return 0
 
 
@@ -405,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune = sub.add_parser("prune", help="delete old runs")
     prune.add_argument("--older-than", required=True, help="e.g. 90d, 12h")
     prune.set_defaults(func=cmd_prune)
+
+    migrate = sub.add_parser("migrate-to", help="copy this SQLite store into an empty PostgreSQL database")
+    migrate.add_argument("url", help="postgresql://user@host:port/database")
+    migrate.set_defaults(func=cmd_migrate_to)
 
     ingest = sub.add_parser("ingest", help="run the ingester alone")
     ingest.add_argument("--once", action="store_true", help="one pass over the inbox, then exit")
