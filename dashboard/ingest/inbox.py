@@ -93,8 +93,14 @@ def quarantine_entry(settings: Settings, dir_fd: int, dir_label: str, name: str,
     return True
 
 
-def _in_progress(name: str) -> bool:
-    return name.startswith(".") or name.endswith(".part")  # .<jid>.json.<random>.part while uploading
+def _in_progress(settings: Settings, entry: os.DirEntry, bad: list[tuple[str, str]]) -> bool:
+    """True for an upload's temporary name (``.<jid>.json.<random>.part``): skipped, or added to ``bad`` once abandoned."""
+    if not (entry.name.startswith(".") or entry.name.endswith(".part")):
+        return False
+    reason = _abandoned(settings, entry)
+    if reason:
+        bad.append((entry.name, reason))
+    return True
 
 
 def _abandoned(settings: Settings, entry: os.DirEntry) -> str | None:
@@ -127,10 +133,7 @@ def _scan_dir(settings: Settings, inbox_dir: InboxDir, report: IngestReport) -> 
     with os.scandir(inbox_dir.fd) as entries:
         for entry in entries:
             name = entry.name
-            if _in_progress(name):
-                reason = _abandoned(settings, entry)
-                if reason:
-                    bad.append((name, reason))
+            if _in_progress(settings, entry, bad):
                 continue
             try:
                 info = entry.stat(follow_symlinks=False)
@@ -167,10 +170,7 @@ def scan_inbox(settings: Settings, report: IngestReport, opened: list[InboxDir])
     with os.scandir(inbox_fd) as entries:
         names = [(entry.name, entry) for entry in entries]
     for name, entry in sorted(names, key=lambda item: item[0]):
-        if _in_progress(name):
-            reason = _abandoned(settings, entry)
-            if reason:
-                bad.append((name, reason))
+        if _in_progress(settings, entry, bad):
             continue
         try:
             info = entry.stat(follow_symlinks=False)

@@ -64,25 +64,18 @@ def unprotected_parse_rss_mb(path: Path) -> float:
     return int(done.stdout.strip()) / 1024
 
 
-def make_dashboard(tmp_path: Path, name: str, **kwargs) -> DashboardProcess:
-    root = tmp_path / name
-    (root / "inbox").mkdir(parents=True)
-    return DashboardProcess(root, root / "inbox", **kwargs)
-
-
 @pytest.fixture
-def dashboards(tmp_path):
-    started: list[DashboardProcess] = []
+def dashboards(tmp_path, own_dashboards):
+    """``dashboards(name, **kwargs)``: a started dashboard process over its own empty inbox."""
 
     def start(name: str, **kwargs) -> DashboardProcess:
-        dashboard = make_dashboard(tmp_path, name, **kwargs)
-        started.append(dashboard)
+        inbox = tmp_path / name / "inbox"
+        inbox.mkdir(parents=True)
+        dashboard = own_dashboards(name, inbox, **kwargs)
         dashboard.start()
         return dashboard
 
-    yield start
-    for dashboard in started:
-        dashboard.stop()
+    return start
 
 
 def test_utf16_entity_report_is_quarantined_without_expanding(dashboards, tmp_path, fault_table):
