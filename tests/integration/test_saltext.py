@@ -142,4 +142,5 @@ def test_the_runner_loads_from_the_installed_package(saltext_python, tmp_path):
         """)
     done = subprocess.run([str(saltext_python), "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["distmon.results", "distmon.run", "distmon.status"]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["distmon.rerun", "distmon.results", "distmon.run",
+                                                               "distmon.status"]
