@@ -2,13 +2,16 @@
 
 1. ``seed_1m``: dashboard/seed.py fills a fresh database in a temp dir with 20,000 runs x 50
    tests over 50 minions (1,000,000 results). Informational (no target).
+   ``signature_backfill_1m``: then the failure-signature backfill over them (informational).
 2. ``page_p95_<route>`` / ``page_p50_<route>``: server time of every page and API route in
    :data:`ROUTES`, in-process through the ASGI app (``httpx.ASGITransport``, lifespan run,
    ingester off), authenticated with an API token. Requests go round-robin over the routes
    (``WARMUP`` rounds discarded, then ``ROUNDS``), so a noisy phase of the machine hits every
    route alike. The floor of each is the same percentile of ``/api/me``: authenticated, no
    data query (the app has no /healthz; /api/me pays the same middleware and token lookup as
-   every route, which /login or /static would not). Target: p95 <= 100 ms.
+   every route, which /login or /static would not). Target: p95 <= 100 ms. The triage pages
+   also by name: ``failures_page_p95`` (/failures), ``failures_api_p95`` (/api/failures) and
+   ``fts_search_p95`` (the slowest of the full-text searches on /failures, /api/failures, /runs).
 3. ``result_latency_p95`` / ``_p50``: a uvicorn dashboard with its ingester (scan interval
    0.2 s, as the stack) on the seeded database. ``LATENCY_SAMPLES`` times: a 50-result file is
    written under a temporary dot-name in the inbox, then renamed to its final name; the clock
@@ -93,6 +96,20 @@ def fleet_database() -> tuple[Path, float | None]:
     return path, seconds
 
 
+def backfill_signatures(path: Path) -> float:
+    """Failure signatures for the seeded results (seed leaves them to the backfill): seconds taken."""
+    from dashboard.db import connect_sync
+    from dashboard.failures import backfill_all
+
+    conn = connect_sync(path)
+    try:
+        started = time.perf_counter()
+        backfill_all(conn)
+        return time.perf_counter() - started
+    finally:
+        conn.close()
+
+
 def bench_token(path: Path) -> str:
     """An active admin and an API token, written straight into the seeded database."""
     from dashboard import security, users
@@ -133,12 +150,18 @@ def route_table(path: Path) -> dict[str, str]:
             "SELECT t.nodeid FROM test_status s JOIN tests t ON t.id = s.test_id ORDER BY s.flips DESC LIMIT 1"
         ).fetchone()[0]
         latest = conn.execute("SELECT MAX(id) FROM runs").fetchone()[0]
+        # The open signature failing on the most minions (the failures page's first row).
+        # (None on a database whose signatures were not backfilled: no triage routes then.)
+        signature = (conn.execute(
+            "SELECT last_signature FROM test_status WHERE last_signature IS NOT NULL GROUP BY last_signature "
+            "ORDER BY COUNT(*) DESC LIMIT 1"
+        ).fetchone() or (None,))[0]
     finally:
         conn.close()
     from urllib.parse import quote
 
     node = quote(nodeid, safe="")
-    return {
+    routes = {
         "fleet": "/",
         "fleet_failing": "/?state=failing",
         "fleet_group": "/?group=roles",
@@ -170,6 +193,19 @@ def route_table(path: Path) -> dict[str, str]:
         "api_live": f"/api/live?after={latest - 50}",
         FLOOR_ROUTE: "/api/me",
     }
+    if signature:
+        routes.update({
+            "failures": "/failures",
+            "failures_some": "/failures?verdict=some-minions",
+            "failure": f"/failures/{signature}",
+            "api_failures": "/api/failures",
+            "api_failure": f"/api/failures/{signature}",
+            # Full-text search (FTS5) over the failures' messages and tracebacks.
+            "failures_q": "/failures?q=response+status",
+            "api_failures_q": "/api/failures?q=503",
+            "runs_text_q": "/runs?q=Response+503",
+        })
+    return routes
 
 
 def _settings(db_path: Path, work: Path):
@@ -221,6 +257,16 @@ def page_figures(samples: dict[str, list[float]], routes: dict[str, str], prefix
                                    "floor: p95 of /api/me", extra=common))
         figures.append(Figure(f"{prefix}_p50_{name}", p50, "ms", floor_p50, "<=100ms",
                               note=f"GET {routes[name]} ({shape}): p50", extra=common))
+    if "failures" in samples:
+        # The triage figures by their own names (docs/triage.md): the failures page, its API, and
+        # the slowest of the full-text searches.
+        for figure, names in (("failures_page_p95", ["failures"]), ("failures_api_p95", ["api_failures"]),
+                              ("fts_search_p95", ["failures_q", "api_failures_q", "runs_text_q"])):
+            worst = max(names, key=lambda name: percentile(samples[name], 95))
+            figures.append(Figure(figure, percentile(samples[worst], 95), "ms", floor_p95, "<=100ms",
+                                  note=f"GET {routes[worst]} (slowest of {', '.join(routes[n] for n in names)}): p95 of "
+                                       f"{len(samples[worst])} in-process requests at 1,000,000 results",
+                                  extra={"url": routes[worst]}))
     return figures
 
 
@@ -372,6 +418,12 @@ def run(quick: bool = False, seeded_db: str | None = None) -> list[Figure]:
             figures.append(Figure("seed_1m", seconds, "s", None, "-",
                                   note=f"dashboard/seed.py: {SEED_RUNS} runs x {SEED_TESTS} tests, "
                                        f"{SEED_MINIONS} minions ({SEED_RUNS * SEED_TESTS} results)"))
+
+        seconds = backfill_signatures(db_path)  # a no-op on a copy already backfilled
+        say(f"signature backfill in {seconds:.1f} s")
+        figures.append(Figure("signature_backfill_1m", seconds, "s", None, "-",
+                              note="the failure-signature backfill (dashboard/failures.py) over the seeded 1M results: "
+                                   "signatures, FTS index, test_status.last_signature"))
         token = bench_token(db_path)
         routes = route_table(db_path)
         say("routes: " + ", ".join(f"{name}={url}" for name, url in routes.items()))

@@ -136,6 +136,9 @@ def seed(
         next_run_id = (conn.execute("SELECT MAX(id) FROM runs").fetchone()[0] or 0) + 1
         # Only minions that have runs still to come keep their test_status rows in memory; a
         # minion's rows are written after its last run (10,000 minions x 500 tests stay small).
+        # Each test fails at a line of its own file: one failure signature per failing test.
+        longreprs = [LONGREPR.replace("tests/test_x.py:42", f"{nodeid.split('::')[0]}:{12 + i}")
+                     for i, nodeid in enumerate(nodeids)]
         status: dict[tuple[int, int], dict] = {}
         status_rows: list[tuple] = []
         minion_state: dict[int, dict] = {}
@@ -164,7 +167,7 @@ def seed(
                     failing = outcome in FAIL
                     result_rows.append((
                         run_id, test_id, "setup" if outcome == "error" else "call", outcome, duration,
-                        "assert 503 == 200" if failing else None, LONGREPR if failing else None,
+                        "assert 503 == 200" if failing else None, longreprs[t_index] if failing else None,
                         "captured output\n" if failing else None, None, "[]",
                     ))  # fmt: skip
                     key = (minion_id, test_id)
@@ -209,6 +212,9 @@ def seed(
             [("runs", runs), ("results", results), ("tests", tests)],
         )
         rebuild_fleet_summaries(conn)
+        # Seeded rows carry no failure signatures: the backfill gives them theirs (at the app's
+        # start, or `python -m dashboard backfill-signatures`), as for results older than signatures.
+        conn.execute("UPDATE signature_backfill SET pending_upto = (SELECT MAX(id) FROM results) WHERE id = 1")
         return results, len(jobs)
 
     conn.execute("PRAGMA cache_size = -262144")  # 256 MB: index inserts of millions of rows stay in memory

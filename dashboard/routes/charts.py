@@ -112,7 +112,8 @@ def line_chart(points: list[dict[str, Any]], key: str, title: str, max_value: fl
     parts.append(f'<line class="axis" x1="{left}" x2="{left}" y1="{top}" y2="{bottom}" />'
                  f'<line class="axis" x1="{left}" x2="{right}" y1="{bottom}" y2="{bottom}" />')
     n = len(points)
-    for index, anchor in ((0, "start"), (n // 2, "middle"), (n - 1, "end")) if n > 2 else ((0, "start"), (n - 1, "end")):
+    labelled = {1: ((0, "middle"),), 2: ((0, "start"), (1, "end"))}.get(n, ((0, "start"), (n // 2, "middle"), (n - 1, "end")))
+    for index, anchor in labelled:
         label = points[index].get(label_key)
         x = left + index * s["step"] if n > 1 else (left + right) / 2
         parts.append(f'<text class="tick" x="{x:.1f}" y="{s["height"] - 4}" text-anchor="{anchor}">'

@@ -96,8 +96,12 @@ async def known_issue_delete_form(signature: str, form: CsrfFormDep, auth: AuthD
 
 @router.post("/mutes")
 async def mute_form(form: CsrfFormDep, auth: AuthDep, db: DbDep):
+    # The signature page sends what="signature:<sig>" or what="test:<nodeid>"; kind + target also work.
+    kind, _, target = _field(form, "what").partition(":")
+    if not target:
+        kind, target = _field(form, "kind"), _field(form, "target")
     mute = await _triage_write(
-        db, triage.add_mute, auth.user["username"], kind=_field(form, "kind"), target=_field(form, "target"),
+        db, triage.add_mute, auth.user["username"], kind=kind, target=target,
         expires=_field(form, "expires") or None, grain=_field(form, "grain") or None,
         grain_value=_field(form, "grain_value") or None, reason=_field(form, "reason"),
     )

@@ -173,3 +173,122 @@ def test_register_login_open_run_expand_failure(server, browser, tmp_path):
         assert csp_errors == [], csp_errors
     finally:
         context.close()
+
+
+def triage_fleet(inbox: Path) -> None:
+    """Three more minions: a resolver test fails only where osrelease is 11 (edge-1, edge-2)."""
+    start = datetime.now(UTC) - timedelta(minutes=30)
+    for index, (minion, release) in enumerate((("edge-1", "11"), ("edge-2", "11"), ("edge-3", "12"))):
+        tests = [{"nodeid": "tests/test_checkout.py::test_cart", "outcome": "passed"}]
+        if release == "11":
+            tests.append({"nodeid": "tests/test_dns.py::test_resolve", "outcome": "failed",
+                          "message": f"AssertionError: resolver returned {index} records",
+                          "longrepr": f"def test_resolve():\n>       assert len(records) == 3\n"
+                                      f"E       AssertionError: resolver returned {index} records\n\n"
+                                      "tests/test_dns.py:8: AssertionError"})
+        else:
+            tests.append({"nodeid": "tests/test_dns.py::test_resolve", "outcome": "passed"})
+        write_inbox(inbox, result_document(minion, "20261128083000000003", start + timedelta(seconds=index), tests,
+                                           grains={"os": "Debian", "osrelease": release, "roles": ["web"]}))
+
+
+def log_in(page, base: str) -> None:
+    """Log in as the e2e admin (registering it first when this test runs alone)."""
+    page.goto("/login")
+    page.fill("input[name=username]", "e2e-admin")
+    page.fill("input[name=password]", "e2e-password-1")
+    page.click("main button[type=submit]")
+    page.wait_for_load_state()
+    if page.url.startswith(base + "/login"):
+        page.goto("/register")
+        page.fill("input[name=username]", "e2e-admin")
+        page.fill("input[name=password]", "e2e-password-1")
+        page.fill("input[name=password2]", "e2e-password-1")
+        page.click("button[type=submit]")
+        page.wait_for_url("**/login?registered=*")
+        log_in(page, base)
+
+
+def test_fleet_to_failures_to_a_signature_to_a_run_then_triage_and_mute(server, browser, tmp_path):
+    base = server["base"]
+    triage_fleet(server["inbox"])
+    context = browser.new_context(base_url=base)
+    page = context.new_page()
+    dialogs, csp_errors = [], []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("console", lambda msg: csp_errors.append(msg.text)
+            if msg.type == "error" and "Content Security Policy" in msg.text else None)
+    shots = []
+
+    def shot(name: str) -> None:
+        path = tmp_path / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        assert path.stat().st_size > 10_000
+        shots.append(path)
+
+    try:
+        log_in(page, base)
+        # Fleet first, then Failures: the first link of the navigation.
+        page.goto("/")
+        assert page.locator("header nav a").first.text_content() == "Failures"
+        for _ in range(50):
+            if page.is_visible("table.matrix >> text=edge-3"):
+                break
+            time.sleep(0.2)
+            page.reload()
+        page.locator("header nav a").first.click()
+        page.wait_for_url("**/failures")
+        row = page.locator("table.failures tr", has_text="test_resolve")
+        row.wait_for()
+        assert "some-minions" in row.text_content()
+        assert "osrelease=11" in row.text_content() and "2 of 2 failing" in row.text_content()
+        shot("failures")
+
+        # The signature's own page: verdict, grains, chart, history, a full traceback.
+        row.locator("a.sig").click()
+        page.wait_for_url("**/failures/*")
+        signature = page.url.rsplit("/", 1)[-1]
+        assert page.locator("table.grains", has_text="osrelease").is_visible()
+        assert page.locator("figure.chart svg circle").count() >= 1
+        assert "resolver returned 1 records" in page.text_content("pre.traceback")
+        shot("signature")
+
+        # A run from its history: the failure is marked new and links back to its signature.
+        page.locator("table.history a[href^='/runs/']").first.click()
+        page.wait_for_url("**/runs/*")
+        failure = page.locator("details.failure", has_text="test_resolve")
+        assert "new" in failure.locator("summary").text_content()
+        failure.locator("summary").click()
+        assert failure.locator(f"a.sig[href='/failures/{signature}']").is_visible()
+        shot("run")
+
+        # Triage: a known-issue note with its link, then a mute of the signature on osrelease=11.
+        page.goto(f"/failures/{signature}")
+        page.fill("#known-issue-form input[name=note]", "resolver of the old release, DNS-42")
+        page.fill("#known-issue-form input[name=url]", "https://tracker.example/DNS-42")
+        page.click("#known-issue-form button[type=submit]")
+        page.wait_for_url(f"**/failures/{signature}?notice=*")
+        assert "Known issue saved." in page.text_content(".flash.notice")
+        assert page.locator("a[href='https://tracker.example/DNS-42']").is_visible()
+        page.fill("#mute-form input[name=grain]", "osrelease")
+        page.fill("#mute-form input[name=grain_value]", "11")
+        page.fill("#mute-form input[name=expires]", "2d")
+        page.fill("#mute-form input[name=reason]", "waiting for the upgrade")
+        page.click("#mute-form button[type=submit]")
+        page.wait_for_url(f"**/failures/{signature}?notice=*")
+        assert "Muted until" in page.text_content(".flash.notice")
+        assert page.locator("h1 .s-muted").is_visible()
+        assert "e2e-admin" in page.text_content("ul.log")
+        shot("muted")
+
+        # Muted: still listed on /failures, marked, last, and out of the "failing now" figure.
+        page.goto("/failures")
+        muted_row = page.locator(f"tr[data-signature='{signature}']")
+        assert muted_row.locator(".s-muted").is_visible()
+        assert page.locator("table.failures tbody tr").last.get_attribute("data-signature") == signature
+        shot("failures-muted")
+        assert dialogs == [], dialogs
+        assert csp_errors == [], csp_errors
+        assert len(shots) == 5
+    finally:
+        context.close()

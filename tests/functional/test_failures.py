@@ -299,7 +299,7 @@ async def test_triage_by_form_api_and_cli_is_audited_and_guarded(tmp_path, make_
         response = await app.post_form(f"{path}/known-issue", {"note": "schema migration pending",
                                                                "url": "https://tracker.example/DB-7"}, csrf_from=path)
         assert response.status_code == 303
-        response = await app.post_form("/mutes", {"kind": "test", "target": ON_WEB, "expires": "1d",
+        response = await app.post_form("/mutes", {"what": f"test:{ON_WEB}", "expires": "1d",
                                                   "grain": "roles", "grain_value": "web", "back": signature},
                                        csrf_from=path)
         assert response.status_code == 303
