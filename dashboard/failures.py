@@ -57,10 +57,10 @@ SQL_CHUNK = 500
 SICK_HOST_MIN_SIGNATURES = 3
 SEPARATING_GRAINS_SHOWN = 5
 HISTORY_LIMIT = 100
-FTS_MATCH_LIMIT = 2000  # newest matching results a text search looks at
+FTS_MATCH_LIMIT = 1000  # newest matching failures a text search looks at
 BACKFILL_CHUNK_IDS = 20_000
 PREVIOUS_RUN_LOOKBACK = 500  # runs of one minion searched for the previous run of the same paths
-STREAK_LOOKBACK = 200  # results of one test searched back for the start of a failing streak
+STREAK_LOOKBACK = 100  # runs of one minion searched back for the start of a failing streak
 
 _UPSERT_SIGNATURE = """
     INSERT INTO signatures (signature, exception, message, location, first_seen, first_run_id, last_seen,
@@ -310,12 +310,23 @@ def is_muted(conn: sqlite3.Connection, signature: str | None, nodeid: str | None
 # -- read side: the failures view --------------------------------------------------------------
 
 
-def fts_query(text: str) -> str:
-    """A user's search text as a safe FTS5 query: every word must appear (prefix match on each)."""
-    words = re.findall(r"\w+", text or "", flags=re.UNICODE)[:12]
+_WORD = re.compile(r"(\w+)(\*?)", re.UNICODE)
+
+
+def _words(text: str) -> list[tuple[str, bool]]:
+    """The words of a search, each with whether it ends in ``*`` (a prefix)."""
+    words = [(m.group(1), bool(m.group(2))) for m in _WORD.finditer(text or "")][:12]
     if not words:
         raise InputError("Give at least one word to search for.")
-    return " ".join('"' + word.replace('"', "") + '"*' for word in words)
+    return words
+
+
+def fts_query(text: str) -> str:
+    """A user's search text as a safe FTS5 query: every word must appear; ``word*`` matches a prefix.
+
+    Whole words by default: a prefix query walks every term it could be and costs ten times more.
+    """
+    return " ".join(f'"{word}"' + ("*" if prefix else "") for word, prefix in _words(text))
 
 
 # The newest failures matching a search: FTS5 on SQLite, the GIN-indexed tsvector on PostgreSQL.
@@ -327,11 +338,9 @@ _MATCHES_POSTGRES = (
 
 
 def _matches(db, q: str) -> tuple[str, tuple]:
-    words = re.findall(r"\w+", q or "", flags=re.UNICODE)[:12]
     if getattr(db, "dialect", None) == POSTGRES:
-        if not words:
-            raise InputError("Give at least one word to search for.")
-        return _MATCHES_POSTGRES, (" & ".join(f"{word}:*" for word in words), FTS_MATCH_LIMIT)
+        terms = " & ".join(word + (":*" if prefix else "") for word, prefix in _words(q))
+        return _MATCHES_POSTGRES, (terms, FTS_MATCH_LIMIT)
     return _MATCHES_SQLITE, (fts_query(q), FTS_MATCH_LIMIT)
 
 
@@ -690,10 +699,10 @@ def _bucket(moment: str, hourly: bool) -> str:
     return moment[:13] + ":00" if hourly else moment[:10]
 
 
-async def pass_rate_over_time(db, test_ids: list[int], per_test: int = 2000) -> list[dict]:
+async def pass_rate_over_time(db, test_ids: list[int], per_test: int = 500) -> list[dict]:
     """Pass rate of ``test_ids`` across the fleet per day (per hour when the history spans < 2 days)."""
     outcomes: list[tuple[str, str, int]] = []
-    for test_id in test_ids[:20]:
+    for test_id in test_ids[:5]:  # the latest results of its first tests: a bounded read
         outcomes += [
             (row["started_at"], row["outcome"], row["run_id"])
             for row in await db.fetchall(
@@ -827,9 +836,11 @@ async def _previous_run(db, run: dict) -> dict | None:
     return row
 
 
+_ORDER = {"failed": 0, "error": 1, "passed": 2, "xpassed": 3, "xfailed": 4, "skipped": 5}
+
+
 async def _verdicts(db, run_id: int) -> dict[str, tuple[str, str | None, int]]:
     """nodeid -> (worst outcome, its signature, test id) in one run."""
-    order = {"failed": 0, "error": 1, "passed": 2, "xpassed": 3, "xfailed": 4, "skipped": 5}
     found: dict[str, tuple[str, str | None, int]] = {}
     for row in await db.fetchall(
         "SELECT t.nodeid, x.test_id, x.outcome, x.signature FROM results x JOIN tests t ON t.id = x.test_id "
@@ -837,12 +848,26 @@ async def _verdicts(db, run_id: int) -> dict[str, tuple[str, str | None, int]]:
         (run_id,),
     ):
         seen = found.get(row["nodeid"])
-        if seen is None or order.get(row["outcome"], 9) < order.get(seen[0], 9):
+        if seen is None or _ORDER.get(row["outcome"], 9) < _ORDER.get(seen[0], 9):
             found[row["nodeid"]] = (row["outcome"], row["signature"] or (seen[1] if seen else None), row["test_id"])
     return found
 
 
-async def run_changes(db, run_id: int, *, since: bool = True) -> dict[str, Any] | None:
+def _compare(now: dict, before: dict | None) -> tuple[list, list, list]:
+    """(new, still failing, fixed) keys, from two {key: (outcome, ...)} maps; ``before`` None: no previous run."""
+    new, still = [], []
+    for key, verdict in sorted(now.items()):
+        if verdict[0] not in FAILING:
+            continue
+        if before is not None and before.get(key, ("",))[0] in FAILING:
+            still.append(key)
+        else:
+            new.append(key)
+    fixed = sorted(k for k, v in (before or {}).items() if v[0] in FAILING and k in now and now[k][0] in PASSING)
+    return new, still, fixed
+
+
+async def run_changes(db, run_id: int) -> dict[str, Any] | None:
     """New / still failing (since when) / fixed for one run, against its minion's previous run of the same paths."""
     run = await db.fetchone(
         "SELECT id, minion_id, paths AS paths_json, started_at FROM runs WHERE id = ?", (run_id,)
@@ -851,17 +876,12 @@ async def run_changes(db, run_id: int, *, since: bool = True) -> dict[str, Any] 
         return None
     previous = await _previous_run(db, run)
     now = await _verdicts(db, run_id)
-    before = await _verdicts(db, previous["id"]) if previous else {}
-    failing_now = {n: v for n, v in now.items() if v[0] in FAILING}
-    new, still = [], []
-    for nodeid, (outcome, signature, test_id) in sorted(failing_now.items()):
-        entry = {"nodeid": nodeid, "outcome": outcome, "signature": signature}
-        if previous is not None and before.get(nodeid, ("",))[0] in FAILING:
-            entry["since"] = await _streak_start(db, run, test_id) if since else None
-            still.append(entry)
-        else:
-            new.append(entry)
-    fixed = sorted(n for n, v in before.items() if v[0] in FAILING and n in now and now[n][0] in PASSING)
+    before = await _verdicts(db, previous["id"]) if previous else None
+    new_ids, still_ids, fixed = _compare(now, before)
+    starts = await _streak_starts(db, run, {now[n][2] for n in still_ids})
+    new = [{"nodeid": n, "outcome": now[n][0], "signature": now[n][1]} for n in new_ids]
+    still = [{"nodeid": n, "outcome": now[n][0], "signature": now[n][1], "since": starts.get(now[n][2])}
+             for n in still_ids]
     return {
         "previous_run": previous["id"] if previous else None,
         "previous_started_at": previous["started_at"] if previous else None,
@@ -872,40 +892,124 @@ async def run_changes(db, run_id: int, *, since: bool = True) -> dict[str, Any] 
     }
 
 
-async def _streak_start(db, run: dict, test_id: int) -> dict | None:
-    """The first run of the failing streak that ``run`` is part of for ``test_id`` (bounded look-back)."""
-    status = await db.fetchone(
-        "SELECT last_run_id, first_fail_at FROM test_status WHERE minion_id = ? AND test_id = ?",
-        (run["minion_id"], test_id),
+async def _streak_starts(db, run: dict, test_ids: set[int]) -> dict[int, dict]:
+    """Per test id: the first run of the failing streak ``run`` is part of on its minion.
+
+    Exact from ``test_status`` when ``run`` is the test's latest on that minion; else looked for
+    in the minion's previous :data:`STREAK_LOOKBACK` runs (``complete`` False when it goes back further).
+    """
+    if not test_ids:
+        return {}
+    ids = sorted(test_ids)[:SQL_CHUNK]
+    marks = ",".join("?" * len(ids))
+    starts: dict[int, dict] = {}
+    for row in await db.fetchall(
+        f"SELECT test_id, last_run_id, first_fail_at FROM test_status WHERE minion_id = ? AND test_id IN ({marks})",
+        (run["minion_id"], *ids),
+    ):
+        if row["last_run_id"] == run["id"] and row["first_fail_at"]:
+            first = await db.fetchone(
+                "SELECT id FROM runs WHERE minion_id = ? AND started_at = ? ORDER BY id LIMIT 1",
+                (run["minion_id"], row["first_fail_at"]),
+            )
+            starts[row["test_id"]] = {"run_id": first["id"] if first else None, "started_at": row["first_fail_at"],
+                                      "complete": True}
+    rest = [test_id for test_id in ids if test_id not in starts]
+    if not rest:
+        return starts
+    runs = await db.fetchall(
+        "SELECT id, started_at FROM runs WHERE minion_id = ? AND (started_at, id) <= (?, ?) "
+        "ORDER BY started_at DESC, id DESC LIMIT ?",
+        (run["minion_id"], run["started_at"], run["id"], STREAK_LOOKBACK),
     )
-    rows = await db.fetchall(
-        "SELECT x.run_id, x.outcome, r.started_at FROM results x JOIN runs r ON r.id = x.run_id "
-        "WHERE x.test_id = ? AND r.minion_id = ? AND (r.started_at, r.id) <= (?, ?) "
-        "ORDER BY x.run_id DESC LIMIT ?",
-        (test_id, run["minion_id"], run["started_at"], run["id"], STREAK_LOOKBACK),
-    )
-    start = None
-    for row in rows:
-        if row["outcome"] in PASSING:
-            return start | {"complete": True} if start else None
-        if row["outcome"] in FAILING:
-            start = {"run_id": row["run_id"], "started_at": row["started_at"]}
-    if status and status["last_run_id"] == run["id"] and status["first_fail_at"]:
-        return {"run_id": start["run_id"] if start else None, "started_at": status["first_fail_at"], "complete": True}
-    return start | {"complete": False} if start else None
+    outcomes: dict[tuple[int, int], str] = {}
+    for row in await db.fetchall(
+        f"SELECT run_id, test_id, outcome FROM results WHERE test_id IN ({','.join('?' * len(rest))}) "
+        f"AND run_id IN ({','.join('?' * len(runs))})",
+        (*rest, *(r["id"] for r in runs)),
+    ):
+        key = (row["run_id"], row["test_id"])
+        if key not in outcomes or _ORDER.get(row["outcome"], 9) < _ORDER.get(outcomes[key], 9):
+            outcomes[key] = row["outcome"]
+    for test_id in rest:
+        start = None
+        for past in runs:  # newest first
+            outcome = outcomes.get((past["id"], test_id))
+            if outcome in PASSING:
+                break
+            if outcome in FAILING:
+                start = {"run_id": past["id"], "started_at": past["started_at"]}
+        else:
+            if start:
+                start["complete"] = len(runs) < STREAK_LOOKBACK
+            starts[test_id] = start
+            continue
+        if start:
+            starts[test_id] = {**start, "complete": True}
+    return starts
 
 
 async def job_changes(db, run_ids: list[int]) -> dict[str, Any]:
-    """New / still failing / fixed summed over a job's runs, and per run (without "since")."""
+    """New / still failing / fixed summed over a job's runs, and per run.
+
+    One query for the previous run of each, one for the outcomes of all of them.
+    """
     per_run: dict[int, dict[str, int]] = {}
     totals = {"new": 0, "still_failing": 0, "fixed": 0}
-    for run_id in run_ids[:500]:
-        changes = await run_changes(db, run_id, since=False)
-        if changes is None:
-            continue
-        per_run[run_id] = changes["counts"]
+    runs = []
+    for chunk in _chunks(run_ids[:SQL_CHUNK]):
+        runs += await db.fetchall(
+            f"SELECT id, minion_id, paths AS paths_json, started_at FROM runs WHERE id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+    # The previous run of the same paths of each, in one query (walks runs_minion_started back).
+    previous: dict[int, dict | None] = {}
+    for chunk in _chunks([run["id"] for run in runs]):
+        for row in await db.fetchall(
+            "SELECT r.id, (SELECT p.id FROM runs p WHERE p.minion_id = r.minion_id AND "
+            "(p.started_at, p.id) < (r.started_at, r.id) AND p.paths = r.paths "
+            "ORDER BY p.started_at DESC, p.id DESC LIMIT 1) AS previous "
+            f"FROM runs r WHERE r.id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        ):
+            previous[row["id"]] = {"id": row["previous"]} if row["previous"] else None
+    wanted = [run["id"] for run in runs] + [p["id"] for p in previous.values() if p]
+    # Only failing rows come back (a job page must not pull every result of every minion), then
+    # the current outcomes of the tests that failed the time before (are they fixed?).
+    verdicts: dict[int, dict[int, tuple[str]]] = defaultdict(dict)
+    for chunk in _chunks(wanted):
+        for row in await db.fetchall(
+            f"SELECT run_id, test_id, outcome FROM results WHERE run_id IN ({','.join('?' * len(chunk))}) "
+            "AND outcome IN ('failed', 'error')",
+            chunk,
+        ):
+            verdicts[row["run_id"]][row["test_id"]] = (row["outcome"],)
+    candidates: set[tuple[int, int]] = set()
+    for run in runs:
+        before = previous[run["id"]]
+        if before:
+            candidates.update((run["id"], t) for t in verdicts.get(before["id"], {}) if t not in verdicts[run["id"]])
+    cand_runs, cand_tests = sorted({r for r, _ in candidates}), sorted({t for _, t in candidates})
+    for run_chunk in _chunks(cand_runs):
+        for test_chunk in _chunks(cand_tests):
+            for row in await db.fetchall(
+                f"SELECT run_id, test_id, outcome FROM results WHERE run_id IN ({','.join('?' * len(run_chunk))}) "
+                f"AND test_id IN ({','.join('?' * len(test_chunk))})",
+                (*run_chunk, *test_chunk),
+            ):
+                key = (row["run_id"], row["test_id"])
+                if key not in candidates:
+                    continue
+                seen = verdicts[key[0]].get(key[1])
+                if seen is None or _ORDER.get(row["outcome"], 9) < _ORDER.get(seen[0], 9):
+                    verdicts[key[0]][key[1]] = (row["outcome"],)
+    for run in runs:
+        before = previous[run["id"]]
+        new, still, fixed = _compare(verdicts.get(run["id"], {}), verdicts.get(before["id"], {}) if before else None)
+        counts = {"new": len(new), "still_failing": len(still), "fixed": len(fixed)}
+        per_run[run["id"]] = counts
         for key in totals:
-            totals[key] += changes["counts"][key]
+            totals[key] += counts[key]
     return {"totals": totals, "per_run": per_run}
 
 
