@@ -1076,7 +1076,26 @@ def _compare_with_previous(paths: list[str], args: list[str], tests: list[dict])
         os.replace(temp, path)
     except OSError as err:
         log.warning("pytestrun: could not keep the verdicts in %s: %s", path, err)
+    _forget_old_history(os.path.dirname(path))
     return new, fixed
+
+
+# Verdicts of paths not run for this long are forgotten (each re-run of some node ids has its own file).
+HISTORY_KEEP_SECONDS = 30 * 86400
+
+
+def _forget_old_history(directory: str) -> None:
+    cutoff = time.time() - HISTORY_KEEP_SECONDS
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    if entry.name.endswith(".json") and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                except OSError:
+                    continue
+    except OSError:
+        return
 
 
 def _masterless() -> bool:

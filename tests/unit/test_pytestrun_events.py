@@ -112,3 +112,14 @@ def test_rerun_of_must_be_a_jid(pytestrun, tmp_path):
 
     with pytest.raises(SaltInvocationError, match="rerun_of"):
         pytestrun.run(str(tmp_path), rerun_of="../etc")
+
+
+def test_verdicts_of_paths_not_run_for_a_month_are_forgotten(pytestrun):
+    import os
+
+    pytestrun._compare_with_previous(["old"], [], entries(a="failed"))
+    old = pytestrun._history_path(["old"], [])
+    month_ago = time.time() - 31 * 86400
+    os.utime(old, (month_ago, month_ago))
+    pytestrun._compare_with_previous(["new"], [], entries(a="failed"))
+    assert not os.path.exists(old) and os.path.exists(pytestrun._history_path(["new"], []))
