@@ -587,27 +587,6 @@ async def _code_changes(db, rows: list[dict]) -> None:
             row["code_note"] = "first failed on unchanged code (same code_hash as the run before)"
 
 
-def _sick(rows: list[dict], fleet: _Fleet) -> list[dict]:
-    per_minion: Counter = Counter()
-    for row in rows:
-        if row["verdict"] == "everywhere":
-            continue  # the test's (or the code's) fault, not the machine's
-        muted = set(row["minions_muted"])
-        for minion_id in row["_minion_ids"]:
-            if fleet.minion_names.get(minion_id) not in muted:
-                per_minion[minion_id] += 1
-    if not per_minion:
-        return []
-    counts = [per_minion.get(minion_id, 0) for minion_id in fleet.minion_names]
-    median = statistics.median(counts) if counts else 0
-    threshold = max(SICK_HOST_MIN_SIGNATURES, 2 * median)
-    return sorted(
-        ({"minion": fleet.minion_names.get(m, f"#{m}"), "signatures": n, "fleet_median": median}
-         for m, n in per_minion.items() if n >= threshold),
-        key=lambda item: (-item["signatures"], item["minion"]),
-    )
-
-
 def _sort_key(row: dict) -> tuple:
     # Muted rows after the others; then most minions failing now; then the signature (stable order).
     return (1 if row["muted"] else 0, -row["failing_now"], -len(row["minions_failing"]), row["signature"])
@@ -636,7 +615,7 @@ async def open_failures(
     wanted = await search_signatures(db, q) if q else None
     fleet = await _load_fleet(db)
     rows = _build_rows(fleet, {})
-    sick = _sick(rows, fleet)
+    sick = await sick_hosts(db)
     summary = {
         "signatures": len(rows),
         "failing_now": sum(1 for row in rows if not row["muted"]),
@@ -679,17 +658,86 @@ async def open_failures(
 
 
 async def sick_hosts(db) -> list[dict]:
-    """Minions failing many signatures that do not fail everywhere (see :data:`SICK_HOST_MIN_SIGNATURES`)."""
-    fleet = await _load_fleet(db)
-    return _sick(_build_rows(fleet, {}), fleet)
+    """Minions failing many unrelated signatures at once: the machine, not the tests.
+
+    A minion is sick when at least :data:`SICK_HOST_MIN_SIGNATURES` (and twice the fleet's
+    median) open signatures fail on it that do not fail everywhere (some minion passes their
+    tests), its muted failures left out. Read from the summaries for any fleet size: only
+    minions already failing that many tests (``minions.failing``) are looked at.
+    """
+    counts_rows = await db.fetchall("SELECT id, name, failing FROM minions LIMIT 200000")
+    failing_of = {r["id"]: r["failing"] or 0 for r in counts_rows}
+    candidates = {r["id"]: r["name"] for r in counts_rows if failing_of[r["id"]] >= SICK_HOST_MIN_SIGNATURES}
+    if not candidates:
+        return []
+    ids = sorted(candidates, key=lambda i: -failing_of[i])[:SQL_CHUNK]
+    rows = await db.fetchall(
+        "SELECT ts.minion_id, ts.test_id, ts.last_signature, t.nodeid, m.grains FROM test_status ts "
+        "JOIN tests t ON t.id = ts.test_id JOIN minions m ON m.id = ts.minion_id "
+        f"WHERE ts.minion_id IN ({','.join('?' * len(ids))}) AND ts.last_signature IS NOT NULL",
+        ids,
+    )
+    mutes = await active_mutes(db)
+    tests_of: dict[str, set[int]] = defaultdict(set)
+    for row in rows:
+        tests_of[row["last_signature"]].add(row["test_id"])
+    everywhere = set()
+    for signature, test_ids in tests_of.items():
+        marks = ",".join("?" * len(test_ids))
+        passing = await db.fetchone(
+            f"SELECT 1 AS found FROM test_status WHERE test_id IN ({marks}) "
+            "AND last_outcome IN ('passed', 'xpassed', 'xfailed') LIMIT 1",
+            sorted(test_ids),
+        )
+        if passing is None:
+            everywhere.add(signature)  # the test's (or the code's) fault, not the machine's
+    local: dict[int, set[str]] = defaultdict(set)
+    grains: dict[int, dict] = {}
+    for row in rows:
+        if row["last_signature"] in everywhere:
+            continue
+        if mutes:
+            minion_grains = grains.setdefault(row["minion_id"], loads(row["grains"], {}))
+            if mutes.covers(row["last_signature"], row["nodeid"], minion_grains):
+                continue
+        local[row["minion_id"]].add(row["last_signature"])
+    # The median over the fleet; a minion that is no candidate counts its failing tests (an upper bound).
+    per_minion = [len(local.get(i, ())) if i in candidates else failing for i, failing in failing_of.items()]
+    median = statistics.median(per_minion) if per_minion else 0
+    threshold = max(SICK_HOST_MIN_SIGNATURES, 2 * median)
+    return sorted(
+        ({"minion": candidates[m], "signatures": len(sigs), "fleet_median": median}
+         for m, sigs in local.items() if len(sigs) >= threshold),
+        key=lambda item: (-item["signatures"], item["minion"]),
+    )
 
 
 async def muted_failing_pairs(db) -> int:
-    """How many (minion, test) pairs failing now are muted (left out of "failing now" figures)."""
-    fleet = await _load_fleet(db)
-    if not fleet.mutes:
+    """How many (minion, test) pairs failing now are muted (left out of "failing now" figures).
+
+    Reads only the rows of muted signatures and tests: nothing at all while no mute is active.
+    """
+    mutes = await active_mutes(db)
+    if not mutes:
         return 0
-    return sum(len(row["_failing_pairs"]) - row["failing_now"] for row in _build_rows(fleet, {}))
+    signatures = sorted({m.target for m in mutes.mutes if m.kind == "signature"})
+    nodeids = sorted({m.target for m in mutes.mutes if m.kind == "test"})
+    rows: list[dict] = []
+    for chunk in _chunks(signatures):
+        rows += await db.fetchall(
+            "SELECT ts.last_signature, t.nodeid, m.grains FROM test_status ts JOIN tests t ON t.id = ts.test_id "
+            f"JOIN minions m ON m.id = ts.minion_id WHERE ts.last_signature IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+    for chunk in _chunks(nodeids):
+        rows += await db.fetchall(
+            "SELECT ts.last_signature, t.nodeid, m.grains FROM tests t JOIN test_status ts ON ts.test_id = t.id "
+            f"JOIN minions m ON m.id = ts.minion_id WHERE t.nodeid IN ({','.join('?' * len(chunk))}) "
+            "AND ts.last_outcome IN ('failed', 'error') AND (ts.last_signature IS NULL OR ts.last_signature NOT IN "
+            f"({','.join('?' * len(signatures)) or 'NULL'}))",
+            (*chunk, *signatures),
+        )
+    return sum(1 for row in rows if mutes.covers(row["last_signature"], row["nodeid"], loads(row["grains"], {})))
 
 
 # -- read side: one signature ------------------------------------------------------------------

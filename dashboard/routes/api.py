@@ -132,8 +132,12 @@ async def api_fleet(
     cursor: str | None = None,
     limit: int = Query(queries.FLEET_PAGE, ge=1, le=500),
 ) -> dict[str, Any]:
-    return await queries.fleet(db, group=group or None, value=value, state=state or None, cursor=cursor,
-                               limit=limit)
+    fleet = await queries.fleet(db, group=group or None, value=value, state=state or None, cursor=cursor,
+                                limit=limit)
+    # Triage (docs/triage.md): sick hosts, and failing test x minion pairs muted (out of "failing now").
+    fleet["sick_hosts"] = await failures.sick_hosts(db)
+    fleet["muted_failing"] = await failures.muted_failing_pairs(db)
+    return fleet
 
 
 @router.get("/tests", summary="One test id across minions and time (nodeid=), or a search (q=)")

@@ -29,6 +29,9 @@ async def fleet_page(request: Request, db: DbDep, group: str = "", value: str | 
              if v is not None}
     return render(request, "fleet.html", {
         "fleet": fleet,
+        # Triage (docs/triage.md): sick hosts flagged; muted failures out of "failing now".
+        "sick": {host["minion"]: host for host in await failures.sick_hosts(db)},
+        "muted_failing": await failures.muted_failing_pairs(db),
         "scope": scope,
         "next_params": {**scope, "cursor": fleet["next"]} if fleet["next"] else None,
     })

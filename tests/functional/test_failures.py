@@ -439,3 +439,26 @@ async def test_pruning_old_runs_drops_their_failures_from_the_search_index(tmp_p
         assert await app.db.fetchval("SELECT count(*) FROM failure_text WHERE failure_text MATCH 'talking'") == 2
         await prune(app.db, timedelta(days=1))
         assert await app.db.fetchval("SELECT count(*) FROM failure_text WHERE failure_text MATCH 'talking'") == 0
+
+
+async def test_fleet_page_flags_sick_hosts_and_leaves_muted_failures_out_of_failing_now(tmp_path, make_app):
+    async with make_app(tmp_path) as app:
+        sick = [failed(f"tests/test_host.py::test_{n}", f"disk error {n}", 10 + n, "OSError") for n in range(4)]
+        for minion in FLEET:
+            extra = sick if minion == "db-2" else [passed(f"tests/test_host.py::test_{n}") for n in range(4)]
+            write_inbox(app.settings.inbox, fleet_run(0, minion, extra=extra))
+        await ingest(app)
+        await logged_in(app)
+        fleet = (await app.http.get("/api/fleet")).json()
+        assert [h["minion"] for h in fleet["sick_hosts"]] == ["db-2"] and fleet["muted_failing"] == 0
+        page = (await app.http.get("/")).text
+        assert "sick host" in page and 'id="sick-hosts"' in page
+        failing_before = re.search(r'<span class="big">(\d+)</span> tests failing now', page).group(1)
+        signature = by_test((await app.http.get("/api/failures")).json())[EVERYWHERE]["signature"]
+        await app.db.write(lambda conn: triage.add_mute(conn, "admin", kind="signature", target=signature,
+                                                        expires="1h"))
+        fleet = (await app.http.get("/api/fleet")).json()
+        assert fleet["muted_failing"] == 4  # the everywhere-failure on all four minions
+        page = (await app.http.get("/")).text
+        failing_after = re.search(r'<span class="big">(\d+)</span> tests failing now', page).group(1)
+        assert int(failing_after) == int(failing_before) - 4 and "(+4 muted)" in page
