@@ -40,7 +40,10 @@ DETAIL_RESULTS_LIMIT = 5000
 COMPARE_RESULTS_LIMIT = 20000
 # A text search on test ids looks at most this many matching tests (each is one index probe per run).
 SEARCH_TESTS_LIMIT = 50
-FLEET_PAGE = 100  # minions per page of the fleet, a test's minions and a job's runs
+FLEET_PAGE = 100  # minions per page of the fleet, a test's minions and /api/minions (the API's default)
+FLEET_PAGE_HTML = 50  # minions per page of the fleet page (each row is a row of the matrix)
+JOB_PAGE = 20  # runs per page of a job: each is compared with its minion's previous run (failures.job_changes)
+FAILING_NOW_SHOWN = 25  # minions listed under "failing now" on a test's page (longest streaks first)
 MAX_GROUPS = 500  # grain values listed when grouping the fleet
 # A minion needs attention when tests fail now or its newest run did not pass.
 MINION_FAILING = "(m.failing > 0 OR m.last_status NOT IN ('passed', 'no_tests'))"
@@ -344,10 +347,11 @@ MISSING_SHOWN = 500  # targeted minions that never returned, named on a job's pa
 
 
 async def get_job(db, jid: str, *, cursor: str | None = None, limit: int | None = None) -> dict[str, Any] | None:
-    """One salt job across minions: totals over all its runs, its runs a page at a time (in the
-    order they arrived, cursor-paginated), the targeted minions that never returned."""
-    limit = clamp_limit(limit, FLEET_PAGE)
-    after = decode_cursor(cursor, (int,))
+    """One salt job across minions: totals over all its runs, its runs a page at a time (those that
+    did not pass first, then in the order they arrived; cursor-paginated), the targeted minions
+    that never returned."""
+    limit = clamp_limit(limit, JOB_PAGE)
+    after = decode_cursor(cursor, (int, int))
     manifest = await db.fetchone("SELECT jid, fun, tgt, tgt_type, targeted, started_at FROM jobs WHERE jid = ?", (jid,))
     summary = await db.fetchone(
         "SELECT COUNT(*) AS runs, SUM(passed) AS passed, SUM(failed) AS failed, SUM(skipped) AS skipped, "
@@ -357,17 +361,22 @@ async def get_job(db, jid: str, *, cursor: str | None = None, limit: int | None 
     )
     if manifest is None and not summary["runs"]:
         return None
-    sql = f"SELECT {RUN_COLUMNS} FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.jid = ?"
+    sql = (
+        f"SELECT * FROM (SELECT {RUN_COLUMNS}, CASE WHEN r.status IN ('passed', 'no_tests') THEN 1 ELSE 0 END "
+        "AS passed_rank FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.jid = ?) AS s"
+    )
     params: list[Any] = [jid]
     if after:
-        sql += " AND r.id > ?"
-        params.append(after[0])
-    rows = await db.fetchall(sql + " ORDER BY r.id LIMIT ?", (*params, limit + 1))
-    next_cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
+        sql += " WHERE (s.passed_rank > ? OR (s.passed_rank = ? AND s.id > ?))"
+        params.extend([after[0], after[0], after[1]])
+    rows = await db.fetchall(sql + " ORDER BY s.passed_rank, s.id LIMIT ?", (*params, limit + 1))
+    next_cursor = encode_cursor(rows[limit - 1]["passed_rank"], rows[limit - 1]["id"]) if len(rows) > limit else None
     runs = [run_summary(row) for row in rows[:limit]]
     targeted = [str(name) for name in (loads(manifest["targeted"], []) if manifest else []) if isinstance(name, str | int)]
     missing: list[str] = []
-    if targeted:
+    # A jid names one job: when as many minions returned as it targeted, none is missing (and the
+    # names of 10,000 returned minions are not read).
+    if targeted and summary["runs"] < len(set(targeted)):
         returned = {row["name"] for row in await db.fetchall(
             "SELECT m.name FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.jid = ? LIMIT 1000000", (jid,))}
         missing = sorted(name for name in set(targeted) if name not in returned)
@@ -679,7 +688,7 @@ async def get_test(
     failing_now = await db.fetchall(
         f"SELECT {columns} FROM test_status ts JOIN minions m ON m.id = ts.minion_id "
         "WHERE ts.test_id = ? AND ts.first_fail_at IS NOT NULL ORDER BY ts.first_fail_at LIMIT ?",
-        (test["id"], limit),
+        (test["id"], min(limit, FAILING_NOW_SHOWN)),
     )
     for row in (*per_minion, *failing_now):
         row["avg_duration"] = row["total_duration"] / row["runs"] if row["runs"] else None

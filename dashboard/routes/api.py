@@ -99,7 +99,7 @@ async def api_live(db: DbDep, after: int = Query(0, ge=0, le=INT64_MAX), limit: 
 @router.get("/jobs/{jid}", summary="One salt job across minions: totals, its runs cursor-paginated, "
             "targeted minions that never returned; new/still failing/fixed over the runs listed")
 async def api_job(
-    jid: str, db: DbDep, cursor: str | None = None, limit: int = Query(queries.FLEET_PAGE, ge=1, le=500)
+    jid: str, db: DbDep, cursor: str | None = None, limit: int = Query(queries.JOB_PAGE, ge=1, le=500)
 ) -> dict[str, Any]:
     job = await queries.get_job(db, jid, cursor=cursor, limit=limit)
     if job is None:

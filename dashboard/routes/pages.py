@@ -24,7 +24,7 @@ def _filters(request: Request) -> dict[str, str]:
 async def fleet_page(request: Request, db: DbDep, group: str = "", value: str | None = None, state: str = "",
                      cursor: str = ""):
     fleet = await queries.fleet(db, group=group.strip() or None, value=value if group else None,
-                                state=state or None, cursor=cursor or None)
+                                state=state or None, cursor=cursor or None, limit=queries.FLEET_PAGE_HTML)
     scope = {k: v for k, v in (("group", fleet["group"]), ("value", fleet["value"]), ("state", fleet["state"]))
              if v is not None}
     return render(request, "fleet.html", {
