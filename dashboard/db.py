@@ -277,16 +277,27 @@ def _fetchone(conn: sqlite3.Connection, sql: str, params: Sequence | Mapping) ->
 
 class _PgThread:
     """One PostgreSQL connection and the one thread that uses it (psycopg's sync API, so the
-    same plain functions of a connection run on both backends)."""
+    same plain functions of a connection run on both backends).
 
-    def __init__(self, conn: Any):
+    A connection the server dropped (a restart, a fail-over) is replaced by ``connect()`` before
+    the next call: the call that met the broken connection fails (the ingester defers its files),
+    the next one works again."""
+
+    def __init__(self, connect: Callable[[], Any]):
         import concurrent.futures
 
-        self.conn = conn
+        self._connect = connect
+        self.conn = connect()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="distmon-pg")
 
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.conn.raw.closed:
+            log.warning("PostgreSQL connection was lost; reconnecting")
+            self.conn = self._connect()
+        return fn(self.conn, *args)
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(self.conn, *args))
+        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: self._call(fn, *args))
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.conn.close)
@@ -315,22 +326,19 @@ class PgDatabase(Database):
 
     async def open(self) -> None:
         """Migrate the schema, open the writer and the readers."""
-        def connect_and_migrate():
-            conn = connect_postgres(self.url)
-            migrate(conn)
-            return conn
-
-        writer = await asyncio.to_thread(connect_and_migrate)
-        self._writer_thread = _PgThread(writer)
-        self._idle_pg_readers = asyncio.Queue()
         timeout_ms = max(1, int(self.read_timeout * 1000))
-        for _ in range(self.readers):
-            reader = await asyncio.to_thread(
-                connect_postgres, self.url, dict_rows=True, statement_timeout_ms=timeout_ms
-            )
+
+        def connect_reader():
+            reader = connect_postgres(self.url, dict_rows=True, statement_timeout_ms=timeout_ms)
             # A reader never writes: a stray INSERT through fetchall fails instead of racing the writer.
-            await asyncio.to_thread(reader.raw.execute, "SET default_transaction_read_only = on")
-            thread = _PgThread(reader)
+            reader.raw.execute("SET default_transaction_read_only = on")
+            return reader
+
+        await asyncio.to_thread(lambda: migrate_and_close(self.url))
+        self._writer_thread = await asyncio.to_thread(_PgThread, lambda: connect_postgres(self.url))
+        self._idle_pg_readers = asyncio.Queue()
+        for _ in range(self.readers):
+            thread = await asyncio.to_thread(_PgThread, connect_reader)
             self._all_pg_readers.append(thread)
             self._idle_pg_readers.put_nowait(thread)
 
@@ -360,6 +368,14 @@ class PgDatabase(Database):
         finally:
             if self._idle_pg_readers is not None:
                 self._idle_pg_readers.put_nowait(reader)
+
+
+def migrate_and_close(url: str) -> None:
+    conn = connect_postgres(url)
+    try:
+        migrate(conn)
+    finally:
+        conn.close()
 
 
 def _pg_timed(conn: Any, fn: Callable[..., T], sql: str, params: Sequence | Mapping, limit: float, default: float) -> T:

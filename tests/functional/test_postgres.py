@@ -197,3 +197,22 @@ async def test_migrate_to_copies_a_sqlite_store_and_the_pages_show_the_same(tmp_
             new_id = await app.state.db.write(lambda conn: conn.execute(
                 "INSERT INTO minions (name, first_seen, last_seen) VALUES ('new', 'x', 'x') RETURNING id").fetchone()[0])
             assert new_id > max(m["id"] for m in await app.state.db.fetchall("SELECT id FROM minions WHERE name <> 'new'"))
+
+
+def test_a_connection_the_server_dropped_is_replaced_on_the_next_call():
+    url = fresh_postgres_url()
+
+    async def scenario() -> None:
+        async with Database(url, readers=1) as db:
+            writer_pid = db._writer_thread.conn.raw.info.backend_pid
+            reader_pid = db._all_pg_readers[0].conn.raw.info.backend_pid
+            _value(url, "SELECT count(pg_terminate_backend(pid)) FROM unnest(ARRAY[?, ?]::int[]) AS pid",
+                   (writer_pid, reader_pid))
+            with pytest.raises(Exception, match="terminat|closed|connection"):
+                await db.write(lambda conn: conn.execute("INSERT INTO counters (name, value) VALUES ('a', 1)"))
+            await db.write(lambda conn: conn.execute("INSERT INTO counters (name, value) VALUES ('b', 1)"))
+            with pytest.raises(Exception, match="terminat|closed|connection"):
+                await db.fetchall("SELECT name FROM counters")
+            assert [row["name"] for row in await db.fetchall("SELECT name FROM counters ORDER BY name")] == ["b"]
+
+    asyncio.run(scenario())
