@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -173,7 +174,11 @@ def file_roots_dir(harness_root) -> Path:
 
 @pytest.fixture(scope="session")
 def salt_factories_config():
-    return {"start_timeout": 120, "inject_sitecustomize": False}
+    # Each session's daemons under their own short directory (unix socket paths stay well under
+    # 108 bytes): two suites on one machine (CI beside a developer's run) never share /tmp/web-1.
+    root = Path(tempfile.mkdtemp(prefix="dm-", dir="/tmp"))
+    yield {"start_timeout": 120, "inject_sitecustomize": False, "root_dir": root}
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
