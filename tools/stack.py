@@ -273,9 +273,9 @@ def minions_answering() -> set[str]:
 
 
 def sync() -> None:
-    salt("salt", "*", "saltutil.sync_all", "--out", "quiet", "-t", "60")
+    salt("salt", "*", "saltutil.sync_all", "--out", "json", "-t", "60")
     # Runners, the shared _utils library and the outputter, on the master.
-    salt("salt-run", "saltutil.sync_all", "--out", "quiet")
+    salt("salt-run", "saltutil.sync_all", "--out", "json")
     say("custom modules, returners and runners synced from file_roots")
 
 
