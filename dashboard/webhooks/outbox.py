@@ -255,13 +255,8 @@ def compose_due(conn: sqlite3.Connection, job_wait: float, group_window: float, 
         "FROM outbox_jobs o LEFT JOIN jobs j ON j.jid = o.jid WHERE o.state = 'waiting'"
     ).fetchall()
     for jid, created_at, fun, tgt, targeted_json, started_at, has_job in waiting:
-        targeted = set(json.loads(targeted_json or "[]"))
-        since = parse_iso(started_at) or parse_iso(created_at) or now
-        # Waited from the later of the job's start and the manifest's arrival: a manifest that
-        # reaches the host late still gives its minions the whole wait.
-        since = max(since, parse_iso(created_at) or since)
-        expired = now >= since + timedelta(seconds=job_wait)
-        if not expired and not targeted <= set(_returned(conn, [jid])):
+        due, expired = job_due(targeted_json, started_at, created_at, _returned(conn, [jid]), now, job_wait)
+        if not due:
             continue
         queued += _compose_job(conn, hooks, jid, (fun, tgt, targeted_json) if has_job else None, expired, muted,
                                base_url, now)
@@ -277,13 +272,35 @@ def compose_due(conn: sqlite3.Connection, job_wait: float, group_window: float, 
     return queued
 
 
-def due_reads() -> tuple[str, str]:
-    """Two cheap read queries: is any manifest job waiting; when is the oldest loose event (or NULL)."""
-    return (
-        "SELECT COUNT(*) FROM outbox_jobs WHERE state = 'waiting'",
+def job_due(targeted_json: str | None, started_at: str | None, created_at: str | None, returned: list[str],
+            now: datetime, job_wait: float) -> tuple[bool, bool]:
+    """(due, wait expired) for a job with a manifest: every targeted minion returned, or the wait is over."""
+    targeted = set(json.loads(targeted_json or "[]"))
+    since = parse_iso(started_at) or parse_iso(created_at) or now
+    # Waited from the later of the job's start and the manifest's arrival: a manifest that
+    # reaches the host late still gives its minions the whole wait.
+    since = max(since, parse_iso(created_at) or since)
+    expired = now >= since + timedelta(seconds=job_wait)
+    return expired or targeted <= set(returned), expired
+
+
+async def anything_due(db, job_wait: float, group_window: float, now: datetime | None = None) -> bool:
+    """Whether :func:`compose_due` has work, read on reader connections (no write lock while jobs wait)."""
+    now = now or datetime.now(UTC)
+    oldest = parse_iso(await db.fetchval(
         "SELECT MIN(created_at) FROM outbox_events WHERE composed_at IS NULL AND (jid IS NULL OR jid NOT IN "
-        "(SELECT jid FROM outbox_jobs WHERE state = 'waiting'))",
-    )
+        "(SELECT jid FROM outbox_jobs WHERE state = 'waiting'))"))
+    if oldest is not None and (now - oldest).total_seconds() >= group_window:
+        return True
+    waiting = await db.fetchall(
+        "SELECT o.jid, o.created_at, j.targeted, j.started_at FROM outbox_jobs o LEFT JOIN jobs j ON j.jid = o.jid "
+        "WHERE o.state = 'waiting' LIMIT 1000")
+    for job in waiting:
+        returned = [row["name"] for row in await db.fetchall(
+            "SELECT m.name FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.jid = ?", (job["jid"],))]
+        if job_due(job["targeted"], job["started_at"], job["created_at"], returned, now, job_wait)[0]:
+            return True
+    return False
 
 
 # -- late minions ----------------------------------------------------------------------------------

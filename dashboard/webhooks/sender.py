@@ -152,15 +152,10 @@ class Sender:
         self.next_prune = time.monotonic() + PRUNE_SECONDS
 
     async def compose(self) -> int:
-        """Compose due jobs/groups when the cheap reads say something may be due."""
-        waiting_jobs, oldest_loose = outbox.due_reads()
-        waiting = await self.db.fetchval(waiting_jobs, default=0)
-        oldest = outbox.parse_iso(await self.db.fetchval(oldest_loose))
-        now = datetime.now(UTC)
-        loose_due = oldest is not None and (now - oldest).total_seconds() >= self.settings.webhook_group_window
-        if not waiting and not loose_due:
-            return 0
+        """Compose due jobs/groups when the reads say something is due (the write lock only then)."""
         s = self.settings
+        if not await outbox.anything_due(self.db, s.webhook_job_wait, s.webhook_group_window):
+            return 0
         return await self.db.write(outbox.compose_due, s.webhook_job_wait, s.webhook_group_window, s.public_url)
 
     async def periodic(self) -> None:
