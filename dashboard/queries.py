@@ -634,7 +634,7 @@ async def get_minion(db, name: str, window: int = CHART_WINDOW) -> dict[str, Any
         for run in reversed(runs)
     ]
     minion["failing_tests"] = await db.fetchall(
-        "SELECT t.nodeid, ts.last_outcome, ts.first_fail_at, ts.last_run_id FROM test_status ts "
+        "SELECT t.nodeid, ts.last_outcome, ts.first_fail_at, ts.last_run_id, ts.last_signature FROM test_status ts "
         "JOIN tests t ON t.id = ts.test_id WHERE ts.minion_id = ? AND ts.last_outcome IN ('failed', 'error') "
         "ORDER BY t.nodeid LIMIT 200",
         (row["id"],),

@@ -262,6 +262,10 @@ async def test_a_mute_by_grain_hides_failures_from_failing_now_until_it_expires(
         assert page["failures"][-1]["signature"] == signature  # muted rows go last
         html = (await app.http.get("/failures")).text
         assert "muted" in html and signature in html
+        minion_page = (await app.http.get("/minions/web-1")).text
+        assert re.search(r'badge s-muted">muted</span> <a class="nodeid"[^>]*>tests/test_fleet.py::test_only_on_11', minion_page)
+        assert f'href="/failures/{signature}"' in minion_page
+        assert 's-muted' not in (await app.http.get("/minions/db-1")).text
 
         # A grain that matches no failing minion mutes nothing; a list grain matches by element.
         conn = connect_sync(app.settings.db_path)
