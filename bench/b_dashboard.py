@@ -270,6 +270,18 @@ def page_figures(samples: dict[str, list[float]], routes: dict[str, str], prefix
     return figures
 
 
+def _pages_on_postgres(db_path: Path, token: str, routes: dict[str, str], quick: bool) -> list[Figure]:
+    """page_pg_*: the same routes on the same data copied into PostgreSQL (bench/b_postgres.py).
+    A failure there is reported as one SHORT figure and never costs the SQLite figures."""
+    from bench.b_postgres import page_figures_on_postgres
+
+    try:
+        return page_figures_on_postgres(db_path, token, routes, quick)
+    except Exception as err:  # noqa: BLE001 - reported as a failed measurement, the section goes on
+        say(f"pages on PostgreSQL failed: {type(err).__name__}: {err}")
+        return [Figure("page_pg_p95_all", None, "ms", None, "<=100ms", note=f"failed: {type(err).__name__}: {err}")]
+
+
 def fleet_figures(quick: bool) -> list[Figure]:
     """Every route on the large fleet (10,000 minions x 500 tests), from the cached seeded file."""
     path, seconds = fleet_database()
@@ -430,6 +442,7 @@ def run(quick: bool = False, seeded_db: str | None = None) -> list[Figure]:
         rounds = 10 if quick else ROUNDS
         samples = asyncio.run(_time_routes(db_path, work, token, routes, 2 if quick else WARMUP, rounds))
         figures.extend(page_figures(samples, routes))
+        figures.extend(_pages_on_postgres(db_path, token, routes, quick))
 
         server = Uvicorn(db_path, work)
         try:

@@ -201,3 +201,30 @@ def run(quick: bool = False) -> list[Figure]:
                note="results/s of the two ingesters together (wall clock, both processes' start-up included) vs "
                     "one ingester's ingest_rate_pg"),
     ]
+
+
+def page_figures_on_postgres(sqlite_path: Path, token: str, routes: dict[str, str], quick: bool) -> list[Figure]:
+    """page_pg_*: the dashboard section's routes timed again with the same data in PostgreSQL
+    (the seeded SQLite store copied by ``migrate-to`` into a server started here)."""
+    from bench.b_dashboard import ROUNDS as PAGE_ROUNDS
+    from bench.b_dashboard import WARMUP, _time_routes, page_figures
+    from dashboard.migrate_to import migrate_to
+    from tools.postgres import PostgresServer
+
+    root = Path(tempfile.mkdtemp(prefix="distmon-bench-pg-pages-"))
+    os.chmod(root, 0o755)  # noqa: S103 - the postgres user must reach its data directory below
+    server = PostgresServer(root / "pg")
+    try:
+        url = server.start()
+        started = time.perf_counter()
+        copied = migrate_to(sqlite_path, url)
+        say(f"pages on PostgreSQL: migrate-to copied {sum(copied.values()):,} rows in "
+            f"{time.perf_counter() - started:.0f} s")
+        samples = asyncio.run(_time_routes(url, root, token, routes, 2 if quick else WARMUP,
+                                           10 if quick else PAGE_ROUNDS))
+        return page_figures(samples, routes, prefix="page_pg", shape="1M results, PostgreSQL")
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)

@@ -42,6 +42,8 @@ seed_1m                     s to seed 20,000 runs x 50 tests (dashboard/   ``-``
 page_p95_<route>            p95 server time of the route (in-process       p95 of ``/api/me`` (authenticated,      ``<=100ms``
                             ASGI, 1,000,000 results seeded), ms            no data query) in the same run, ms
 page_p50_<route>            p50 of the same samples, ms                    p50 of ``/api/me``, ms                  ``<=100ms``
+page_pg_p95_<route>         the same routes on the same data copied into   p95 of ``/api/me`` on PostgreSQL, ms    ``<=100ms``
+                            PostgreSQL by ``migrate-to``, ms
 dashboard_rss               RSS of a uvicorn dashboard on the seeded DB    its RSS right after start-up, MB        ``<=300MB``
                             after serving every route and the latency
                             samples, MB
