@@ -154,7 +154,7 @@ def _test_line(item: dict, base: str) -> str:
     label = f"`{_esc(nodeid)}`"
     if base:
         label = f"<{base}/tests?{urlencode({'nodeid': nodeid})}|{_esc(nodeid)}>"
-    line = f"• {label} on {_minions(item['minions'])}"
+    line = f"• {label}{' (new failure signature)' if item.get('new_signature') else ''} on {_minions(item['minions'])}"
     if item.get("message"):
         line += f": {_esc(str(item['message']).splitlines()[0][:160])}"
     return line

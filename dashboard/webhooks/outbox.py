@@ -189,6 +189,17 @@ def _net_changes(rows: list[tuple], muted) -> tuple[list[dict], list[dict]]:
     return sorted(new.values(), key=order), sorted(fixed.values(), key=order)
 
 
+def _mark_new_signatures(conn: sqlite3.Connection, new: list[dict], jids: list[str]) -> None:
+    """``new_signature``: the failure's signature first appeared in this message's job(s) anywhere in the
+    fleet (a new failure mode), as opposed to a known one reaching more minions."""
+    for item in new:
+        item["new_signature"] = False
+        if item.get("signature"):
+            row = conn.execute("SELECT r.jid FROM signatures s JOIN runs r ON r.id = s.first_run_id "
+                               "WHERE s.signature = ?", (item["signature"],)).fetchone()
+            item["new_signature"] = bool(row and row[0] in jids)
+
+
 def _returned(conn: sqlite3.Connection, jids: list[str]) -> list[str]:
     names: set[str] = set()
     for jid in jids:
@@ -216,6 +227,7 @@ def _compose_job(conn, hooks, jid: str, job: tuple | None, expired: bool, muted,
         (jid,),
     ).fetchall()
     new, fixed = _net_changes(events, muted)
+    _mark_new_signatures(conn, new, [jid])
     missing = sorted(set(targeted) - set(returned)) if expired else []
     facts = {"event": "job", "jid": jid, "fun": fun, "tgt": tgt, "targeted": targeted, "returned": returned,
              "missing": missing, "rerun_of": _rerun_of(conn, jid), "new_failures": new, "fixed": fixed}
@@ -231,6 +243,7 @@ def _compose_group(conn, hooks, rows: list[tuple], muted, base_url: str, now: da
     changes = [(r[0], r[1], r[3], r[4], r[5], r[7]) for r in rows if r[1] in ("new_failure", "fixed")]
     jids = sorted({r[2] for r in rows if r[2] and r[1] in ("new_failure", "fixed")})
     new, fixed = _net_changes(changes, muted)
+    _mark_new_signatures(conn, new, jids)
     quarantined = [{"file": r[4], "reason": r[5]} for r in rows if r[1] == "quarantined"]
     facts: dict[str, Any] = {"event": "group", "jid": jids[0] if len(jids) == 1 else None, "jids": jids,
                              "targeted": [], "returned": _returned(conn, jids), "missing": [],

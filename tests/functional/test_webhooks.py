@@ -101,6 +101,7 @@ async def test_one_signed_message_per_job_then_one_for_the_fix_and_none_while_it
             assert body["summary"] == "1 new failure on 2 of 3 minions"
             assert [(f["nodeid"], f["minions"]) for f in body["new_failures"]] == [(BROKEN, ["web-1", "web-2"])]
             assert body["new_failures"][0]["message"].startswith("assert 1 == 2")
+            assert body["new_failures"][0]["new_signature"] is True  # first seen in this job, fleet-wide
             assert body["fixed"] == [] and body["missing"] == []
             assert body["links"]["job"] == f"https://distmon.example.com/jobs/{jid}"
             # Still failing in the next job: nothing.
@@ -359,14 +360,19 @@ async def test_muted_failures_send_nothing_and_signatures_ride_along(make_app):
             await sender.step()
             first = receiver.wait_for(1, 5)
             signature = first[0].json()["new_failures"][0]["signature"]
-            assert signature
+            assert signature and first[0].json()["new_failures"][0]["new_signature"] is True
             await run_job(app, "20261201000000000061", ["web-1"], set())  # fixed: told
             await sender.step()
             assert len(receiver.wait_for(2, 5)) == 2
+            # A known failure mode reaching another minion: a new failure there, not a new signature.
+            await run_job(app, "20261201000000000062", ["web-2"], {"web-2"})
+            await sender.step()
+            spread = receiver.wait_for(3, 5)[-1].json()["new_failures"][0]
+            assert spread["signature"] == signature and spread["new_signature"] is False
             await app.db.write(lambda c: add_mute(c, ADMIN[0], kind="signature", target=signature, expires="7d"))
-            await run_job(app, "20261201000000000062", ["web-1", "web-2"], {"web-1", "web-2"})
+            await run_job(app, "20261201000000000063", ["web-1", "web-3"], {"web-1", "web-3"})
             await sender.step()
             await sender.step()
-            assert len(receiver.accepted()) == 2
+            assert len(receiver.accepted()) == 3
             composed = await app.db.fetchval("SELECT COUNT(*) FROM outbox_events WHERE composed_at IS NULL")
             assert composed == 0  # handled (muted), not left waiting
