@@ -368,14 +368,19 @@ async def test_signature_changes_say_what_opened_and_closed_with_a_batch(tmp_pat
         assert [(c.tests, c.open_elsewhere) for c in changes.closed] == [([ON_WEB], True)]  # web-2 still fails
 
 
+async def seed_sick_host(app) -> None:
+    """db-2 fails four tests of its own (a disk), on top of the fleet's usual failures; log in."""
+    sick = [failed(f"tests/test_host.py::test_{n}", f"disk error {n}", 10 + n, "OSError") for n in range(4)]
+    for minion in FLEET:
+        extra = sick if minion == "db-2" else [passed(f"tests/test_host.py::test_{n}") for n in range(4)]
+        write_inbox(app.settings.inbox, fleet_run(0, minion, extra=extra))
+    await ingest(app)
+    await logged_in(app)
+
+
 async def test_a_minion_failing_many_unrelated_signatures_is_a_sick_host(tmp_path, make_app):
     async with make_app(tmp_path) as app:
-        sick = [failed(f"tests/test_host.py::test_{n}", f"disk error {n}", 10 + n, "OSError") for n in range(4)]
-        for minion in FLEET:
-            extra = sick if minion == "db-2" else [passed(f"tests/test_host.py::test_{n}") for n in range(4)]
-            write_inbox(app.settings.inbox, fleet_run(0, minion, extra=extra))
-        await ingest(app)
-        await logged_in(app)
+        await seed_sick_host(app)
         page = (await app.http.get("/api/failures")).json()
         assert [h["minion"] for h in page["sick_hosts"]] == ["db-2"] and page["sick_hosts"][0]["signatures"] == 4
         assert "Sick hosts" in (await app.http.get("/failures")).text
@@ -447,12 +452,7 @@ async def test_pruning_old_runs_drops_their_failures_from_the_search_index(tmp_p
 
 async def test_fleet_page_flags_sick_hosts_and_leaves_muted_failures_out_of_failing_now(tmp_path, make_app):
     async with make_app(tmp_path) as app:
-        sick = [failed(f"tests/test_host.py::test_{n}", f"disk error {n}", 10 + n, "OSError") for n in range(4)]
-        for minion in FLEET:
-            extra = sick if minion == "db-2" else [passed(f"tests/test_host.py::test_{n}") for n in range(4)]
-            write_inbox(app.settings.inbox, fleet_run(0, minion, extra=extra))
-        await ingest(app)
-        await logged_in(app)
+        await seed_sick_host(app)
         fleet = (await app.http.get("/api/fleet")).json()
         assert [h["minion"] for h in fleet["sick_hosts"]] == ["db-2"] and fleet["muted_failing"] == 0
         page = (await app.http.get("/")).text

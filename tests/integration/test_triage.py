@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +13,7 @@ import pytest
 from dashboard import security, users
 from dashboard.app import create_app
 from dashboard.db import connect_sync, run_transaction
+from tests.conftest import wait_for
 from tests.functional.ingest_support import ingest, make_settings
 
 pytestmark = pytest.mark.integration
@@ -36,16 +36,6 @@ def test_arithmetic():
 def test_fine():
     pass
 '''
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 @pytest.fixture
