@@ -8,10 +8,13 @@ What stays consistent after a prune:
 
 - ``counters`` ``runs`` and ``results`` go down by what was deleted;
 - ``minions.runs`` goes down, ``minions.last_run_id`` / ``grains`` point at the newest run left
-  (NULL when none is left; the minion itself and its first/last seen times are kept);
+  (NULL when none is left; the minion itself and its first/last seen times are kept), and its
+  newest status, lateness and grains rows follow;
 - ``test_status`` rows whose latest run was deleted (the test did not run on that minion inside
   the kept window) are removed; other rows keep their lifetime counters (runs, fails, flips,
-  total_duration count everything ever ingested, not only what is retained).
+  total_duration count everything ever ingested, not only what is retained); the fleet
+  summaries (``minions`` counts, ``file_status``, ``test_totals``) lose what the removed rows
+  contributed (dashboard/ingest/store.py).
 
 Runs are deleted in chunks, one short write transaction each, so the app's ingester and its
 logins never wait long behind a prune. On PostgreSQL ``results`` is partitioned by month of the
@@ -28,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from dashboard.db import Database
 from dashboard.dialect import POSTGRES
 from dashboard.failures import remove_from_search
+from dashboard.ingest.store import forget_pruned_status, refresh_pruned_minions
 from dashboard.models import format_timestamp
 
 PRUNE_CHUNK = 500
@@ -66,6 +70,7 @@ def _prune_chunk(conn: sqlite3.Connection, cutoff: str) -> int:
     # The failure search index (external content) must forget the rows before they go.
     remove_from_search(conn, "SELECT id FROM prune_runs")
     conn.execute("DELETE FROM results WHERE run_id IN (SELECT id FROM prune_runs)")
+    forget_pruned_status(conn, "SELECT id FROM prune_runs")  # the fleet summaries, before the rows go
     conn.execute("DELETE FROM test_status WHERE last_run_id IN (SELECT id FROM prune_runs)")
     conn.execute("DELETE FROM runs WHERE id IN (SELECT id FROM prune_runs)")
     for minion_id, count in per_minion:
@@ -80,6 +85,7 @@ def _prune_chunk(conn: sqlite3.Connection, cutoff: str) -> int:
             "WHERE id = ?",
             (minion_id,),
         )
+    refresh_pruned_minions(conn, [minion_id for minion_id, _count in per_minion])
     _decrement_counters(conn, {"runs": len(run_ids), "results": results})
     return len(run_ids)
 

@@ -147,6 +147,78 @@ def grain_values(grains: str | None) -> set[tuple[str, str]]:
     return pairs
 
 
+def forget_pruned_status(conn: Any, pruned_runs_sql: str) -> None:
+    """Take the test_status rows about to be deleted with their runs (their latest run is in
+    ``pruned_runs_sql``, a SELECT of run ids) out of the fleet summaries; call it before the delete.
+
+    In the prune's transaction (dashboard/retention.py). ``last_pass_at`` of a test stays the
+    latest pass ever seen.
+    """
+    rows = conn.execute(
+        f"SELECT ts.minion_id, ts.test_id, t.file, ts.runs, ts.fails, ts.flips, ts.code_flips, "  # noqa: S608
+        f"ts.total_duration, ts.last_outcome FROM test_status ts JOIN tests t ON t.id = ts.test_id "
+        f"WHERE ts.last_run_id IN ({pruned_runs_sql})"
+    ).fetchall()
+    totals: dict[int, list] = {}
+    files: dict[tuple[int, str], list] = {}
+    minions: dict[int, list] = {}
+    for minion_id, test_id, file, runs, fails, flips, code_flips, duration, outcome in rows:
+        verdict = _verdict(outcome)
+        failing, passing = int(verdict == 1), int(verdict == 2)
+        for target, key, values in (
+            (totals, test_id, (1, runs, fails, flips, code_flips, duration, failing, passing)),
+            (files, (minion_id, file), (1, failing, passing)),
+            (minions, minion_id, (1, failing, passing)),
+        ):
+            sums = target.setdefault(key, [0] * len(values))
+            for index, value in enumerate(values):
+                sums[index] += value
+    conn.executemany(
+        "UPDATE test_totals SET minions = minions - ?, runs = runs - ?, fails = fails - ?, flips = flips - ?, "
+        "code_flips = code_flips - ?, total_duration = total_duration - ?, failing = failing - ?, "
+        "passing = passing - ?, avg_duration = CASE WHEN runs - ? > 0 THEN (total_duration - ?) / (runs - ?) END "
+        "WHERE test_id = ?",
+        [(*t[:8], t[1], t[5], t[1], test_id) for test_id, t in totals.items()],
+    )
+    conn.executemany(
+        "UPDATE file_status SET tests = tests - ?, failing = failing - ?, passing = passing - ? "
+        "WHERE minion_id = ? AND file = ?",
+        [(*c, minion_id, file) for (minion_id, file), c in files.items()],
+    )
+    conn.executemany(
+        "UPDATE minions SET tests = tests - ?, failing = failing - ?, passing = passing - ? WHERE id = ?",
+        [(*c, minion_id) for minion_id, c in minions.items()],
+    )
+    conn.execute("DELETE FROM file_status WHERE tests <= 0")
+    conn.execute("DELETE FROM test_totals WHERE minions <= 0")
+
+
+def refresh_pruned_minions(conn: Any, minion_ids: list[int]) -> None:
+    """After a prune moved these minions' newest run: their newest status, lateness and grains rows."""
+    for minion_id in minion_ids:
+        row = conn.execute(
+            "SELECT m.first_seen, m.last_seen, m.runs, m.expected_interval, m.grains, r.status FROM minions m "
+            "LEFT JOIN runs r ON r.id = m.last_run_id WHERE m.id = ?",
+            (minion_id,),
+        ).fetchone()
+        if row is None:
+            continue
+        first_seen, last_seen, runs, configured, grains, status = row
+        conn.execute(
+            "UPDATE minions SET last_status = ?, late_after = ? WHERE id = ?",
+            (status, late_after(first_seen, last_seen, runs, configured), minion_id),
+        )
+        stored = {tuple(pair) for pair in conn.execute(
+            "SELECT grain, value FROM minion_grains WHERE minion_id = ?", (minion_id,))}
+        wanted = grain_values(grains)
+        if stored != wanted:
+            conn.execute("DELETE FROM minion_grains WHERE minion_id = ?", (minion_id,))
+            conn.executemany(
+                "INSERT INTO minion_grains (grain, value, minion_id) VALUES (?, ?, ?)",
+                [(grain, value, minion_id) for grain, value in sorted(wanted)],
+            )
+
+
 def rebuild_fleet_summaries(conn: Any) -> None:
     """Refill minions' counts, file_status, test_totals and minion_grains from what is stored.
 

@@ -128,3 +128,41 @@ def test_a_duplicate_changes_no_summary(tmp_path):
         assert run_transaction(conn, lambda c: c.execute("SELECT failing FROM minions").fetchone()[0]) == 1
     finally:
         conn.close()
+
+
+def test_pruning_keeps_the_summaries_equal_to_the_backfill(tmp_path):
+    import asyncio
+    from datetime import timedelta
+
+    from dashboard.db import Database
+    from dashboard.retention import prune
+
+    settings = make_settings(tmp_path)
+    old, kept = [test_entry("t.py::test_old_only", "failed"), test_entry("u.py::test_always")], [
+        test_entry("u.py::test_always", "failed")]
+    drop_doc(settings.inbox, make_doc("web-1", "20200101000000000001", old, started_at="2020-01-01T00:00:00Z",
+                                      grains={"os": "Debian", "roles": ["old"]}))
+    drop_doc(settings.inbox, make_doc("web-2", "20200101000000000002", old, started_at="2020-01-02T00:00:00Z"))
+    drop_doc(settings.inbox, make_doc("web-1", "29990101000000000001", kept, started_at="2999-01-01T00:00:00Z",
+                                      grains={"os": "Debian", "roles": ["new"]}))
+    drop_doc(settings.inbox, make_doc("web-1", "20200101000000000003", old, started_at="2020-01-03T00:00:00Z",
+                                      grains={"os": "Debian", "roles": ["older"]}))
+    assert ingest(settings).ingested == 4
+
+    async def scenario():
+        async with Database(settings.db_path) as db:
+            return await prune(db, timedelta(days=30))
+
+    assert asyncio.run(scenario()) == 3
+    conn = connect_sync(settings.db_path)
+    try:
+        kept_summaries, expected = summaries(conn), rebuilt(conn)
+        assert kept_summaries["file_status"] == expected["file_status"]
+        assert kept_summaries["minion_grains"] == expected["minion_grains"]
+        assert [row[:5] for row in kept_summaries["minions"]] == [row[:5] for row in expected["minions"]]
+        # test_totals: everything but the latest pass, which stays the latest pass ever seen.
+        assert [row[:10] for row in kept_summaries["test_totals"]] == [row[:10] for row in expected["test_totals"]]
+        assert [row[:4] for row in kept_summaries["minions"]] == [
+            ("web-1", "failed", 1, 1), ("web-2", None, 0, 0)]
+    finally:
+        conn.close()
