@@ -747,10 +747,10 @@ def _bucket(moment: str, hourly: bool) -> str:
     return moment[:13] + ":00" if hourly else moment[:10]
 
 
-async def pass_rate_over_time(db, test_ids: list[int], per_test: int = 500) -> list[dict]:
+async def pass_rate_over_time(db, test_ids: list[int], per_test: int = 300) -> list[dict]:
     """Pass rate of ``test_ids`` across the fleet per day (per hour when the history spans < 2 days)."""
     outcomes: list[tuple[str, str, int]] = []
-    for test_id in test_ids[:5]:  # the latest results of its first tests: a bounded read
+    for test_id in test_ids[:3]:  # the latest results of its first tests: a bounded read
         outcomes += [
             (row["started_at"], row["outcome"], row["run_id"])
             for row in await db.fetchall(
