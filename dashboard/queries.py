@@ -564,8 +564,15 @@ async def fleet(
     if len(rows) > limit:
         rows = rows[:limit]
         next_cursor = encode_cursor(rows[-1]["attention"], rows[-1]["name"])
+    # The newest run's counts of the page's minions: one primary-key lookup each (last_counts).
+    run_ids = [row["last_run_id"] for row in rows if row["last_run_id"]]
+    last_counts = {}
+    if run_ids:
+        last_counts = {run["id"]: run for run in await db.fetchall(
+            f"SELECT id, {', '.join(OUTCOMES)} FROM runs WHERE id IN ({','.join('?' * len(run_ids))})", run_ids)}
     minions = []
     for row in rows:
+        row = dict(row) | {key: value for key, value in last_counts.get(row["last_run_id"], {}).items() if key != "id"}
         minion = _minion_state(row, now) | {"id": row["id"], "attention": ATTENTION[row["attention"]]}
         judged = (row["passing"] or 0) + (row["failing"] or 0)
         # The minion's pass rate over the latest outcome of each of its tests.

@@ -83,6 +83,10 @@ async def test_counts_and_the_order_needing_attention_first(fleet_app):
     assert fleet["files"] == ["tests/test_a.py", "tests/test_b.py", "tests/test_c.py"]
     assert fleet["matrix"]["app-2"]["tests/test_b.py"]["state"] == "fail"
     assert fleet["matrix"]["app-2"]["tests/test_c.py"]["state"] == "skip"
+    # Each minion's newest run's counts (not zeros: the page reads them by the run's id).
+    last = {m["name"]: m["last_counts"] for m in fleet["minions"]}
+    assert last["app-2"] == {"passed": 1, "failed": 1, "skipped": 1, "xfailed": 0, "xpassed": 0, "errors": 0}
+    assert last["app-4"]["errors"] == 1 and last["app-1"]["passed"] == 2
     failing = (await fleet_app.http.get("/api/fleet", params={"state": "failing"})).json()
     assert [m["name"] for m in failing["minions"]] == ["app-2", "app-4"]
     assert (await fleet_app.http.get("/api/fleet", params={"state": "sick"})).status_code == 400
