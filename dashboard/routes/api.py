@@ -73,7 +73,7 @@ async def api_runs(
     path: str | None = Query(None, description="substring of the run's test paths"),
     since: str | None = Query(None, description="started at or after (YYYY-MM-DD or ISO 8601)"),
     until: str | None = Query(None, description="started on or before (YYYY-MM-DD) / before (ISO 8601)"),
-    q: str | None = Query(None, description="substring of a test id the run contains"),
+    q: str | None = Query(None, description="substring of a test id the run contains, or words of one of its failure messages or tracebacks"),
     limit: int = Query(queries.PAGE_SIZE, ge=1, le=queries.MAX_PAGE_SIZE),
     cursor: str | None = Query(None, description="the previous page's `next`"),
 ):
