@@ -27,6 +27,9 @@ What differs, and where it is handled:
 | progress-handler time limit | ``statement_timeout`` | dashboard/db.py |
 | ``results`` one table | range-partitioned by month of the run's start | migration 3, :func:`ensure_results_partitions` |
 | bulk insert of results | ``COPY`` | :func:`insert_results` |
+| ``INSERT OR REPLACE`` | ``INSERT ... ON CONFLICT (key) DO UPDATE`` | :func:`upsert_sql` |
+| ``PRAGMA optimize`` after a bulk load | ``ANALYZE`` | :func:`analyze` |
+| ids given explicitly to an identity column | ``setval`` of its sequence after | :func:`move_sequences` |
 
 Portable SQL (both engines accept it unchanged) is preferred everywhere: ``ON CONFLICT ... DO
 UPDATE SET x = table.x + excluded.x``, ``RETURNING``, row values ``(a, b) < (?, ?)``, partial
@@ -386,6 +389,44 @@ def insert_returning(conn: Any, sql: str, rows: Sequence[Sequence]) -> list[Any]
             break
     conn.total_changes += sum(value is not None for value in found)
     return found
+
+
+def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+    """An insert of ``columns`` into ``table`` that replaces the row already holding ``key``
+    (SQLite's ``INSERT OR REPLACE``), in the spelling both engines accept: ``ON CONFLICT (key) DO
+    UPDATE SET`` every other column from ``excluded``."""
+    others = [column for column in columns if column not in key]
+    action = ("DO UPDATE SET " + ", ".join(f"{column} = excluded.{column}" for column in others)) if others \
+        else "DO NOTHING"
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "  # noqa: S608
+            f"ON CONFLICT ({', '.join(key)}) {action}")
+
+
+def analyze(conn: Any) -> None:
+    """Refresh the planner's statistics after a bulk load: SQLite ``PRAGMA optimize``, PostgreSQL
+    ``ANALYZE`` (a freshly loaded table has none until autovacuum gets to it)."""
+    if dialect_of(conn) == POSTGRES:
+        conn.execute("ANALYZE")
+    else:
+        conn.execute("PRAGMA optimize")
+
+
+def move_sequences(conn: Any) -> None:
+    """PostgreSQL: move every identity sequence past the largest id in its table (rows inserted
+    with explicit ids leave the sequence behind; the next default id would collide). SQLite: nothing
+    to do (a rowid follows the largest id)."""
+    if dialect_of(conn) != POSTGRES:
+        return
+    identities = conn.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND is_identity = 'YES'"
+    ).fetchall()
+    for table, column in identities:
+        conn.execute(
+            f'SELECT setval(pg_get_serial_sequence(?, ?), (SELECT coalesce(max("{column}"), 0) + 1 FROM "{table}"), '  # noqa: S608
+            "false)",
+            (table, column),
+        )
 
 
 def transient_errors() -> tuple[type[Exception], ...]:

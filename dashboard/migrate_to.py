@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dashboard.db import connect_sync, run_transaction
-from dashboard.dialect import connect_postgres, ensure_results_partitions, is_postgres, redact
+from dashboard.dialect import connect_postgres, ensure_results_partitions, is_postgres, move_sequences, redact
 
 # SQLite-only objects: the FTS5 index and its shadow tables, SQLite's own tables.
 _SKIP_PREFIXES = ("sqlite_", "failure_text")
@@ -97,19 +97,6 @@ def _copy_table(source: sqlite3.Connection, target: Any, table: str, columns: li
     return copied
 
 
-def _move_sequences(target: Any) -> None:
-    identities = target.execute(
-        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-        "AND is_identity = 'YES'"
-    ).fetchall()
-    for table, column in identities:
-        target.execute(
-            f'SELECT setval(pg_get_serial_sequence(?, ?), (SELECT coalesce(max("{column}"), 0) + 1 FROM "{table}"), '
-            "false)",
-            (table, column),
-        )
-
-
 def migrate_to(source_path: str | Path, url: str) -> dict[str, int]:
     """Copy the SQLite store at ``source_path`` into the (empty) PostgreSQL database at ``url``.
 
@@ -152,7 +139,7 @@ def migrate_to(source_path: str | Path, url: str) -> dict[str, int]:
                 if extra:
                     columns = [c for c in columns if c != "started_at"]
                 copied[table] = _copy_table(source, conn, table, columns, extra)
-            _move_sequences(conn)
+            move_sequences(conn)
             return copied
 
         return run_transaction(target, copy_all)

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dashboard.db import run_transaction
+from dashboard.dialect import analyze, insert_results, move_sequences, upsert_sql
 from dashboard.ingest.status import FAIL, fold_status
 from dashboard.ingest.store import INSERT_STATUS, STATUS_COLUMNS, rebuild_fleet_summaries
 
@@ -166,9 +167,9 @@ def seed(
                     counts[outcome] += 1
                     failing = outcome in FAIL
                     result_rows.append((
-                        run_id, test_id, "setup" if outcome == "error" else "call", outcome, duration,
+                        started_at, run_id, test_id, "setup" if outcome == "error" else "call", outcome, duration,
                         "assert 503 == 200" if failing else None, longreprs[t_index] if failing else None,
-                        "captured output\n" if failing else None, None, "[]",
+                        "captured output\n" if failing else None, None, "[]", None,
                     ))  # fmt: skip
                     key = (minion_id, test_id)
                     status[key] = fold_status(
@@ -197,10 +198,7 @@ def seed(
             job_index += 1
         _flush(conn, run_rows, result_rows, status_rows)
         assert not status, "every minion's last run was seen"
-        conn.executemany(
-            "INSERT OR REPLACE INTO jobs (jid, fun, tgt, tgt_type, targeted, started_at) VALUES (?, ?, ?, ?, ?, ?)",
-            jobs,
-        )
+        conn.executemany(upsert_sql("jobs", ("jid", "fun", "tgt", "tgt_type", "targeted", "started_at"), ("jid",)), jobs)
         conn.executemany(
             "UPDATE minions SET runs = runs + ?, first_seen = ?, last_seen = ?, last_run_id = ? WHERE id = ?",
             [(s["runs"], s["first_seen"], s["last_seen"], s["last_run_id"], m) for m, s in minion_state.items()],
@@ -208,9 +206,10 @@ def seed(
         results = runs * tests
         conn.executemany(
             "INSERT INTO counters (name, value) VALUES (?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
             [("runs", runs), ("results", results), ("tests", tests)],
         )
+        move_sequences(conn)  # PostgreSQL: the runs were inserted with their ids
         rebuild_fleet_summaries(conn)
         # Seeded rows carry no failure signatures: the backfill gives them theirs (at the app's
         # start, or `python -m dashboard backfill-signatures`), as for results older than signatures.
@@ -219,7 +218,7 @@ def seed(
 
     conn.execute("PRAGMA cache_size = -262144")  # 256 MB: index inserts of millions of rows stay in memory
     results, job_count = run_transaction(conn, fill)
-    conn.execute("PRAGMA optimize")
+    analyze(conn)
     return {"runs": runs, "results": results, "minions": minions, "tests": tests, "jobs": job_count}
 
 
@@ -231,11 +230,12 @@ def _flush(conn: sqlite3.Connection, run_rows: list, result_rows: list, status_r
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         run_rows,
     )
-    conn.executemany(
-        "INSERT INTO results (run_id, test_id, phase, outcome, duration, message, longrepr, stdout, stderr, markers) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        result_rows,
-    )
+    # Each row is (its run's started_at, *RESULT_COLUMNS): PostgreSQL COPYs them into the partition
+    # of that start, SQLite inserts them with one executemany.
+    by_run: dict[int, tuple[str, list]] = {}
+    for started_at, *row in result_rows:
+        by_run.setdefault(row[0], (started_at, []))[1].append(row)
+    insert_results(conn, list(by_run.values()))
     conn.executemany(INSERT_STATUS, status_rows)
     run_rows.clear()
     result_rows.clear()

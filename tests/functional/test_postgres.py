@@ -216,3 +216,33 @@ def test_a_connection_the_server_dropped_is_replaced_on_the_next_call():
             assert [row["name"] for row in await db.fetchall("SELECT name FROM counters ORDER BY name")] == ["b"]
 
     asyncio.run(scenario())
+
+
+@pytest.mark.anyio
+async def test_seed_fills_a_postgres_store_whose_pages_answer(tmp_path):
+    url = fresh_postgres_url()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    seeded = subprocess.run([sys.executable, "-m", "dashboard", "--db", url, "seed", "--runs", "120", "--tests", "20",
+                             "--minions", "6"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert seeded.returncode == 0, seeded.stderr
+    assert _value(url, "SELECT count(*) FROM results") == 2400
+    assert _value(url, "SELECT count(*) FROM runs WHERE status = 'failed'") > 0
+    # The bulk load left statistics (ANALYZE) and the run ids' sequence past the seeded ids.
+    assert _value(url, "SELECT count(*) FROM pg_stats WHERE tablename = 'runs'") > 0
+    assert _value(url, "SELECT nextval(pg_get_serial_sequence('runs', 'id'))") > _value(url, "SELECT max(id) FROM runs")
+
+    settings = make_app_settings(tmp_path / "app", db=url)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
+            client = AppClient(app, settings, http)
+            assert (await client.register(*ADMIN)).status_code == 303
+            assert (await client.login(*ADMIN)).status_code == 303
+            runs = (await http.get("/api/runs")).json()["runs"]
+            assert runs and runs[0]["minion"].startswith("minion-")
+            fleet = (await http.get("/api/fleet")).json()
+            assert fleet
+            for page in ("/", "/runs", "/runs?status=failed", f"/runs/{runs[0]['id']}", "/flaky", "/slowest",
+                         "/api/slowest", "/tests?q=test_case_00"):
+                response = await http.get(page)
+                assert response.status_code == 200, (page, response.text[:300])
