@@ -132,10 +132,11 @@ def bench_token(path: Path) -> str:
 
 
 def route_table(path: Path) -> dict[str, str]:
-    """The fixed list of routes, with real ids from the seeded data (a mid-history failing run)."""
-    import sqlite3
+    """The fixed list of routes, with real ids from the seeded data (a mid-history failing run).
+    ``path`` is a SQLite file or a PostgreSQL URL."""
+    from dashboard.db import connect_sync
 
-    conn = sqlite3.connect(path)
+    conn = connect_sync(path)
     try:
         run_id, jid, minion = conn.execute(
             "SELECT r.id, r.jid, m.name FROM runs r JOIN minions m ON m.id = r.minion_id "

@@ -402,11 +402,13 @@ def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
             f"ON CONFLICT ({', '.join(key)}) {action}")
 
 
-def analyze(conn: Any) -> None:
-    """Refresh the planner's statistics after a bulk load: SQLite ``PRAGMA optimize``, PostgreSQL
-    ``ANALYZE`` (a freshly loaded table has none until autovacuum gets to it)."""
+def analyze(conn: Any, table: str | None = None) -> None:
+    """Refresh the planner's statistics after a bulk load or update: SQLite ``PRAGMA optimize``,
+    PostgreSQL ``ANALYZE`` (of ``table`` or every table). A freshly loaded table has none until
+    autovacuum gets to it, and a change under its threshold (the backfill setting 2% of results'
+    signatures) leaves the planner blind: a 1,000-row text search then took 426 ms instead of 48."""
     if dialect_of(conn) == POSTGRES:
-        conn.execute("ANALYZE")
+        conn.execute(f"ANALYZE {table}" if table else "ANALYZE")
     else:
         conn.execute("PRAGMA optimize")
 

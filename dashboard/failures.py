@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dashboard.db import run_transaction
-from dashboard.dialect import POSTGRES, dialect_of
+from dashboard.dialect import POSTGRES, analyze, dialect_of
 from dashboard.models import format_timestamp
 from dashboard.queries import (
     FAILING,
@@ -204,6 +204,8 @@ def backfill_all(conn: sqlite3.Connection, chunk_ids: int = BACKFILL_CHUNK_IDS) 
     while backfill_pending(conn) > 0:
         run_transaction(conn, backfill_chunk, chunk_ids)
         chunks += 1
+    if chunks:
+        analyze(conn, "results")  # the signatures' partial indexes were empty when last analyzed
     return chunks
 
 
@@ -213,6 +215,8 @@ async def backfill_in_background(db, chunk_ids: int = BACKFILL_CHUNK_IDS) -> int
     while await db.fetchval("SELECT pending_upto FROM signature_backfill WHERE id = 1", default=0) > 0:
         await db.write(backfill_chunk, chunk_ids)
         chunks += 1
+    if chunks and getattr(db, "dialect", None) == POSTGRES:
+        await db.write(analyze, "results")
     return chunks
 
 

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from dashboard.db import connect_sync, run_transaction
-from dashboard.dialect import connect_postgres, ensure_results_partitions, is_postgres, move_sequences, redact
+from dashboard.dialect import (
+    analyze,
+    connect_postgres,
+    ensure_results_partitions,
+    is_postgres,
+    move_sequences,
+    redact,
+)
 
 # SQLite-only objects: the FTS5 index and its shadow tables, SQLite's own tables.
 _SKIP_PREFIXES = ("sqlite_", "failure_text")
@@ -140,6 +147,7 @@ def migrate_to(source_path: str | Path, url: str) -> dict[str, int]:
                     columns = [c for c in columns if c != "started_at"]
                 copied[table] = _copy_table(source, conn, table, columns, extra)
             move_sequences(conn)
+            analyze(conn)
             return copied
 
         return run_transaction(target, copy_all)
