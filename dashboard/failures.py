@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ SQL_CHUNK = 500
 # A minion failing at least this many signatures that do not fail everywhere (and at least
 # twice the fleet's median) is a sick host: the machine, not the tests.
 SICK_HOST_MIN_SIGNATURES = 3
+SICK_HOST_CANDIDATES = 50  # minions examined for it, those failing the most tests first
 SEPARATING_GRAINS_SHOWN = 5
 HISTORY_LIMIT = 100
 FTS_MATCH_LIMIT = 1000  # newest matching failures a text search looks at
@@ -661,23 +661,44 @@ async def open_failures(
     }
 
 
+def _histogram_median(histogram: list[tuple[int, int]]) -> float:
+    """The median of values given as (value, how many) pairs."""
+    total = sum(count for _, count in histogram)
+    if not total:
+        return 0
+    seen = 0
+    for value, count in sorted(histogram):
+        seen += count
+        if seen * 2 >= total:
+            return value
+    return 0
+
+
 async def sick_hosts(db) -> list[dict]:
     """Minions failing many unrelated signatures at once: the machine, not the tests.
 
     A minion is sick when at least :data:`SICK_HOST_MIN_SIGNATURES` (and twice the fleet's
-    median) open signatures fail on it that do not fail everywhere (some minion passes their
-    tests), its muted failures left out. Read from the summaries for any fleet size: only
-    minions already failing that many tests (``minions.failing``) are looked at.
+    median of failing tests per minion) open signatures fail on it that do not fail everywhere
+    (some minion passes their tests), its muted failures left out. Read from the summaries for
+    any fleet size: only the :data:`SICK_HOST_CANDIDATES` minions failing the most tests, and at
+    least that many (``minions.failing``), are looked at.
     """
-    counts_rows = await db.fetchall("SELECT id, name, failing FROM minions LIMIT 200000")
-    failing_of = {r["id"]: r["failing"] or 0 for r in counts_rows}
-    candidates = {r["id"]: r["name"] for r in counts_rows if failing_of[r["id"]] >= SICK_HOST_MIN_SIGNATURES}
+    # The fleet's median of failing tests per minion (an upper bound of its signatures), from a histogram.
+    histogram = await db.fetchall("SELECT failing, COUNT(*) AS minions FROM minions GROUP BY failing LIMIT 100000")
+    median = _histogram_median([(row["failing"] or 0, row["minions"]) for row in histogram])
+    threshold = max(SICK_HOST_MIN_SIGNATURES, 2 * median)
+    # The most failing ones first, a bounded number: the banner names the worst, not all of them.
+    candidate_rows = await db.fetchall(
+        "SELECT id, name FROM minions WHERE failing >= ? ORDER BY failing DESC, id LIMIT ?",
+        (threshold, SICK_HOST_CANDIDATES),
+    )
+    candidates = {row["id"]: row["name"] for row in candidate_rows}
     if not candidates:
         return []
-    ids = sorted(candidates, key=lambda i: -failing_of[i])[:SQL_CHUNK]
+    ids = list(candidates)
     rows = await db.fetchall(
-        "SELECT ts.minion_id, ts.test_id, ts.last_signature, t.nodeid, m.grains FROM test_status ts "
-        "JOIN tests t ON t.id = ts.test_id JOIN minions m ON m.id = ts.minion_id "
+        "SELECT ts.minion_id, ts.test_id, ts.last_signature, t.nodeid FROM test_status ts "
+        "JOIN tests t ON t.id = ts.test_id "
         f"WHERE ts.minion_id IN ({','.join('?' * len(ids))}) AND ts.last_signature IS NOT NULL",
         ids,
     )
@@ -685,30 +706,28 @@ async def sick_hosts(db) -> list[dict]:
     tests_of: dict[str, set[int]] = defaultdict(set)
     for row in rows:
         tests_of[row["last_signature"]].add(row["test_id"])
-    everywhere = set()
-    for signature, test_ids in tests_of.items():
-        marks = ",".join("?" * len(test_ids))
-        passing = await db.fetchone(
-            f"SELECT 1 AS found FROM test_status WHERE test_id IN ({marks}) "
-            "AND last_outcome IN ('passed', 'xpassed', 'xfailed') LIMIT 1",
-            sorted(test_ids),
-        )
-        if passing is None:
-            everywhere.add(signature)  # the test's (or the code's) fault, not the machine's
+    # Tests some minion passes (one query; each EXISTS stops at the first passing row).
+    passing_tests: set[int] = set()
+    for chunk in _chunks(sorted(set().union(*tests_of.values()))):
+        passing_tests.update(row["id"] for row in await db.fetchall(
+            f"SELECT t.id FROM tests t WHERE t.id IN ({','.join('?' * len(chunk))}) AND EXISTS (SELECT 1 FROM "
+            "test_status ts WHERE ts.test_id = t.id AND ts.last_outcome IN ('passed', 'xpassed', 'xfailed'))",
+            chunk,
+        ))
+    # A signature none of whose tests passes anywhere fails everywhere: the test's (or the code's) fault.
+    everywhere = {signature for signature, test_ids in tests_of.items() if not test_ids & passing_tests}
     local: dict[int, set[str]] = defaultdict(set)
     grains: dict[int, dict] = {}
     for row in rows:
         if row["last_signature"] in everywhere:
             continue
         if mutes:
-            minion_grains = grains.setdefault(row["minion_id"], loads(row["grains"], {}))
-            if mutes.covers(row["last_signature"], row["nodeid"], minion_grains):
+            if row["minion_id"] not in grains:
+                found = await db.fetchone("SELECT grains FROM minions WHERE id = ?", (row["minion_id"],))
+                grains[row["minion_id"]] = loads(found["grains"] if found else None, {})
+            if mutes.covers(row["last_signature"], row["nodeid"], grains[row["minion_id"]]):
                 continue
         local[row["minion_id"]].add(row["last_signature"])
-    # The median over the fleet; a minion that is no candidate counts its failing tests (an upper bound).
-    per_minion = [len(local.get(i, ())) if i in candidates else failing for i, failing in failing_of.items()]
-    median = statistics.median(per_minion) if per_minion else 0
-    threshold = max(SICK_HOST_MIN_SIGNATURES, 2 * median)
     return sorted(
         ({"minion": candidates[m], "signatures": len(sigs), "fleet_median": median}
          for m, sigs in local.items() if len(sigs) >= threshold),
