@@ -56,7 +56,7 @@ SCAN_INTERVAL = 0.2
 FLOOR_ROUTE = "api_me"
 
 
-def seed_database(path: Path, runs: int = SEED_RUNS, tests: int = SEED_TESTS, minions: int = SEED_MINIONS) -> float:
+def seed_database(path: Path | str, runs: int = SEED_RUNS, tests: int = SEED_TESTS, minions: int = SEED_MINIONS) -> float:
     from dashboard.db import connect_sync
     from dashboard.seed import seed
 
@@ -283,6 +283,18 @@ def _pages_on_postgres(db_path: Path, token: str, routes: dict[str, str], quick:
         return [Figure("page_pg_p95_all", None, "ms", None, "<=100ms", note=f"failed: {type(err).__name__}: {err}")]
 
 
+def _fleet_on_postgres(quick: bool) -> list[Figure]:
+    """page10k_pg_*: the large fleet seeded into PostgreSQL (bench/b_postgres.py); a failure there is
+    one SHORT figure."""
+    from bench.b_postgres import fleet_figures_on_postgres
+
+    try:
+        return fleet_figures_on_postgres(quick)
+    except Exception as err:  # noqa: BLE001 - reported as a failed measurement, the section goes on
+        say(f"large fleet on PostgreSQL failed: {type(err).__name__}: {err}")
+        return [Figure("page10k_pg_p95_all", None, "ms", None, "<=100ms", note=f"failed: {type(err).__name__}: {err}")]
+
+
 def fleet_figures(quick: bool) -> list[Figure]:
     """Every route on the large fleet (10,000 minions x 500 tests), from the cached seeded file."""
     path, seconds = fleet_database()
@@ -467,4 +479,5 @@ def run(quick: bool = False, seeded_db: str | None = None) -> list[Figure]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     figures.extend(fleet_figures(quick))
+    figures.extend(_fleet_on_postgres(quick))
     return figures

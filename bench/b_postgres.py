@@ -203,11 +203,42 @@ def run(quick: bool = False) -> list[Figure]:
     ]
 
 
+def _pages_and_rss(url: str, work: Path, token: str, routes: dict[str, str], *, prefix: str, shape: str,
+                   warmup: int, rounds: int, rss_requests: int) -> list[Figure]:
+    """Every route timed in-process on ``url``, then a uvicorn dashboard on it serving every route
+    ``rss_requests`` times: ``<prefix>_p95_*`` / ``_p50_*`` and ``<prefix>_rss`` (its largest RSS
+    seen after each request; floor: its RSS right after start-up)."""
+    import httpx
+
+    from bench.b_dashboard import Uvicorn, _time_routes, page_figures
+
+    samples = asyncio.run(_time_routes(url, work, token, routes, warmup, rounds))
+    figures = page_figures(samples, routes, prefix=prefix, shape=shape)
+    server = Uvicorn(url, work)
+    try:
+        server.wait_ready()
+        rss_start = peak = server.rss_mb()
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+            for _ in range(rss_requests):
+                for route in routes.values():
+                    response = client.get(route)
+                    if response.status_code != 200:
+                        raise RuntimeError(f"{route} over HTTP: {response.status_code}")
+                    peak = max(peak, server.rss_mb())
+    finally:
+        server.stop()
+    figures.append(Figure(f"{prefix}_rss", peak, "MB", rss_start, "<=300MB",
+                          note=f"largest RSS of a uvicorn dashboard on PostgreSQL ({shape}) while serving every route "
+                               f"{rss_requests} times over HTTP; floor: its RSS right after start-up"))
+    return figures
+
+
 def page_figures_on_postgres(sqlite_path: Path, token: str, routes: dict[str, str], quick: bool) -> list[Figure]:
     """page_pg_*: the dashboard section's routes timed again with the same data in PostgreSQL
-    (the seeded SQLite store copied by ``migrate-to`` into a server started here)."""
+    (the seeded SQLite store copied by ``migrate-to`` into a server started here), and
+    page_pg_rss."""
     from bench.b_dashboard import ROUNDS as PAGE_ROUNDS
-    from bench.b_dashboard import WARMUP, _time_routes, page_figures
+    from bench.b_dashboard import RSS_REQUESTS, WARMUP
     from dashboard.migrate_to import migrate_to
     from tools.postgres import PostgresServer
 
@@ -220,9 +251,49 @@ def page_figures_on_postgres(sqlite_path: Path, token: str, routes: dict[str, st
         copied = migrate_to(sqlite_path, url)
         say(f"pages on PostgreSQL: migrate-to copied {sum(copied.values()):,} rows in "
             f"{time.perf_counter() - started:.0f} s")
-        samples = asyncio.run(_time_routes(url, root, token, routes, 2 if quick else WARMUP,
-                                           10 if quick else PAGE_ROUNDS))
-        return page_figures(samples, routes, prefix="page_pg", shape="1M results, PostgreSQL")
+        return _pages_and_rss(url, root, token, routes, prefix="page_pg", shape="1M results, PostgreSQL",
+                              warmup=2 if quick else WARMUP, rounds=10 if quick else PAGE_ROUNDS,
+                              rss_requests=2 if quick else RSS_REQUESTS)
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def fleet_figures_on_postgres(quick: bool) -> list[Figure]:
+    """page10k_pg_*: every route on the large fleet (10,000 minions x 500 tests) seeded straight
+    into PostgreSQL by dashboard/seed.py (COPY), and page10k_pg_rss; ``seed_fleet_10k_pg`` the seconds."""
+    from bench.b_dashboard import (
+        FLEET_MINIONS,
+        FLEET_ROUNDS,
+        FLEET_RUNS,
+        FLEET_TESTS,
+        WARMUP,
+        backfill_signatures,
+        bench_token,
+        route_table,
+        seed_database,
+    )
+    from tools.postgres import PostgresServer
+
+    root = Path(tempfile.mkdtemp(prefix="distmon-bench-pg-fleet-"))
+    os.chmod(root, 0o755)  # noqa: S103 - the postgres user must reach its data directory below
+    server = PostgresServer(root / "pg")
+    shape = f"{FLEET_MINIONS} minions x {FLEET_TESTS} tests, PostgreSQL"
+    try:
+        url = server.start()
+        say(f"seeding the large fleet into PostgreSQL ({shape}) ...")
+        seconds = seed_database(url, FLEET_RUNS, FLEET_TESTS, FLEET_MINIONS)
+        figures = [Figure("seed_fleet_10k_pg", seconds, "s", None, "-",
+                          note=f"dashboard/seed.py into PostgreSQL (results by COPY): {shape}")]
+        backfill_signatures(url)
+        token = bench_token(url)
+        routes = route_table(url)
+        figures += _pages_and_rss(url, root, token, routes, prefix="page10k_pg", shape=shape,
+                                  warmup=2 if quick else WARMUP, rounds=5 if quick else FLEET_ROUNDS,
+                                  rss_requests=1 if quick else 3)
+        return figures
     finally:
         try:
             server.stop()

@@ -44,6 +44,11 @@ page_p95_<route>            p95 server time of the route (in-process       p95 o
 page_p50_<route>            p50 of the same samples, ms                    p50 of ``/api/me``, ms                  ``<=100ms``
 page_pg_p95_<route>         the same routes on the same data copied into   p95 of ``/api/me`` on PostgreSQL, ms    ``<=100ms``
                             PostgreSQL by ``migrate-to``, ms
+page_pg_rss                 largest RSS of a uvicorn dashboard on that     its RSS right after start-up, MB        ``<=300MB``
+                            PostgreSQL store while serving every route
+page10k_pg_p95_<route>      every route on 10,000 minions x 500 tests      p95 of ``/api/me`` on PostgreSQL, ms    ``<=100ms``
+                            seeded into PostgreSQL by dashboard/seed.py
+page10k_pg_rss              largest RSS of a uvicorn dashboard on it       its RSS right after start-up, MB        ``<=300MB``
 dashboard_rss               RSS of a uvicorn dashboard on the seeded DB    its RSS right after start-up, MB        ``<=300MB``
                             after serving every route and the latency
                             samples, MB

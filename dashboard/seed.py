@@ -30,10 +30,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dashboard.db import run_transaction
-from dashboard.dialect import analyze, insert_results, move_sequences, upsert_sql
+from dashboard.dialect import analyze, insert_results, insert_rows, move_sequences, upsert_sql
 from dashboard.ingest.status import FAIL, fold_status
-from dashboard.ingest.store import INSERT_STATUS, STATUS_COLUMNS, rebuild_fleet_summaries
+from dashboard.ingest.store import STATUS_COLUMNS, rebuild_fleet_summaries
 
+RUN_COLUMNS = ("id", "minion_id", "jid", "fun", "source", "status", "exitcode", "passed", "failed", "skipped",
+               "xfailed", "xpassed", "errors", "started_at", "finished_at", "duration", "returned_at", "ingested_at",
+               "paths", "args", "python_version", "pytest_version", "grains", "message", "signed", "code_hash")
 BATCH_RUNS = 1000
 BATCH_RESULTS = 200_000  # rows held before an executemany: bounds memory with many tests per run
 # The seeded test code changes every this many jobs (a new code_hash for every minion at once).
@@ -223,20 +226,14 @@ def seed(
 
 
 def _flush(conn: sqlite3.Connection, run_rows: list, result_rows: list, status_rows: list) -> None:
-    conn.executemany(
-        "INSERT INTO runs (id, minion_id, jid, fun, source, status, exitcode, passed, failed, skipped, xfailed, "
-        "xpassed, errors, started_at, finished_at, duration, returned_at, ingested_at, paths, args, "
-        "python_version, pytest_version, grains, message, signed, code_hash) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        run_rows,
-    )
+    insert_rows(conn, "runs", RUN_COLUMNS, run_rows)
     # Each row is (its run's started_at, *RESULT_COLUMNS): PostgreSQL COPYs them into the partition
     # of that start, SQLite inserts them with one executemany.
     by_run: dict[int, tuple[str, list]] = {}
     for started_at, *row in result_rows:
         by_run.setdefault(row[0], (started_at, []))[1].append(row)
     insert_results(conn, list(by_run.values()))
-    conn.executemany(INSERT_STATUS, status_rows)
+    insert_rows(conn, "test_status", STATUS_COLUMNS, status_rows)
     run_rows.clear()
     result_rows.clear()
     status_rows.clear()
