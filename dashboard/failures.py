@@ -56,6 +56,7 @@ SQL_CHUNK = 500
 SICK_HOST_MIN_SIGNATURES = 3
 SICK_HOST_CANDIDATES = 50  # minions examined for it, those failing the most tests first
 SEPARATING_GRAINS_SHOWN = 5
+GRAIN_SAMPLE = 1000  # minions per side used to rank grain values on a large fleet
 HISTORY_LIMIT = 100
 FTS_MATCH_LIMIT = 1000  # newest matching failures a text search looks at
 BACKFILL_CHUNK_IDS = 20_000
@@ -387,21 +388,30 @@ def separating_grains(failing: list[dict], passing: list[dict], shown: int = SEP
     minion (an id, an address, mem_total on a varied fleet) names machines, it explains nothing:
     it is left out once there are three minions or more to compare.
     """
+    return _separating([_grain_features(g) for g in failing], [_grain_features(g) for g in passing], shown)
+
+
+def _separating(failing: list[set], passing: list[set], shown: int = SEPARATING_GRAINS_SHOWN) -> list[dict]:
+    """:func:`separating_grains` over grain features already extracted (one set per minion).
+
+    Beyond :data:`GRAIN_SAMPLE` minions on a side, candidates are ranked on an evenly spread
+    sample of that side; the values shown are then counted exactly over all of it.
+    """
     if not failing:
         return []
+    sample_fail = failing[:: max(1, len(failing) // GRAIN_SAMPLE)]
+    sample_pass = passing[:: max(1, len(passing) // GRAIN_SAMPLE)]
     on_failing, on_passing = Counter(), Counter()
     values_of: dict[str, Counter] = defaultdict(Counter)
-    for grains in failing:
-        features = _grain_features(grains)
+    for features in sample_fail:
         on_failing.update(features)
         for name, value in features:
             values_of[name][value] += 1
-    for grains in passing:
-        features = _grain_features(grains)
+    for features in sample_pass:
         on_passing.update(features)
         for name, value in features:
             values_of[name][value] += 1
-    n_fail, n_pass = len(failing), len(passing)
+    n_fail, n_pass = len(sample_fail), len(sample_pass)
     identifying = {name for name, values in values_of.items()
                    if sum(values.values()) >= 3 and all(count == 1 for count in values.values())}
     ranked = []
@@ -413,11 +423,21 @@ def separating_grains(failing: list[dict], passing: list[dict], shown: int = SEP
         if score > 0 and (n_pass or count == n_fail):
             ranked.append((score, count, name, value, passing_count))
     ranked.sort(key=lambda item: (-item[0], -item[1], item[2], item[3]))
+    ranked = ranked[:shown]
+    if len(sample_fail) < len(failing) or len(sample_pass) < len(passing):
+        n_fail, n_pass = len(failing), len(passing)
+        exact = []
+        for _, _, name, value, _ in ranked:
+            count = sum(1 for features in failing if (name, value) in features)
+            passing_count = sum(1 for features in passing if (name, value) in features)
+            exact.append((count / n_fail - (passing_count / n_pass if n_pass else 0.0), count, name, value,
+                          passing_count))
+        ranked = sorted(exact, key=lambda item: (-item[0], -item[1], item[2], item[3]))
     return [
         {"grain": name, "value": value, "failing": count, "passing": passing_count, "failing_of": n_fail,
          "passing_of": n_pass, "score": round(score, 3),
          "label": f"{name}={value}: {count} of {n_fail} failing, {passing_count} of {n_pass} passing"}
-        for score, count, name, value, passing_count in ranked[:shown]
+        for score, count, name, value, passing_count in ranked
     ]
 
 
@@ -484,6 +504,15 @@ def _build_rows(fleet: _Fleet, info: dict[str, dict]) -> list[dict]:
     failing_by_test: dict[int, set[int]] = defaultdict(set)
     for row in fleet.open_rows:
         failing_by_test[row["test_id"]].add(row["minion_id"])
+    features: dict[int, set] = {}
+
+    def features_of(minion_id: int) -> set:
+        # Once per minion, not once per minion and signature (10,000 minions x 70 signatures).
+        found = features.get(minion_id)
+        if found is None:
+            found = features[minion_id] = _grain_features(fleet.grains.get(minion_id, {}))
+        return found
+
     results = []
     for signature, rows in by_sig.items():
         tests = sorted({row["test_id"] for row in rows})
@@ -525,8 +554,8 @@ def _build_rows(fleet: _Fleet, info: dict[str, dict]) -> list[dict]:
             "last_run": meta.get("last_run_id"),
             "failing_since": min(fail_starts) if fail_starts else None,
             "occurrences": meta.get("occurrences"),
-            "grains": separating_grains(
-                [fleet.grains.get(m, {}) for m in sorted(failing)], [fleet.grains.get(m, {}) for m in sorted(passing)]
+            "grains": _separating(
+                [features_of(m) for m in sorted(failing)], [features_of(m) for m in sorted(passing)]
             ) if verdict != "everywhere" else [],
             "known_issue": None,
             "muted": not active_minions,

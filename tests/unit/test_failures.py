@@ -17,3 +17,10 @@ def test_separating_grains_rank_by_share_and_skip_identifying_grains():
     assert "pythonversion=3.9.2: 1 of 2 failing, 0 of 2 passing" in labels  # a version list is one value
     assert not [g for g in ranked if g["grain"] == "host"]  # differs on every minion: names, explains nothing
     assert separating_grains([], passing) == []
+
+
+def test_on_a_large_fleet_ranking_uses_a_sample_but_the_counts_shown_are_exact():
+    failing = [{"osrelease": "11", "rack": f"r{n % 40}"} for n in range(1500)]
+    passing = [{"osrelease": "11" if n < 7 else "12", "rack": f"r{n % 40}"} for n in range(4000)]
+    [top, *_] = separating_grains(failing, passing)
+    assert top["label"] == "osrelease=11: 1500 of 1500 failing, 7 of 4000 passing"
