@@ -110,7 +110,7 @@ def test_master_restarted_during_a_run_with_a_targeted_minion_down(own_master_st
             driver.kill()
         driver.communicate(timeout=30)
     job = api.json() if api.status_code == 200 else {}
-    named = re.search(r"Targeted but never returned:(.*?)</p>", page.text, re.S)
+    named = re.search(r"Targeted but never returned[^:]*:(.*?)</p>", page.text, re.S)
     fault_table.record("targeted minion down + master restarted mid-run", "1 run, 1 missing",
                        f"{ledger.seen} run, missing {job.get('missing')}", ledger.duplicates(),
                        f"restart while the tests ran: {restarted_while_running}; salt-run exit {driver.returncode}")
