@@ -295,7 +295,7 @@ class _Batch:
     # tests --------------------------------------------------------------------------------
     def test_ids(self, record: RunRecord) -> dict[str, int]:
         known = self.ids.tests
-        if any(nodeid not in known for nodeid in record.per_test):
+        if not known.keys() >= record.per_test.keys():
             missing = [nodeid for nodeid in record.per_test if nodeid not in known]
             before = self.conn.total_changes
             self.conn.executemany(
@@ -399,9 +399,11 @@ class _Batch:
     def _update_status(self, minion_id: int, run_id: int, record: RunRecord, ids: dict[str, int]) -> None:
         per_test = record.per_test
         self.load_status(minion_id, [ids[nodeid] for nodeid in per_test])
-        status, dirty = self.status, self.dirty
-        started_at = record.started_at
+        status, mark_dirty = self.status, self.dirty.add
+        started_at, code_hash = record.started_at, record.code_hash
+        signature_of = record.test_signatures.get
         messages: dict[str, str] | None = None
+        # Per result, on the hot path: locals only, and the outbox is asked only when the streak changed.
         for nodeid, (outcome, duration, _file, _line) in per_test.items():
             tid = ids[nodeid]
             key = (minion_id, tid)
@@ -409,21 +411,22 @@ class _Batch:
             was_failing = bool(row and row["first_fail_at"])
             if row is not None and (started_at, run_id) < (row["last_started_at"], row["last_run_id"]):
                 # An older run arrived after a newer one: rebuild from history (its results are in).
-                status[key] = self.recompute_status(minion_id, tid)
+                row = status[key] = self.recompute_status(minion_id, tid)
             else:
-                status[key] = fold_status(
-                    row, minion_id, tid, run_id, started_at, outcome, duration, record.code_hash,
-                    record.test_signatures.get(nodeid),
-                )  # fmt: skip
-            dirty.add(key)
-            kind = outbox.change_kind(was_failing, bool(status[key] and status[key]["first_fail_at"]))
-            if kind:
-                if messages is None:
-                    messages = _failure_messages(record)
-                failing = kind == "new_failure"
-                self.changes.append(outbox.TestChange(kind, record.jid, record.minion, nodeid, run_id,
-                                                      messages.get(nodeid) if failing else None,
-                                                      record.test_signatures.get(nodeid) if failing else None))
+                row = status[key] = fold_status(
+                    row, minion_id, tid, run_id, started_at, outcome, duration, code_hash, signature_of(nodeid)
+                )
+            mark_dirty(key)
+            is_failing = bool(row and row["first_fail_at"])
+            if is_failing == was_failing:
+                continue
+            kind = outbox.change_kind(was_failing, is_failing)
+            if messages is None:
+                messages = _failure_messages(record)
+            failing = kind == "new_failure"
+            self.changes.append(outbox.TestChange(kind, record.jid, record.minion, nodeid, run_id,
+                                                  messages.get(nodeid) if failing else None,
+                                                  signature_of(nodeid) if failing else None))
 
     def _update_minion(self, minion_id: int, run_id: int, record: RunRecord) -> None:
         state = self.minion_state(minion_id)
