@@ -31,7 +31,7 @@ import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dashboard.db import run_transaction
@@ -62,6 +62,7 @@ FTS_MATCH_LIMIT = 1000  # newest matching failures a text search looks at
 BACKFILL_CHUNK_IDS = 20_000
 PREVIOUS_RUN_LOOKBACK = 500  # runs of one minion searched for the previous run of the same paths
 STREAK_LOOKBACK = 100  # runs of one minion searched back for the start of a failing streak
+RERUN_WINDOW_DAYS = 14  # a pass on a re-run (runs.rerun_of) this recent marks the test flaky
 
 _UPSERT_SIGNATURE = """
     INSERT INTO signatures (signature, exception, message, location, first_seen, first_run_id, last_seen,
@@ -451,6 +452,31 @@ class _Fleet:
     grains: dict[int, dict]
     nodeids: dict[int, str]
     mutes: MuteSet
+    # test id -> minion ids where the test failed in a run and passed when that run was re-run.
+    rerun_passes: dict[int, set[int]] = field(default_factory=dict)
+
+
+async def passed_on_rerun(db, now: datetime | None = None) -> dict[int, set[int]]:
+    """Tests that failed in a run and passed on its re-run on the same minion (test id -> minion ids).
+
+    A re-run (``pytestrun.run rerun_of=<jid>``, the shipped reactor or ``salt-run distmon.rerun``)
+    runs the same code again on the same machine: a failure that passes there is flaky, not broken.
+    Only re-runs of the last ``RERUN_WINDOW_DAYS`` count (index ``runs_rerun_of``; re-runs are few).
+    """
+    since = format_timestamp((now or datetime.now(UTC)) - timedelta(days=RERUN_WINDOW_DAYS))
+    rows = await db.fetchall(
+        "SELECT DISTINCT ok.test_id, rr.minion_id FROM runs rr "
+        "JOIN runs orig ON orig.minion_id = rr.minion_id AND orig.jid = rr.rerun_of "
+        "JOIN results ok ON ok.run_id = rr.id AND ok.outcome IN ('passed', 'xpassed', 'xfailed') "
+        "JOIN results bad ON bad.run_id = orig.id AND bad.test_id = ok.test_id "
+        "AND bad.outcome IN ('failed', 'error') "
+        "WHERE rr.rerun_of IS NOT NULL AND rr.started_at >= ? LIMIT 100000",
+        (since,),
+    )
+    found: dict[int, set[int]] = defaultdict(set)
+    for row in rows:
+        found[row["test_id"]].add(row["minion_id"])
+    return dict(found)
 
 
 async def _load_fleet(db, signatures: set[str] | None = None) -> _Fleet:
@@ -488,7 +514,8 @@ async def _load_fleet(db, signatures: set[str] | None = None) -> _Fleet:
         ):
             grains[row["id"]] = loads(row["grains"], {})
     mutes = await active_mutes(db)
-    return _Fleet(open_rows, other_rows, names, grains, nodeids, mutes)
+    rerun_passes = await passed_on_rerun(db)
+    return _Fleet(open_rows, other_rows, names, grains, nodeids, mutes, rerun_passes)
 
 
 def _build_rows(fleet: _Fleet, info: dict[str, dict]) -> list[dict]:
@@ -527,7 +554,8 @@ def _build_rows(fleet: _Fleet, info: dict[str, dict]) -> list[dict]:
         ]
         muted_keys = {(row["minion_id"], row["test_id"]) for row in muted_pairs}
         active_minions = {row["minion_id"] for row in rows if (row["minion_id"], row["test_id"]) not in muted_keys}
-        if any(row["code_flips"] for row in rows):
+        passed_on_rerun_at = set().union(*(fleet.rerun_passes.get(t, set()) for t in tests))
+        if passed_on_rerun_at or any(row["code_flips"] for row in rows):
             verdict = "flaky"
         elif not passing:
             verdict = "everywhere"
@@ -548,6 +576,7 @@ def _build_rows(fleet: _Fleet, info: dict[str, dict]) -> list[dict]:
             "minions_muted": sorted(names.get(m, f"#{m}") for m in failing - active_minions),
             "failing_now": len(active_minions),
             "verdict": verdict,
+            "minions_passed_on_rerun": sorted(names.get(m, f"#{m}") for m in passed_on_rerun_at),
             "first_seen": meta.get("first_seen"),
             "first_run": meta.get("first_run_id"),
             "last_seen": meta.get("last_seen"),
@@ -655,6 +684,8 @@ async def open_failures(
         "muted": sum(1 for row in rows if row["muted"]),
         "failing_pairs_now": sum(row["failing_now"] for row in rows),
         "by_verdict": dict(Counter(row["verdict"] for row in rows if not row["muted"])),
+        # Tests that failed and then passed on a re-run lately, open or not (flaky by re-run).
+        "passed_on_rerun": len(fleet.rerun_passes),
     }
     if wanted is not None:
         rows = [row for row in rows if row["signature"] in wanted]

@@ -158,6 +158,8 @@ class Failure(BaseModel):
     minions_passing: list[str]
     minions_failing_otherwise: list[str]
     minions_muted: list[str]
+    # Minions where one of these tests failed and then passed when re-run (flaky by re-run).
+    minions_passed_on_rerun: list[str] = []
     failing_now: int
     verdict: str
     first_seen: str | None
