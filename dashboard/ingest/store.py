@@ -143,7 +143,8 @@ def grain_values(grains: str | None) -> set[tuple[str, str]]:
                 text = json.dumps(item)
             else:
                 continue
-            pairs.add((name, text[:GRAIN_VALUE_CHARS]))
+            # NUL as U+FFFD, the rule every stored text field follows (PostgreSQL text cannot hold NUL).
+            pairs.add((name.replace("\x00", "\ufffd"), text[:GRAIN_VALUE_CHARS].replace("\x00", "\ufffd")))
     return pairs
 
 
