@@ -24,6 +24,9 @@ setup: $(STAMP)
 $(STAMP): $(REQS)
 	@test -x $(PY) || { $(PYTHON) tools/system_deps.py --check-or-install --for setup && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements_dev.txt -c constraints.txt
+	@# The checkout on the venv's path: `.venv/bin/python -m dashboard ...` works from any directory
+	@# (not for a .venv linked from another checkout: that venv's path stays its own checkout's).
+	@test -L $(VENV) || $(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "distmon-checkout.pth").write_text(str(pathlib.Path.cwd()) + "\n")'
 	@touch $(STAMP)
 
 up: setup

@@ -1,8 +1,12 @@
 """The admin CLI of the storage host: users, tokens, pruning, ingesting, seeding, triage.
 
-It acts on the database of the environment's ``DISTMON_DB`` (dashboard/config.py), or of
-``--db``; ``--env-file FILE`` reads settings from a file of ``KEY=value`` lines first (variables
-set in the environment still win). Next to the local stack: ``--env-file .run/stack.env``.
+It acts on the database of ``--db``, else of the environment's ``DISTMON_DB`` (dashboard/config.py);
+``--env-file FILE`` reads settings from a file of ``KEY=value`` lines (variables set in the
+environment still win). Next to the local stack: ``--env-file .run/stack.env``. When none of these
+names a store, it reads ``/etc/distmon/dashboard.env`` (what the distmon.host formula installs) if
+that exists, else uses ``.run/host/distmon.sqlite`` below the current directory, and says on stderr
+which; a default store that does not exist is refused (``serve``, ``ingest`` and ``seed`` create it).
+It runs from any directory: ``make setup`` makes the checkout importable from its ``.venv``.
 Writes use their own ``BEGIN IMMEDIATE`` transactions, so running it next to the app is safe.
 
 CLI Example:
@@ -38,10 +42,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import Sequence
+from contextlib import closing
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -64,19 +69,17 @@ def _read_password(args) -> str:
     return password
 
 
-def _connect(settings: Settings):
-    return connect_sync(settings.db_path)
+def _store(settings: Settings) -> closing:
+    """The store's connection, closed when the ``with`` block ends."""
+    return closing(connect_sync(settings.db_path))
 
 
 def cmd_user_create(args, settings: Settings) -> int:
     """Create an active user (an admin with --admin)."""
     username = users.check_username(args.name)
     password_hash = security.hash_password_sync(_read_password(args), settings.bcrypt_rounds)
-    conn = _connect(settings)
-    try:
+    with _store(settings) as conn:
         outcome = run_transaction(conn, users.create_user_tx, username, password_hash, admin=args.admin, status="active")
-    finally:
-        conn.close()
     if not outcome["created"]:
         raise CliError(f"User {username!r} already exists, or one whose name looks like it (use reset-password).")
     role = "admin" if outcome["is_admin"] else "user"
@@ -87,25 +90,19 @@ def cmd_user_create(args, settings: Settings) -> int:
 def cmd_user_reset_password(args, settings: Settings) -> int:
     """Set a new password; every session of the user ends."""
     password_hash = security.hash_password_sync(_read_password(args), settings.bcrypt_rounds)
-    conn = _connect(settings)
-    try:
+    with _store(settings) as conn:
         user = users.find_user_sync(conn, args.name)
         if user is None:
             raise CliError(f"No user {args.name!r}.")
         run_transaction(conn, users.set_password_tx, user["id"], password_hash, None)
-    finally:
-        conn.close()
     print(f"password reset for {user['username']}; their sessions ended")
     return 0
 
 
 def cmd_user_list(args, settings: Settings) -> int:
     """Print every user: name, status, admin flag, creation time."""
-    conn = _connect(settings)
-    try:
+    with _store(settings) as conn:
         rows = conn.execute("SELECT username, status, is_admin, created_at FROM users ORDER BY id").fetchall()
-    finally:
-        conn.close()
     print(f"{'USERNAME':<32} {'STATUS':<9} {'ADMIN':<5} CREATED")
     for row in rows:
         print(f"{row[0]:<32} {row[1]:<9} {'yes' if row[2] else 'no':<5} {row[3]}")
@@ -114,14 +111,11 @@ def cmd_user_list(args, settings: Settings) -> int:
 
 def _set_status(status: str):
     def command(args, settings: Settings) -> int:
-        conn = _connect(settings)
-        try:
+        with _store(settings) as conn:
             user = users.find_user_sync(conn, args.name)
             if user is None:
                 raise CliError(f"No user {args.name!r}.")
             run_transaction(conn, users.set_status_tx, user["id"], status)
-        finally:
-            conn.close()
         print(f"{user['username']}: {status}")
         return 0
 
@@ -131,14 +125,11 @@ def _set_status(status: str):
 def cmd_token_create(args, settings: Settings) -> int:
     """Create an API token for a user; the token itself is the last line printed."""
     token = security.new_api_token()
-    conn = _connect(settings)
-    try:
+    with _store(settings) as conn:
         user = users.find_user_sync(conn, args.name)
         if user is None:
             raise CliError(f"No user {args.name!r}.")
         run_transaction(conn, users.create_token_tx, user["id"], security.sha256_hex(token), args.label)
-    finally:
-        conn.close()
     print(f"token {args.label!r} for {user['username']} (shown once; send it as 'Authorization: Bearer <token>'):")
     print(token)
     return 0
@@ -213,11 +204,8 @@ def cmd_seed(args, settings: Settings) -> int:
     """Fill the database with deterministic synthetic runs (benchmarks, demos)."""
     from dashboard.seed import seed
 
-    conn = _connect(settings)
-    try:
+    with _store(settings) as conn:
         summary = seed(conn, runs=args.runs, tests=args.tests, minions=args.minions, prefix=args.prefix)
-    finally:
-        conn.close()
     print(f"seeded {summary['runs']} runs, {summary['results']} results over {summary['minions']} minions")
     return 0
 
@@ -226,12 +214,9 @@ def cmd_backfill_signatures(args, settings: Settings) -> int:
     """Give failure signatures to results stored before they existed (the app also does it at start-up)."""
     from dashboard.failures import backfill_all, backfill_pending
 
-    conn = _connect(settings)
-    try:
+    with _store(settings) as conn:
         pending = backfill_pending(conn)
         chunks = backfill_all(conn, args.chunk)
-    finally:
-        conn.close()
     print(f"signature backfill: {chunks} chunks over result ids up to {pending}" if chunks else
           "signature backfill: nothing to do")
     return 0
@@ -247,11 +232,8 @@ def _who(args) -> str:
 
 
 def _triage_write(settings: Settings, fn, *args, **kwargs):
-    conn = _connect(settings)
-    try:
+    with _store(settings) as conn:
         return run_transaction(conn, lambda c: fn(c, *args, **kwargs))
-    finally:
-        conn.close()
 
 
 def cmd_triage(args, settings: Settings) -> int:
@@ -290,8 +272,7 @@ def cmd_triage(args, settings: Settings) -> int:
         done = _triage_write(settings, triage.remove_mute, _who(args), args.id)
         print(f"mute {done['id']} removed")
         return 0
-    conn = _connect(settings)
-    try:
+    with _store(settings) as conn:
         if action == "mutes":
             sql = ("SELECT id, kind, target, grain, grain_value, reason, created_by, created_at, expires_at, "
                    "removed_by, removed_at FROM mutes")
@@ -303,20 +284,19 @@ def cmd_triage(args, settings: Settings) -> int:
                                 "ORDER BY id DESC LIMIT ?", (args.limit,))
         for row in rows:
             print(json.dumps(dict(row), sort_keys=True))
-    finally:
-        conn.close()
+    return 0
+
+
 def cmd_webhook_add(args, settings: Settings) -> int:
     """Add a webhook; its signing secret is printed once, on the last line."""
     from dashboard.webhooks import registry
 
-    conn = _connect(settings)
     try:
-        created = run_transaction(conn, lambda c: registry.create_webhook_tx(
-            c, url=args.url, fmt=args.format, events=args.events, name=args.name, digest_hour=args.digest_hour))
+        with _store(settings) as conn:
+            created = run_transaction(conn, lambda c: registry.create_webhook_tx(
+                c, url=args.url, fmt=args.format, events=args.events, name=args.name, digest_hour=args.digest_hour))
     except registry.WebhookError as err:
         raise CliError(str(err)) from err
-    finally:
-        conn.close()
     digest = f", digest {created['digest_hour']:02d}:00 UTC" if created["digest_hour"] is not None else ""
     print(f"webhook {created['id']} {created['name']!r}: {created['format']} to {created['url']}, "
           f"events {','.join(created['events'])}{digest}")
@@ -329,11 +309,8 @@ def cmd_webhook_list(args, settings: Settings) -> int:
     """Print every webhook (never its secret)."""
     from dashboard.webhooks import registry
 
-    conn = _connect(settings)
-    try:
+    with _store(settings) as conn:
         hooks = registry.list_webhooks_sync(conn)
-    finally:
-        conn.close()
     print(f"{'ID':<4} {'NAME':<20} {'FORMAT':<6} {'STATE':<8} {'DIGEST':<6} {'EVENTS':<55} URL")
     for hook in hooks:
         digest = f"{hook['digest_hour']:02d}:00" if hook["digest_hour"] is not None else "off"
@@ -347,12 +324,9 @@ def cmd_webhook_remove(args, settings: Settings) -> int:
     """Remove a webhook and its delivery log."""
     from dashboard.webhooks import registry
 
-    conn = _connect(settings)
-    try:
+    with _store(settings) as conn:
         if not run_transaction(conn, registry.delete_webhook_tx, args.id):
             raise CliError(f"No webhook {args.id}.")
-    finally:
-        conn.close()
     print(f"webhook {args.id} removed")
     return 0
 
@@ -361,12 +335,9 @@ def cmd_webhook_test(args, settings: Settings) -> int:
     """Queue a test message (the running app's sender delivers it)."""
     from dashboard.webhooks import outbox
 
-    conn = _connect(settings)
-    try:
+    with _store(settings) as conn:
         if not run_transaction(conn, outbox.queue_ping_tx, args.id, settings.public_url):
             raise CliError(f"No webhook {args.id}.")
-    finally:
-        conn.close()
     print(f"test message queued for webhook {args.id}; see `python -m dashboard webhook deliveries {args.id}`")
     return 0
 
@@ -375,11 +346,8 @@ def cmd_webhook_deliveries(args, settings: Settings) -> int:
     """Print the delivery log (newest first): status, attempts, last error."""
     from dashboard.webhooks import registry
 
-    conn = _connect(settings)
-    try:
+    with _store(settings) as conn:
         rows = registry.list_deliveries_sync(conn, args.id, limit=args.limit)
-    finally:
-        conn.close()
     print(f"{'CREATED':<28} {'HOOK':<5} {'EVENT':<12} {'STATUS':<10} {'TRIES':<5} {'DELIVERY ID':<37} SUMMARY / LAST ERROR")
     for row in rows:
         detail = row["summary"] or ""
@@ -392,7 +360,8 @@ def cmd_webhook_deliveries(args, settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__.split("\n")[0])
-    parser.add_argument("--db", help="the database (default: DISTMON_DB, else .run/host/distmon.sqlite)")
+    parser.add_argument("--db", help="the database (default: DISTMON_DB, else the store of --env-file, else that of "
+                        f"{FORMULA_ENV_FILE} if it exists, else .run/host/distmon.sqlite if it exists)")
     parser.add_argument("--env-file", help="read DISTMON_* settings from this file (e.g. .run/stack.env)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -494,18 +463,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args) -> Settings:
-    if args.env_file and not os.path.isfile(args.env_file):
-        raise CliError(f"--env-file {args.env_file}: no such file")
-    overrides = {"db_path": args.db} if args.db else {}
+# The settings file the distmon.host formula installs (and its systemd unit reads): found by
+# itself when nothing names a store, so an admin on the storage host acts on the service's store.
+FORMULA_ENV_FILE = Path("/etc/distmon/dashboard.env")
+# Commands that may start a store where none is yet; the others refuse a default that does not exist.
+STORE_CREATING_COMMANDS = frozenset({"serve", "ingest", "seed"})
+
+
+def _load_settings(env_file: str | Path | None, overrides: dict) -> Settings:
     try:
-        return Settings(_env_file=args.env_file, **overrides)
+        return Settings(_env_file=env_file, **overrides)
     except ValidationError as err:
         problems = "; ".join(
             f"DISTMON_{str(e['loc'][0]).upper()}: {e['msg']}" if e["loc"] else e["msg"]
             for e in err.errors(include_url=False)
         )
         raise CliError(f"invalid settings: {problems}") from None
+
+
+def _store_name(settings: Settings) -> str:
+    from dashboard.dialect import is_postgres, redact
+
+    return redact(str(settings.db_path)) if is_postgres(settings.db_path) else f"sqlite:///{settings.db_path}"
+
+
+def _settings(args, formula_env_file: Path = FORMULA_ENV_FILE) -> Settings:
+    """Settings from --db, the environment and --env-file; else the formula's file; else the default.
+
+    Whenever the store was not named (--db, DISTMON_DB, --env-file), one line on stderr says which
+    store is used and why, and a default store that does not exist is refused, not created.
+    """
+    if args.env_file and not Path(args.env_file).is_file():
+        raise CliError(f"--env-file {args.env_file}: no such file")
+    overrides = {"db_path": args.db} if args.db else {}
+    settings = _load_settings(args.env_file, overrides)
+    if args.env_file or "db_path" in settings.model_fields_set:
+        return settings
+    if formula_env_file.is_file():
+        try:
+            formula_env_file.read_bytes()
+        except OSError as err:
+            raise CliError(f"{formula_env_file} (the distmon formula's settings) is not readable: {err.strerror}; "
+                           "run as root or its group, or name the store: --env-file FILE, DISTMON_DB or --db") from None
+        settings = _load_settings(formula_env_file, overrides)
+        print(f"distmon: store {_store_name(settings)} (from {formula_env_file})", file=sys.stderr)
+        return settings
+    if args.command not in STORE_CREATING_COMMANDS and not Path(settings.db_path).exists():
+        raise CliError(
+            f"no store named and none at the default {settings.db_path}: name one with --env-file FILE "
+            f"(the local stack's: --env-file <checkout>/.run/stack.env; a storage host installed by the distmon "
+            f"formula: {formula_env_file}), DISTMON_DB=... or --db ..."
+        )
+    print(f"distmon: store {_store_name(settings)} (default; set DISTMON_DB or --env-file)", file=sys.stderr)
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:

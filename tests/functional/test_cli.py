@@ -4,6 +4,7 @@ checked against a running app over the same file."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -147,9 +148,19 @@ def test_settings_come_from_an_env_file_only_when_asked_and_bad_ones_are_named(t
     assert not (tmp_path / ".run" / "host").exists()  # the default database was never created
     listed = run("--env-file", str(env_file), "user", "list")
     assert "alice" in listed.stdout
-    # Without --env-file: the documented default, an empty database of its own.
-    assert "alice" not in run("user", "list").stdout
-    assert (tmp_path / ".run" / "host" / "distmon.sqlite").exists()
+    # Without --env-file or DISTMON_DB: the default store below the working directory, refused while it does not
+    # exist (a new empty store would hide that the wrong one is asked), used and named on stderr once it does.
+    refused = run("user", "list")
+    assert refused.returncode == 2 and "no store named" in refused.stderr and "--env-file" in refused.stderr
+    assert not (tmp_path / ".run" / "host").exists()
+    started = run("seed", "--runs", "1", "--tests", "1", "--minions", "1")
+    default_store = tmp_path / ".run" / "host" / "distmon.sqlite"
+    assert started.returncode == 0 and default_store.exists()
+    assert started.stderr.strip() == f"distmon: store sqlite:///{default_store} (default; set DISTMON_DB or --env-file)"
+    listed_default = run("user", "list")
+    assert "alice" not in listed_default.stdout and "(default; set DISTMON_DB or --env-file)" in listed_default.stderr
+    # A named store is used quietly.
+    assert run("--env-file", str(env_file), "user", "list").stderr == ""
     # The environment wins over the file.
     other = tmp_path / "other.sqlite"
     assert "alice" not in run("--env-file", str(env_file), "user", "list", DISTMON_DB=str(other)).stdout
@@ -158,3 +169,66 @@ def test_settings_come_from_an_env_file_only_when_asked_and_bad_ones_are_named(t
     assert missing.returncode == 2 and "no-such.env" in missing.stderr
     bad = run("user", "list", DISTMON_REGISTRATION="maybe")
     assert bad.returncode == 2 and "DISTMON_REGISTRATION" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_it_runs_from_any_directory_with_the_paths_it_is_given(tmp_path):
+    # The checkout is found through the venv (make setup) or PYTHONPATH, never through the working directory;
+    # the store is the env file's, whatever the working directory.
+    store = tmp_path / "host" / "distmon.sqlite"
+    env_file = tmp_path / "host" / "stack.env"
+    env_file.parent.mkdir()
+    env_file.write_text(f"DISTMON_DB={store}\nDISTMON_BCRYPT_ROUNDS=4\n")
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DISTMON_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dashboard", *args], input="alice-password\n",
+                              capture_output=True, text=True, env=env, cwd=elsewhere, timeout=120)
+
+    created = run("--env-file", str(env_file), "user", "create", "alice", "--password-stdin")
+    assert created.returncode == 0, created.stderr
+    assert "alice" in run("--env-file", str(env_file), "user", "list").stdout
+    assert store.exists() and list(elsewhere.iterdir()) == []
+    # Nothing named from here: a clear refusal that says how to name the store, and nothing created.
+    refused = run("user", "list")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"the default {elsewhere}/.run/host/distmon.sqlite" in refused.stderr and "--env-file" in refused.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_the_formulas_env_file_is_read_when_nothing_names_a_store(tmp_path, monkeypatch, capsys):
+    from dashboard.__main__ import CliError, _settings, build_parser
+
+    monkeypatch.delenv("DISTMON_DB", raising=False)
+    monkeypatch.chdir(tmp_path)
+    formula_env = tmp_path / "etc" / "dashboard.env"
+    formula_env.parent.mkdir()
+    formula_env.write_text(f"DISTMON_DB={tmp_path}/var/distmon.sqlite\nDISTMON_INBOX={tmp_path}/inbox\n")
+    args = build_parser().parse_args(["user", "list"])
+    settings = _settings(args, formula_env_file=formula_env)
+    assert settings.db_path == tmp_path / "var" / "distmon.sqlite" and settings.inbox == tmp_path / "inbox"
+    assert capsys.readouterr().err == f"distmon: store sqlite:///{tmp_path}/var/distmon.sqlite (from {formula_env})\n"
+    # --db (or DISTMON_DB, or --env-file) wins and is used quietly.
+    named = _settings(build_parser().parse_args(["--db", str(tmp_path / "mine.sqlite"), "user", "list"]),
+                      formula_env_file=formula_env)
+    assert named.db_path == tmp_path / "mine.sqlite" and capsys.readouterr().err == ""
+    # No formula file and no default store: refused, with the way out.
+    with pytest.raises(CliError, match="no store named"):
+        _settings(args, formula_env_file=tmp_path / "absent.env")
+
+
+def test_make_setup_puts_the_checkout_on_the_venvs_path(tmp_path):
+    # `.venv/bin/python -m dashboard` from any directory needs the checkout importable without a PYTHONPATH:
+    # make setup's own line, run by a new bare venv's python, must make `dashboard` importable from elsewhere.
+    recipe = re.search(r"^\t@test -L \$\(VENV\) \|\| \$\(PY\) -c '(.+)'$", (REPO_ROOT / "Makefile").read_text(), re.M)
+    assert recipe, "make setup no longer writes distmon-checkout.pth"
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    subprocess.run([python, "-c", recipe.group(1)], cwd=REPO_ROOT, env=env, check=True, timeout=60)
+    found = subprocess.run([python, "-c", "import dashboard; print(dashboard.__file__)"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert found.stdout.strip() == str(REPO_ROOT / "dashboard" / "__init__.py"), found.stderr
