@@ -14,6 +14,7 @@ import httpx
 import jinja2
 import pytest
 
+from dashboard.config import Settings
 from tests.conftest import REPO_ROOT
 from tests.faults.helpers import DashboardProcess
 
@@ -102,14 +103,22 @@ def test_connections_beyond_the_limit_get_a_503_and_are_closed(serve):
     assert httpx.get(f"{dashboard.url}/login").status_code == 200
 
 
-def test_the_service_unit_starts_serve_with_descriptor_room():
-    template = Path(REPO_ROOT, "states", "distmon", "files", "distmon-dashboard.service.jinja").read_text()
-    unit = jinja2.Template(template).render(
+def test_the_service_unit_starts_serve_with_descriptor_room(tmp_path):
+    files = Path(REPO_ROOT, "states", "distmon", "files")
+    unit = jinja2.Template((files / "distmon-dashboard.service.jinja").read_text()).render(
         user="distmon", app_dir="/opt/distmon", venv="/opt/distmon/venv", bind="127.0.0.1", port=8000,
-        db_path="/var/lib/distmon/distmon.sqlite", inbox="/srv/inbox", archive_dir="/a", quarantine_dir="/q",
-        pubkeys_dir="", allowed_hosts="dash.example", trusted_proxies="", limit_concurrency=2048, limit_nofile=8192,
+        env_file="/etc/distmon/dashboard.env", limit_nofile=8192,
     )
     assert "ExecStart=/opt/distmon/venv/bin/python -m dashboard serve --host 127.0.0.1 --port 8000" in unit
-    assert "LimitNOFILE=8192" in unit and "DISTMON_LIMIT_CONCURRENCY=2048" in unit
-    assert 'Environment="DISTMON_ALLOWED_HOSTS=dash.example"' in unit
-    assert "TRUSTED_PROXIES" not in unit and not re.search(r"^ExecStart=.*uvicorn", unit, re.M)
+    assert "LimitNOFILE=8192" in unit and "EnvironmentFile=/etc/distmon/dashboard.env" in unit
+    assert not re.search(r"^ExecStart=.*uvicorn", unit, re.M)
+    # The settings file the unit reads is one Settings reads too (the admin CLI finds it by itself).
+    env_file = tmp_path / "dashboard.env"
+    env_file.write_text(jinja2.Template((files / "dashboard.env.jinja").read_text()).render(
+        db_path="/var/lib/distmon/distmon.sqlite", inbox="/srv/inbox", archive_dir="/a", quarantine_dir="/q",
+        pubkeys_dir="", allowed_hosts="dash.example,[::1]", trusted_proxies="", limit_concurrency=2048,
+    ))
+    assert "TRUSTED_PROXIES" not in env_file.read_text()
+    settings = Settings.from_env({}, env_file=env_file)
+    assert settings.db_path == Path("/var/lib/distmon/distmon.sqlite") and settings.inbox == Path("/srv/inbox")
+    assert settings.allowed_hosts == ("dash.example", "[::1]") and settings.limit_concurrency == 2048

@@ -432,6 +432,12 @@ def test_host_state_renders_into_a_scratch_root_that_sshd_accepts(salt_cli, salt
         assert info.st_uid == 0, path
     keys = (scratch / "etc/ssh/distmon_authorized_keys").read_text()
     assert f"restrict {public_key}" in keys
+    # The settings file names the store for the unit and for `python -m dashboard` run on the host.
+    settings = dict(line.split("=", 1) for line in (scratch / "etc/distmon/dashboard.env").read_text().splitlines()
+                    if line and not line.startswith("#"))
+    assert settings["DISTMON_DB"] == f"{scratch}/var/lib/distmon/distmon.sqlite"
+    assert settings["DISTMON_INBOX"] == f"{chroot}/inbox"
+    assert settings["DISTMON_ALLOWED_HOSTS"] == "localhost,127.0.0.1,[::1]"
     dropin = scratch / "etc/ssh/sshd_config.d/distmon.conf"
     text = dropin.read_text()
     assert "Match User distmon" in text
@@ -469,6 +475,7 @@ def test_host_state_renders_into_a_scratch_root_that_sshd_accepts(salt_cli, salt
     kept = apply(salt_cli, salt_minion, "distmon.host.clean", pillar)
     assert not failed_states(kept), failed_states(kept)
     assert not dropin.exists() and not (scratch / "etc/ssh/distmon_authorized_keys").exists()
+    assert not (scratch / "etc/distmon/dashboard.env").exists()
     assert (scratch / "var/lib/distmon/archive").is_dir() and (chroot / "inbox").is_dir()
     pillar["distmon"]["clean"] = {"data": True}
     gone = apply(salt_cli, salt_minion, "distmon.host.clean", pillar)

@@ -1,6 +1,6 @@
 {#-
 distmon.host.clean: removes what distmon.host installed: the dashboard service and its
-unit (systemd hosts), its code and virtualenv, the sshd drop-in (then `sshd -t` and a
+unit (systemd hosts), its code, virtualenv and settings file, the sshd drop-in (then `sshd -t` and a
 reload), the authorized_keys file and the SFTP account. The packages stay (sshd
 serves more than distmon). The database, archive, quarantine, inbox and chroot hold
 the fleet's results: they go only with `distmon:clean:data: true`.
@@ -9,7 +9,7 @@ Honours `distmon:storage:root` like distmon.host (a scratch root: no account, ss
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import distmon with context %}
 {%- from tplroot ~ "/host/paths.jinja" import storage, dashboard, root, scratch, chroot,
-    authorized_keys_file, sshd_config, db_path, app_dir, venv, systemd with context %}
+    authorized_keys_file, sshd_config, db_path, env_file, app_dir, venv, systemd with context %}
 {%- set unit = '/etc/systemd/system/' ~ dashboard.service ~ '.service' %}
 
 {%- if systemd %}
@@ -32,7 +32,8 @@ distmon-clean-systemd-reload:
       - file: distmon-clean-dashboard-unit
 {%- endif %}
 
-{%- set removed = [('dashboard-venv', venv), ('dashboard-app', app_dir), ('authorized-keys', authorized_keys_file)] %}
+{%- set removed = [('dashboard-venv', venv), ('dashboard-app', app_dir), ('authorized-keys', authorized_keys_file),
+                   ('dashboard-env', env_file)] %}
 {%- if distmon.clean.data %}
 {%-   do removed.extend([('db-dir', db_path.rsplit('/', 1)[0]), ('archive-dir', root ~ storage.archive_dir),
                          ('quarantine-dir', root ~ storage.quarantine_dir), ('chroot', chroot)]) %}

@@ -15,7 +15,9 @@ distmon.host: the storage host the minions upload their results to.
   `sshd -t` checks the result and sshd is reloaded only when that passed
   (systemd hosts; not in a scratch root; the service is `ssh` on Debian, `sshd` on
   RedHat and Suse: osfamilymap.yaml);
-- the database, archive and quarantine directories;
+- the database, archive and quarantine directories, and the settings file that names them
+  (`distmon:storage:env_file`, /etc/distmon/dashboard.env: read by the unit, and found by
+  `python -m dashboard` by itself, so an admin's CLI acts on the service's store);
 - the dashboard (with its ingester) in its own virtualenv, run by a systemd
   unit where systemd runs. It moves ingested files out of the inbox, so it runs
   as the account that owns the inbox.
@@ -27,7 +29,7 @@ distmon.host.clean removes what this installs.
 -#}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/host/paths.jinja" import storage, dashboard, root, scratch, chroot, inbox,
-    authorized_keys_file, sshd_config, db_path, app_dir, venv, owner, systemd with context %}
+    authorized_keys_file, sshd_config, db_path, env_file, app_dir, venv, owner, systemd with context %}
 
 {%- if not scratch %}
 
@@ -129,6 +131,25 @@ distmon-{{ name }}-dir:
     - makedirs: True
 {%- endfor %}
 
+distmon-dashboard-env:
+  file.managed:
+    - name: {{ env_file }}
+    - source: salt://{{ tplroot }}/files/dashboard.env.jinja
+    - template: jinja
+    - context:
+        db_path: {{ db_path | json }}
+        inbox: {{ inbox | json }}
+        archive_dir: {{ (root ~ storage.archive_dir) | json }}
+        quarantine_dir: {{ (root ~ storage.quarantine_dir) | json }}
+        pubkeys_dir: {{ storage.get('pubkeys_dir', '') | json }}
+        allowed_hosts: {{ dashboard.allowed_hosts | json }}
+        trusted_proxies: {{ dashboard.trusted_proxies | json }}
+        limit_concurrency: {{ dashboard.limit_concurrency | int }}
+    - user: root
+    - group: root
+    - mode: '0644'
+    - makedirs: True
+
 {%- if dashboard.enabled %}
 
 distmon-dashboard-code:
@@ -182,14 +203,7 @@ distmon-dashboard-unit:
         venv: {{ venv | json }}
         bind: {{ dashboard.bind | json }}
         port: {{ dashboard.port | int }}
-        db_path: {{ db_path | json }}
-        inbox: {{ inbox | json }}
-        archive_dir: {{ (root ~ storage.archive_dir) | json }}
-        quarantine_dir: {{ (root ~ storage.quarantine_dir) | json }}
-        pubkeys_dir: {{ storage.get('pubkeys_dir', '') | json }}
-        allowed_hosts: {{ dashboard.allowed_hosts | json }}
-        trusted_proxies: {{ dashboard.trusted_proxies | json }}
-        limit_concurrency: {{ dashboard.limit_concurrency | int }}
+        env_file: {{ env_file | json }}
         limit_nofile: {{ dashboard.limit_nofile | int }}
     - mode: '0644'
 
@@ -199,6 +213,7 @@ distmon-dashboard-service:
     - enable: True
     - watch:
       - file: distmon-dashboard-unit
+      - file: distmon-dashboard-env
       - file: distmon-dashboard-code
       - virtualenv: distmon-dashboard-venv
     - require:
