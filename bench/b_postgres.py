@@ -27,7 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.b_ingest import FILES, MINIONS, TESTS, bare_rows, make_documents, write_inbox
+from bench.b_ingest import (
+    FILES,
+    MINIONS,
+    TESTS,
+    bare_rows,
+    make_documents,
+    time_ingest,
+    write_inbox,
+)
 from bench.common import REPO, Figure, median_pair, say
 
 ROUNDS = 5
@@ -41,65 +49,23 @@ def _fresh(server, name: str) -> str:
 
 def time_ingest_pg(server, work: Path, docs: list[dict], name: str) -> float:
     """Seconds for one ingest_pending pass over ``docs`` into a fresh PostgreSQL database."""
-    from dashboard.config import Settings
-    from dashboard.db import Database
-    from dashboard.ingest import ingest_pending
-
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    write_inbox(work / "inbox", docs)
-    url = _fresh(server, name)
-    settings = Settings(db_path=url, inbox=work / "inbox", archive=work / "archive",
-                        quarantine=work / "quarantine", require_signature=False, ingest=False)
-
-    async def once() -> float:
-        db = Database(url)
-        await db.open()
-        try:
-            started = time.perf_counter()
-            report = await ingest_pending(db, settings)
-            elapsed = time.perf_counter() - started
-        finally:
-            await db.close()
-        if report.ingested != len(docs) or report.results != len(docs) * TESTS:
-            raise RuntimeError(f"ingest stored {report.ingested} runs / {report.results} results: {report}")
-        return elapsed
-
-    return asyncio.run(once())
+    return time_ingest(work, docs, _fresh(server, name))
 
 
 def time_bare_copy(server, rows: tuple[list, list, list, list], started_at: dict[int, str], name: str) -> float:
     """Seconds for a bare load of the same rows (results by COPY) into a fresh database, one transaction."""
-    from dashboard.db import run_transaction
     from dashboard.dialect import RESULT_COLUMNS, connect_postgres, ensure_results_partitions
 
-    url = _fresh(server, name)
-    conn = connect_postgres(url)
-    minion_rows, test_rows, run_rows, result_rows = rows
+    conn = connect_postgres(_fresh(server, name))
     columns = ", ".join((*RESULT_COLUMNS[:10], "started_at"))
 
-    def load(conn) -> None:
-        conn.executemany("INSERT INTO minions (id, name, first_seen, last_seen) VALUES (?, ?, ?, ?)", minion_rows)
-        conn.executemany("INSERT INTO tests (id, nodeid, file, line) VALUES (?, ?, ?, ?)", test_rows)
-        conn.executemany(
-            "INSERT INTO runs (id, minion_id, jid, fun, source, status, exitcode, passed, failed, skipped, "
-            "xfailed, xpassed, errors, started_at, finished_at, duration, returned_at, ingested_at, paths, "
-            "args, python_version, pytest_version, grains, message, signed) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            run_rows,
-        )
+    def copy_results(conn, result_rows: list) -> None:
         ensure_results_partitions(conn, started_at.values())
         with conn.raw.cursor().copy(f"COPY results ({columns}) FROM STDIN") as copy:
             for row in result_rows:
                 copy.write_row((*row, started_at[row[0]]))
 
-    try:
-        started = time.perf_counter()
-        run_transaction(conn, load)
-        return time.perf_counter() - started
-    finally:
-        conn.close()
+    return time_bare_load(conn, rows, copy_results)
 
 
 def two_ingesters(server, work: Path, docs: list[dict]) -> tuple[int, int, float, str]:

@@ -17,6 +17,7 @@ import shutil
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from dashboard.config import Settings
@@ -126,32 +127,46 @@ def take_quarantined(settings: Settings) -> list[tuple[str, str]]:
         return _QUARANTINED.pop(str(settings.quarantine), [])
 
 
+def _final_entries(
+    settings: Settings, dir_fd: int, bad: list[tuple[str, str]], symlink: str
+) -> Iterator[tuple[str, os.stat_result]]:
+    """(name, lstat) of a directory's entries in name order, but for uploads in progress and
+    symlinks: those go to ``bad`` (a symlink with the reason ``symlink``; it is never followed)."""
+    with os.scandir(dir_fd) as listing:
+        entries = sorted(listing, key=lambda entry: entry.name)
+    for entry in entries:
+        if _in_progress(settings, entry, bad):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            bad.append((entry.name, symlink))
+            continue
+        yield entry.name, info
+
+
+def _quarantine_all(settings: Settings, dir_fd: int, label: str, bad: list[tuple[str, str]], report: IngestReport) -> None:
+    for name, reason in bad:
+        if quarantine_entry(settings, dir_fd, label, name, reason):
+            report.quarantined += 1
+
+
 def _scan_dir(settings: Settings, inbox_dir: InboxDir, report: IngestReport) -> list[Candidate]:
     jobs = inbox_dir.name == JOBS_DIR
     found: list[Candidate] = []
     bad: list[tuple[str, str]] = []
-    with os.scandir(inbox_dir.fd) as entries:
-        for entry in entries:
-            name = entry.name
-            if _in_progress(settings, entry, bad):
-                continue
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISLNK(info.st_mode):
-                bad.append((name, "a symlink where a file belongs (not followed)"))
-            elif not stat.S_ISREG(info.st_mode):
-                bad.append((name, "not a regular file (directory, fifo, socket or device)"))
-            elif JSON_NAME.match(name):
-                found.append(Candidate(inbox_dir.name, name, "job" if jobs else "result", info.st_size, info.st_mtime, inbox_dir))
-            elif XML_NAME.match(name) and not jobs:
-                found.append(Candidate(inbox_dir.name, name, "junit", info.st_size, info.st_mtime, inbox_dir))
-            else:
-                bad.append((name, "unexpected file name (want <jid>.json or <name>.xml)"))
-    for name, reason in bad:
-        if quarantine_entry(settings, inbox_dir.fd, inbox_dir.name, name, reason):
-            report.quarantined += 1
+    for name, info in _final_entries(settings, inbox_dir.fd, bad, "a symlink where a file belongs (not followed)"):
+        if not stat.S_ISREG(info.st_mode):
+            bad.append((name, "not a regular file (directory, fifo, socket or device)"))
+        elif JSON_NAME.match(name):
+            found.append(Candidate(inbox_dir.name, name, "job" if jobs else "result", info.st_size, info.st_mtime, inbox_dir))
+        elif XML_NAME.match(name) and not jobs:
+            found.append(Candidate(inbox_dir.name, name, "junit", info.st_size, info.st_mtime, inbox_dir))
+        else:
+            bad.append((name, "unexpected file name (want <jid>.json or <name>.xml)"))
+    _quarantine_all(settings, inbox_dir.fd, inbox_dir.name, bad, report)
     return found
 
 
@@ -167,18 +182,7 @@ def scan_inbox(settings: Settings, report: IngestReport, opened: list[InboxDir])
     opened.append(InboxDir("", inbox_fd))
     candidates: list[Candidate] = []
     bad: list[tuple[str, str]] = []
-    with os.scandir(inbox_fd) as entries:
-        names = [(entry.name, entry) for entry in entries]
-    for name, entry in sorted(names, key=lambda item: item[0]):
-        if _in_progress(settings, entry, bad):
-            continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISLNK(info.st_mode):
-            bad.append((name, "a symlink where a minion directory belongs (not followed)"))
-            continue
+    for name, info in _final_entries(settings, inbox_fd, bad, "a symlink where a minion directory belongs (not followed)"):
         if not stat.S_ISDIR(info.st_mode):
             bad.append((name, "not a directory: the inbox holds one directory per minion"))
             continue
@@ -194,11 +198,8 @@ def scan_inbox(settings: Settings, report: IngestReport, opened: list[InboxDir])
             continue
         inbox_dir = InboxDir(name, fd)
         opened.append(inbox_dir)
-        found = _scan_dir(settings, inbox_dir, report)
-        candidates.extend(sorted(found, key=lambda c: c.name))
-    for name, reason in bad:
-        if quarantine_entry(settings, inbox_fd, "_inbox", name, reason):
-            report.quarantined += 1
+        candidates.extend(_scan_dir(settings, inbox_dir, report))
+    _quarantine_all(settings, inbox_fd, "_inbox", bad, report)
     return candidates
 
 

@@ -44,10 +44,23 @@ def _reject_constant(name: str) -> Any:
 
 def _read(candidate: Candidate, cap: int) -> bytes:
     fd = os.open(candidate.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=candidate.inbox_dir.fd)
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise _Reject("not a regular file")
-        raw = handle.read(cap + 1)
+        # Sized by fstat, not by the cap: a read of cap + 1 bytes allocates that much per file.
+        chunks = []
+        wanted = min(info.st_size, cap) + 1
+        while wanted > 0:
+            chunk = os.read(fd, wanted)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            # A file still growing: go on to the cap (+1 to see that it is over).
+            wanted = cap + 1 - sum(map(len, chunks))
+    finally:
+        os.close(fd)
+    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if len(raw) > cap:
         raise _Reject(f"larger than the {cap}-byte cap (DISTMON_MAX_FILE_BYTES)")
     return raw
@@ -80,29 +93,36 @@ def _flatten(
     """Result rows (signature last), per test (worst outcome, duration, file, line), and signatures.
 
     Failure signatures are computed here, in the validation worker when there is one: the
-    writer only stores them.
+    writer only stores them. Per result on the hot path: locals, and markers as JSON once per
+    distinct list.
     """
     rows = []
+    append = rows.append
     per_test: dict[str, tuple] = {}
     test_signatures: dict[str, str] = {}
     signature_parts: dict[str, tuple[str, str, str]] = {}
+    markers_json: dict[tuple[str, ...], str] = {}
     for t in tests:
-        nodeid, outcome, duration = t["nodeid"], t["outcome"], t.get("duration", 0.0)
-        markers = t.get("markers")
+        get = t.get
+        nodeid, outcome, duration = t["nodeid"], t["outcome"], get("duration", 0.0)
+        markers = get("markers")
+        if markers:
+            key = tuple(markers)
+            markers_text = markers_json.get(key)
+            if markers_text is None:
+                markers_text = markers_json[key] = json.dumps(markers)
+        else:
+            markers_text = "[]"
         signature = None
         if outcome in FAIL:
-            sig = failure_signature(nodeid, t.get("message"), t.get("longrepr"), t.get("file"))
+            sig = failure_signature(nodeid, get("message"), get("longrepr"), get("file"))
             signature = sig.signature
             signature_parts.setdefault(signature, (sig.exception, sig.message, sig.location))
-        rows.append(
-            (
-                nodeid, t["when"], outcome, duration, t.get("message"), t.get("longrepr"), t.get("stdout"),
-                t.get("stderr"), json.dumps(markers) if markers else "[]", signature,
-            )
-        )  # fmt: skip
+        append((nodeid, t["when"], outcome, duration, get("message"), get("longrepr"), get("stdout"), get("stderr"),
+                markers_text, signature))  # fmt: skip
         seen = per_test.get(nodeid)
         if seen is None:
-            per_test[nodeid] = (outcome, duration, t.get("file"), t.get("line"))
+            per_test[nodeid] = (outcome, duration, get("file"), get("line"))
             if signature:
                 test_signatures[nodeid] = signature
         else:
