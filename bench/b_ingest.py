@@ -11,6 +11,11 @@ into a fresh database of the same schema, in one transaction: what SQLite itself
 After one untimed pass of each (and with the ingester's validation worker started ahead, as
 ``run_ingester`` does), both are measured ``ROUNDS`` times, alternating; the pair with the
 median ratio is reported.
+
+``ingest_rate_failures`` and ``signature_cost`` (issue 13): the same pass over documents with 10
+failing tests of 50, each with a traceback (failure signatures, the search index), against the
+bare load of the same rows (>= 0.5x) and against the same entries as xfailed (<= 1.1x: what the
+failures cost, signatures included).
 """
 
 from __future__ import annotations
@@ -38,15 +43,20 @@ def _ts(seconds: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(1_780_000_000 + seconds)) + ".000Z"
 
 
-def make_documents(files: int = FILES, tests: int = TESTS, minions: int = MINIONS) -> list[dict]:
-    """Deterministic result documents: mostly passes, one failure with a traceback per file, a skip."""
+def make_documents(
+    files: int = FILES, tests: int = TESTS, minions: int = MINIONS, failing: tuple[int, ...] = (7,),
+    fail_as: str = "failed",
+) -> list[dict]:
+    """Deterministic result documents: mostly passes, a skip, and the tests ``failing`` with a
+    traceback each (outcome ``fail_as``: ``xfailed`` gives the same entries without failures)."""
     docs = []
     for index in range(files):
         minion = f"ingest-{index % minions:02d}"
         jid = f"2026112800{index:010d}"
         entries = []
         for t in range(tests):
-            outcome = "failed" if t == 7 else ("skipped" if t == 11 else "passed")
+            outcome = fail_as if t in failing else ("skipped" if t == 11 else "passed")
+            traced = t in failing
             entries.append({
                 "nodeid": f"tests/test_mod_{t % 5}.py::TestArea::test_case_{t:03d}",
                 "outcome": outcome,
@@ -55,27 +65,29 @@ def make_documents(files: int = FILES, tests: int = TESTS, minions: int = MINION
                 "file": f"tests/test_mod_{t % 5}.py",
                 "line": 10 + t,
                 "markers": ["slow"] if t % 10 == 0 else [],
-                "message": "assert 503 == 200" if outcome == "failed" else (
+                "message": "assert 503 == 200" if traced else (
                     "not on this platform" if outcome == "skipped" else None),
                 "longrepr": ("def test_it():\n>       assert r.status == 200\nE       assert 503 == 200\n"
-                             "tests/test_mod_2.py:42: AssertionError") if outcome == "failed" else None,
-                "stdout": "captured output\n" if outcome == "failed" else None,
+                             f"tests/test_mod_{t % 5}.py:{35 + t}: AssertionError") if traced else None,
+                "stdout": "captured output\n" if traced else None,
                 "stderr": None,
             })
-        counts = {"passed": tests - 2, "failed": 1, "skipped": 1, "xfailed": 0, "xpassed": 0, "errors": 0}
+        failed = len(failing) if fail_as == "failed" else 0
+        counts = {"passed": tests - len(failing) - 1, "failed": failed, "skipped": 1,
+                  "xfailed": len(failing) - failed, "xpassed": 0, "errors": 0}
         docs.append({
             "format": "distmon-result/1",
             "jid": jid,
             "minion_id": minion,
             "fun": "pytestrun.run",
             "fun_args": ["/srv/tests"],
-            "success": False,
-            "retcode": 1,
+            "success": not failed,
+            "retcode": 1 if failed else 0,
             "returned_at": _ts(index * 60 + 30),
             "grains": {"os": "Debian", "osrelease": "12", "kernel": "Linux", "num_cpus": 2},
             "result": {
-                "status": "failed",
-                "exitcode": 1,
+                "status": "failed" if failed else "passed",
+                "exitcode": 1 if failed else 0,
                 "counts": counts,
                 "counts_other": {},
                 "tests": entries,
@@ -209,6 +221,39 @@ def time_bare(work: Path, rows: tuple[list, list, list, list]) -> float:
     return time_bare_load(connect_sync(work / "bare.sqlite"), rows, _executemany_results)
 
 
+# The failures data set (issue 13): 10 of the 50 tests fail in every file, each with its own
+# signature; its twin has the same entries as xfailed (no failures, no signatures, no search rows).
+FAILING = tuple(range(2, TESTS, 5))
+FAILURES_ROUNDS = 3
+
+
+def _failure_figures(root: Path, files: int, rounds: int) -> list[Figure]:
+    docs = make_documents(files, failing=FAILING)
+    twin = make_documents(files, failing=FAILING, fail_as="xfailed")
+    rows = bare_rows(docs)
+    results = files * TESTS
+    failing_times, twin_times, bare_times = [], [], []
+    for round_index in range(rounds):
+        failing_times.append(time_ingest(root / "failing", docs))
+        twin_times.append(time_ingest(root / "twin", twin))
+        bare_times.append(time_bare(root / "bare", rows))
+        say(f"failures round {round_index + 1}: ingest_pending {failing_times[-1]:.2f} s with "
+            f"{len(FAILING)} failures per file, {twin_times[-1]:.2f} s as xfailed, bare {bare_times[-1]:.2f} s")
+    rate, bare_rate = median_pair([results / s for s in failing_times], [results / s for s in bare_times])
+    seconds, twin_seconds = median_pair(failing_times, twin_times)
+    return [
+        Figure("ingest_rate_failures", rate, "results/s", bare_rate, ">=0.5x",
+               note=f"{files} files x {TESTS} results, {len(FAILING)} failing with a traceback each (signatures, "
+                    f"search index) by ingest_pending vs bare executemany of the same rows; median-ratio pair of "
+                    f"{rounds} alternating rounds",
+               extra={"ingest_seconds": failing_times, "bare_seconds": bare_times, "results": results}),
+        Figure("signature_cost", seconds, "s", twin_seconds, "<=1.1x",
+               note="ingest_pending of that failures data set vs the same entries as xfailed (no failures: no "
+                    "signatures, search rows, failing streaks); the median-ratio pair",
+               extra={"failing_seconds": failing_times, "xfailed_seconds": twin_times}),
+    ]
+
+
 def run(quick: bool = False) -> list[Figure]:
     files = FILES // 4 if quick else FILES
     docs = make_documents(files)
@@ -231,12 +276,15 @@ def run(quick: bool = False) -> list[Figure]:
             bare_times.append(time_bare(root / "bare", rows))
             say(f"ingest round {round_index + 1}: ingest_pending {ingest_times[-1]:.2f} s, "
                 f"bare executemany {bare_times[-1]:.2f} s for {results} results")
+        failure_figures = _failure_figures(root, files, 1 if quick else FAILURES_ROUNDS)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     # Rates: the pair whose ratio (ingest rate / bare rate) is the median one.
     rate, bare_rate = median_pair([results / s for s in ingest_times], [results / s for s in bare_times])
-    return [Figure("ingest_rate", rate, "results/s", bare_rate, TARGET,
-                   note=f"{files} files x {TESTS} results in {MINIONS} minion dirs by ingest_pending vs bare executemany "
-                        f"of the same rows; the median-ratio pair of {len(ingest_times)} alternating rounds",
-                   extra={"ingest_seconds": ingest_times, "bare_seconds": bare_times, "results": results})]
-
+    return [
+        Figure("ingest_rate", rate, "results/s", bare_rate, TARGET,
+               note=f"{files} files x {TESTS} results in {MINIONS} minion dirs by ingest_pending vs bare executemany "
+                    f"of the same rows; the median-ratio pair of {len(ingest_times)} alternating rounds",
+               extra={"ingest_seconds": ingest_times, "bare_seconds": bare_times, "results": results}),
+        *failure_figures,
+    ]

@@ -33,6 +33,7 @@ from bench.b_ingest import (
     TESTS,
     bare_rows,
     make_documents,
+    time_bare_load,
     time_ingest,
     write_inbox,
 )

@@ -34,6 +34,10 @@ pipeline_overhead           ``salt-run distmon.run`` of sample_tests on    ``sal
                             ``/api/runs``, s
 ingest_rate                 results/s, inbox files -> SQLite by            bare ``executemany`` of the same rows,  ``>=50000&>=0.6x``
                             ``ingest_pending``                             one transaction, results/s
+ingest_rate_failures        the same with 10 of 50 tests failing, each     the same for those rows                 ``>=0.5x``
+                            with a traceback (signatures, search index)
+signature_cost              s of that pass                                 s of the same entries as xfailed (no    ``<=1.1x``
+                                                                           failures, signatures, search rows)
 result_latency_p95          p95 s from a file's final rename in the inbox  the ingester's scan interval, s         ``<=1s``
                             to its run in ``/api/runs`` (50 samples)
 result_latency_p50          p50 of the same samples                        the same                                ``-``
@@ -99,7 +103,8 @@ SECTIONS = ("pytestrun", "ingest", "postgres", "dashboard", "pipeline", "fanout"
 # What each section reports when it fails before measuring (so the failure shows as SHORT lines).
 EXPECTED = {
     "pytestrun": [("pytestrun_overhead", "s", "<=1.05x+0.1s"), ("pytestrun_overhead_1000", "s", "<=1.05x+0.1s")],
-    "ingest": [("ingest_rate", "results/s", ">=50000&>=0.6x")],
+    "ingest": [("ingest_rate", "results/s", ">=50000&>=0.6x"), ("ingest_rate_failures", "results/s", ">=0.5x"),
+               ("signature_cost", "s", "<=1.1x")],
     "postgres": [("ingest_rate_pg", "results/s", ">=0.5x"), ("two_ingesters_pg", "runs", ">=1x&<=1x")],
     "dashboard": [("result_latency_p95", "s", "<=1s"), ("page_p95_all", "ms", "<=100ms"),
                   ("page10k_p95_all", "ms", "<=100ms"),

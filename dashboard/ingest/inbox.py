@@ -44,9 +44,15 @@ def _unique(target: Path) -> Path:
     return target.with_name(f"{target.name}.{time.time_ns()}")
 
 
-def _move_out(dir_fd: int, name: str, target: Path) -> None:
-    """Move ``name`` (relative to ``dir_fd``, never followed) to ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _move_out(dir_fd: int, name: str, target: Path, made: set[Path] | None = None) -> None:
+    """Move ``name`` (relative to ``dir_fd``, never followed) to ``target``.
+
+    ``made``: directories this caller already made (each is made once per batch of moves).
+    """
+    if made is None or target.parent not in made:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if made is not None:
+            made.add(target.parent)
     try:
         os.rename(name, target, src_dir_fd=dir_fd)
         return
@@ -206,7 +212,8 @@ def scan_inbox(settings: Settings, report: IngestReport, opened: list[InboxDir])
 # -- moving files after the commit -------------------------------------------------------------
 
 
-def archive_file(settings: Settings, candidate: Candidate, duplicate: bool) -> None:
+def archive_file(settings: Settings, candidate: Candidate, duplicate: bool, made: set[Path] | None = None) -> None:
+    """Move a stored file to the archive (or delete it); ``made`` as for :func:`_move_out`."""
     dir_fd = candidate.inbox_dir.fd
     try:
         if settings.archive_mode == "delete":
@@ -215,7 +222,7 @@ def archive_file(settings: Settings, candidate: Candidate, duplicate: bool) -> N
         target = Path(settings.archive) / _label(candidate.dir_name) / candidate.name
         if duplicate and os.path.lexists(target):
             target = target.with_name(f"{target.name}.dup-{time.time_ns()}")
-        _move_out(dir_fd, candidate.name, _unique(target))
+        _move_out(dir_fd, candidate.name, _unique(target), made)
     except FileNotFoundError:
         pass  # already moved (another ingester did it)
     except OSError as err:

@@ -36,11 +36,18 @@ BATCH_BYTES = 8_000_000
 CRASH_AFTER_COMMIT_ENV = "DISTMON_TEST_CRASH_AFTER_COMMIT"
 
 
+# The first batch of a pass with several is smaller: the writer waits for its validation
+# alone; after it, validating the next batch overlaps storing this one.
+FIRST_BATCH_FILES = 20
+
+
 def _batches(candidates: list[Candidate]) -> Iterator[list[Candidate]]:
     batch: list[Candidate] = []
     size = 0
+    limit = FIRST_BATCH_FILES if len(candidates) > BATCH_FILES else BATCH_FILES
     for candidate in candidates:
-        if batch and (len(batch) >= BATCH_FILES or size + candidate.size > BATCH_BYTES):
+        if batch and (len(batch) >= limit or size + candidate.size > BATCH_BYTES):
+            limit = BATCH_FILES
             yield batch
             batch, size = [], 0
         batch.append(candidate)
@@ -94,7 +101,7 @@ def _transient(err: BaseException) -> bool:
     return isinstance(err, transient_errors())
 
 
-def _finish(settings: Settings, records: list, outcomes: list[str], report: IngestReport) -> None:
+def _count(records: list, outcomes: list[str], report: IngestReport) -> None:
     for record, outcome in zip(records, outcomes, strict=True):
         if outcome == "ingested":
             report.ingested += 1
@@ -104,7 +111,12 @@ def _finish(settings: Settings, records: list, outcomes: list[str], report: Inge
             log.info("duplicate %s/%s: already stored, archiving the file", record.minion, record.jid)
         else:
             report.manifests += 1
-        archive_file(settings, record.candidate, outcome == "duplicate")
+
+
+def _archive(settings: Settings, records: list, outcomes: list[str]) -> None:
+    made: set = set()  # archive directories made by this batch: once each, not once per file
+    for record, outcome in zip(records, outcomes, strict=True):
+        archive_file(settings, record.candidate, outcome == "duplicate", made)
 
 
 class _FileWork:
@@ -159,9 +171,14 @@ _FILE_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name
 
 
 async def _store(
-    db: Database, settings: Settings, state: _IngestState, work: _FileWork, records: list, report: IngestReport
+    db: Database, settings: Settings, state: _IngestState, work: _FileWork, records: list, report: IngestReport,
+    archiving: list[asyncio.Future],
 ) -> None:
-    """Commit ``records`` in one transaction, then archive their files; on failure retry one by one."""
+    """Commit ``records`` in one transaction, then archive their files; on failure retry one by one.
+
+    The archiving runs in a file thread, its future added to ``archiving``: the next batch's
+    transaction need not wait for this one's files to move (the pass awaits them all).
+    """
     try:
         outcomes = await db.write(write_records, records, state.ids, on_rollback=state.ids.clear)
     except Exception as err:
@@ -170,10 +187,11 @@ async def _store(
             return
         log.warning("batch of %d files failed (%s: %s); retrying them one by one", len(records), type(err).__name__, err)
         for record in records:
-            await _store(db, settings, state, work, [record], report)
+            await _store(db, settings, state, work, [record], report, archiving)
         return
     _crash_hook(settings)
-    await work.run(_finish, settings, records, outcomes, report)
+    _count(records, outcomes, report)
+    archiving.append(work.run(_archive, settings, records, outcomes))
 
 
 async def _handle_failure(settings: Settings, work: _FileWork, record, err: BaseException, report: IngestReport) -> None:
@@ -198,6 +216,7 @@ async def ingest_pending(db: Database, settings: Settings) -> IngestReport:
     report = IngestReport()
     work = _FileWork()
     pending: asyncio.Future | None = None
+    archiving: list[asyncio.Future] = []
     try:
         candidates = await work.run(scan_inbox, settings, report, work.opened)
         chunks = list(_batches(candidates))
@@ -211,7 +230,8 @@ async def ingest_pending(db: Database, settings: Settings) -> IngestReport:
                 # Validation of the next chunk overlaps the commit of this one.
                 pending = asyncio.ensure_future(_prepare(work, state.preparer, chunks[index + 1], in_worker=in_worker))
             if records:
-                await _store(db, settings, state, work, records, report)
+                await _store(db, settings, state, work, records, report, archiving)
+        await asyncio.gather(*archiving)
     finally:
         if pending is not None and not pending.done():
             pending.cancel()  # it must not start new file work once the descriptors are released

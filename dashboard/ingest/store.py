@@ -409,18 +409,24 @@ class _Batch:
             tid = ids[nodeid]
             key = (minion_id, tid)
             row = status[key]
-            was_failing = bool(row and row["first_fail_at"])
-            if row is not None and (started_at, run_id) < (row["last_started_at"], row["last_run_id"]):
-                # An older run arrived after a newer one: rebuild from history (its results are in).
-                row = status[key] = self.recompute_status(minion_id, tid)
-            else:
+            if row is None:
+                was_failing = False
                 row = status[key] = fold_status(
                     row, minion_id, tid, run_id, started_at, outcome, duration, code_hash, signature_of(nodeid)
                 )
+            else:
+                was_failing = bool(row["first_fail_at"])
+                last_started = row["last_started_at"]
+                if started_at < last_started or (started_at == last_started and run_id < row["last_run_id"]):
+                    # An older run arrived after a newer one: rebuild from history (its results are in).
+                    row = status[key] = self.recompute_status(minion_id, tid)
+                else:
+                    fold_status(row, minion_id, tid, run_id, started_at, outcome, duration, code_hash,
+                                signature_of(nodeid))  # fmt: skip
             mark_dirty(key)
-            is_failing = bool(row and row["first_fail_at"])
-            if is_failing == was_failing:
+            if bool(row and row["first_fail_at"]) == was_failing:
                 continue
+            is_failing = not was_failing
             kind = outbox.change_kind(was_failing, is_failing)
             if messages is None:
                 messages = _failure_messages(record)
