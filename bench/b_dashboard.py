@@ -52,6 +52,7 @@ WARMUP, ROUNDS = 5, 60
 ROUTE_BUDGET_SECONDS = 300  # stop sampling early (after at least 20 rounds) if the pages are very slow
 LATENCY_SAMPLES = 50
 RSS_REQUESTS = 10
+FLEET_RSS_REQUESTS = 3  # every route this many times on the large fleet (page10k_rss, page10k_pg_rss)
 SCAN_INTERVAL = 0.2
 FLOOR_ROUTE = "api_me"
 
@@ -69,23 +70,30 @@ def seed_database(path: Path | str, runs: int = SEED_RUNS, tests: int = SEED_TES
         conn.close()
 
 
-def fleet_database() -> tuple[Path, float | None]:
-    """The seeded large-fleet database from .run/bench (seeded now when missing): (path, seconds or None)."""
+def fleet_cache_name() -> str:
+    """``fleet-<shape>-schema<N>-seed<hash>``: what a cached seeded large fleet is made of (the shape,
+    the schema version, dashboard/seed.py); another name makes a new one."""
     import hashlib
 
-    from bench.common import BENCH_RUN
     from dashboard.migrations import MIGRATIONS
 
     seed_hash = hashlib.sha256((REPO / "dashboard" / "seed.py").read_bytes()).hexdigest()[:10]
     shape = f"{FLEET_MINIONS}m-{FLEET_TESTS}t-{FLEET_RUNS}r"
-    path = BENCH_RUN / f"fleet-{shape}-schema{MIGRATIONS[-1][0]}-seed{seed_hash}.sqlite"
+    return f"fleet-{shape}-schema{MIGRATIONS[-1][0]}-seed{seed_hash}"
+
+
+def fleet_database() -> tuple[Path, float | None]:
+    """The seeded large-fleet database from .run/bench (seeded now when missing): (path, seconds or None)."""
+    from bench.common import BENCH_RUN
+
+    path = BENCH_RUN / f"{fleet_cache_name()}.sqlite"
     if path.exists():
         return path, None
     BENCH_RUN.mkdir(parents=True, exist_ok=True)
     for stale in BENCH_RUN.glob("fleet-*.sqlite*"):  # another shape, schema or seeder: never read again
         stale.unlink()
     partial = path.with_name(path.name + ".part")
-    say(f"seeding the large fleet ({shape}) into {path} (kept for later runs) ...")
+    say(f"seeding the large fleet ({FLEET_MINIONS} minions x {FLEET_TESTS} tests) into {path} (kept for later runs) ...")
     seconds = seed_database(partial, FLEET_RUNS, FLEET_TESTS, FLEET_MINIONS)
     import sqlite3
 
@@ -192,6 +200,19 @@ def route_table(path: Path) -> dict[str, str]:
         "api_flaky": "/api/flaky",
         "api_compare": f"/api/compare?a={previous}&b={run_id}",
         "api_live": f"/api/live?after={latest - 50}",
+        "run_json": f"/runs/{run_id}/export.json",
+        "tests_page": "/tests",
+        "api_tests_search": "/api/tests?q=test_case_00",
+        "api_fleet_failing": "/api/fleet?state=failing",
+        "api_fleet_group_value": "/api/fleet?group=os&value=Debian",
+        "triage": "/triage",
+        "api_mutes": "/api/mutes",
+        "api_triage_log": "/api/triage/log",
+        "account": "/account",
+        "admin_users": "/admin/users",
+        "admin_webhooks": "/admin/webhooks",
+        "api_webhooks": "/api/webhooks",
+        "api_openapi": "/api/openapi.json",
         FLOOR_ROUTE: "/api/me",
     }
     if signature:
@@ -217,13 +238,17 @@ def _settings(db_path: Path, work: Path):
 
 
 async def _time_routes(db_path: Path, work: Path, token: str, routes: dict[str, str], warmup: int,
-                       rounds: int) -> dict[str, list[float]]:
+                       rounds: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """(samples in ms per route, failed routes: name -> why). A route that answers anything but 200
+    (a 503 after the query time limit) is recorded as failed and left out of later rounds; the
+    others go on."""
     import httpx
 
     from dashboard.app import create_app
 
     app = create_app(_settings(db_path, work))
     samples: dict[str, list[float]] = {name: [] for name in routes}
+    failed: dict[str, str] = {}
     headers = {"Authorization": f"Bearer {token}"}
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
@@ -232,25 +257,37 @@ async def _time_routes(db_path: Path, work: Path, token: str, routes: dict[str, 
         started = time.monotonic()
         for round_index in range(warmup + rounds):
             for name, url in routes.items():
+                if name in failed:
+                    continue
                 begin = time.perf_counter()
                 response = await client.get(url)
                 elapsed = time.perf_counter() - begin
                 if response.status_code != 200:
-                    raise RuntimeError(f"{url}: HTTP {response.status_code}: {response.text[:300]}")
+                    failed[name] = (f"HTTP {response.status_code} after {elapsed * 1000:.0f} ms: "
+                                    f"{' '.join(response.text.split())[:200]}")
+                    say(f"pages: {url}: {failed[name]}")
+                    continue
                 if round_index >= warmup:
                     samples[name].append(elapsed * 1000)
             if round_index >= warmup + 20 and time.monotonic() - started > ROUTE_BUDGET_SECONDS:
                 say(f"pages: time budget reached after {round_index + 1 - warmup} rounds")
                 break
-    return samples
+    return samples, failed
 
 
 def page_figures(samples: dict[str, list[float]], routes: dict[str, str], prefix: str = "page",
-                 shape: str = "1M results") -> list[Figure]:
+                 shape: str = "1M results", failed: dict[str, str] | None = None) -> list[Figure]:
+    """p95 and p50 of every route against /api/me's; a route in ``failed`` is one SHORT figure."""
+    failed = failed or {}
     floor = samples[FLOOR_ROUTE]
     floor_p50, floor_p95 = percentile(floor, 50), percentile(floor, 95)
     figures = []
     for name, values in samples.items():
+        if name in failed or not values:
+            figures.append(Figure(f"{prefix}_p95_{name}", None, "ms", floor_p95, "<=100ms",
+                                  note=f"GET {routes[name]} ({shape}): failed: {failed.get(name, 'no sample')}",
+                                  extra={"url": routes[name]}))
+            continue
         p50, p95 = percentile(values, 50), percentile(values, 95)
         common = {"url": routes[name], "samples": len(values), "max_ms": max(values)}
         figures.append(Figure(f"{prefix}_p95_{name}", p95, "ms", floor_p95, "<=100ms",
@@ -263,6 +300,11 @@ def page_figures(samples: dict[str, list[float]], routes: dict[str, str], prefix
         # the slowest of the full-text searches.
         for figure, names in (("failures_page_p95", ["failures"]), ("failures_api_p95", ["api_failures"]),
                               ("fts_search_p95", ["failures_q", "api_failures_q", "runs_text_q"])):
+            if any(name in failed or not samples[name] for name in names):
+                figures.append(Figure(figure, None, "ms", floor_p95, "<=100ms",
+                                      note="failed: " + "; ".join(f"{routes[n]}: {failed.get(n, 'no sample')}"
+                                                                  for n in names if n in failed or not samples[n])))
+                continue
             worst = max(names, key=lambda name: percentile(samples[name], 95))
             figures.append(Figure(figure, percentile(samples[worst], 95), "ms", floor_p95, "<=100ms",
                                   note=f"GET {routes[worst]} (slowest of {', '.join(routes[n] for n in names)}): p95 of "
@@ -307,12 +349,15 @@ def fleet_figures(quick: bool) -> list[Figure]:
         say(f"pages (large fleet): reusing {path}")
     work = Path(tempfile.mkdtemp(prefix="distmon-bench-fleet-"))
     try:
+        backfill_signatures(path)  # the triage routes need signatures; a no-op on a cached file done before
         token = bench_token(path)
         routes = route_table(path)
         rounds = 5 if quick else FLEET_ROUNDS
-        samples = asyncio.run(_time_routes(path, work, token, routes, 2 if quick else WARMUP, rounds))
-        figures.extend(page_figures(samples, routes, prefix="page10k",
-                                    shape=f"{FLEET_MINIONS} minions x {FLEET_TESTS} tests"))
+        shape = f"{FLEET_MINIONS} minions x {FLEET_TESTS} tests"
+        samples, failed = asyncio.run(_time_routes(path, work, token, routes, 2 if quick else WARMUP, rounds))
+        figures.extend(page_figures(samples, routes, prefix="page10k", shape=shape, failed=failed))
+        figures.append(rss_figure(path, work, token, routes, 1 if quick else FLEET_RSS_REQUESTS, name="page10k_rss",
+                                  shape=shape))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return figures
@@ -414,15 +459,39 @@ def latency_samples(server: Uvicorn, token: str, samples: int) -> list[float]:
     return seconds
 
 
-def serve_every_route(server: Uvicorn, token: str, routes: dict[str, str], count: int) -> None:
+def serve_every_route(server: Uvicorn, token: str, routes: dict[str, str], count: int) -> tuple[float, dict[str, int]]:
+    """Every route ``count`` times over HTTP: (the largest RSS seen after each request in MB,
+    route -> its last status other than 200). A failed route is noted, not fatal: the memory of
+    the rest is still measured."""
     import httpx
 
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+    peak, failed = server.rss_mb(), {}
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
         for _ in range(count):
-            for url in routes.values():
+            for name, url in routes.items():
                 response = client.get(url)
                 if response.status_code != 200:
-                    raise RuntimeError(f"{url} over HTTP: {response.status_code}")
+                    failed[name] = response.status_code
+                peak = max(peak, server.rss_mb())
+    return peak, failed
+
+
+def rss_figure(db: Path | str, work: Path, token: str, routes: dict[str, str], requests: int, *, name: str,
+               shape: str) -> Figure:
+    """``name``: the largest RSS of a uvicorn dashboard on ``db`` serving every route ``requests`` times
+    over HTTP; floor: its RSS right after start-up. Target: <= 300 MB."""
+    server = Uvicorn(db, work)
+    try:
+        server.wait_ready()
+        rss_start = server.rss_mb()
+        peak, failed = serve_every_route(server, token, routes, requests)
+    finally:
+        server.stop()
+    note = (f"largest RSS of a uvicorn dashboard ({shape}) while serving every route {requests} times over HTTP; "
+            "floor: its RSS right after start-up")
+    if failed:
+        note += "; not 200: " + ", ".join(f"{routes[route]} {status}" for route, status in failed.items())
+    return Figure(name, peak, "MB", rss_start, "<=300MB", note=note, extra={"failed": failed})
 
 
 # -- the section -----------------------------------------------------------------------------
@@ -453,8 +522,8 @@ def run(quick: bool = False, seeded_db: str | None = None) -> list[Figure]:
         routes = route_table(db_path)
         say("routes: " + ", ".join(f"{name}={url}" for name, url in routes.items()))
         rounds = 10 if quick else ROUNDS
-        samples = asyncio.run(_time_routes(db_path, work, token, routes, 2 if quick else WARMUP, rounds))
-        figures.extend(page_figures(samples, routes))
+        samples, failed = asyncio.run(_time_routes(db_path, work, token, routes, 2 if quick else WARMUP, rounds))
+        figures.extend(page_figures(samples, routes, failed=failed))
         figures.extend(_pages_on_postgres(db_path, token, routes, quick))
 
         server = Uvicorn(db_path, work)

@@ -173,30 +173,13 @@ def run(quick: bool = False) -> list[Figure]:
 def _pages_and_rss(url: str, work: Path, token: str, routes: dict[str, str], *, prefix: str, shape: str,
                    warmup: int, rounds: int, rss_requests: int) -> list[Figure]:
     """Every route timed in-process on ``url``, then a uvicorn dashboard on it serving every route
-    ``rss_requests`` times: ``<prefix>_p95_*`` / ``_p50_*`` and ``<prefix>_rss`` (its largest RSS
-    seen after each request; floor: its RSS right after start-up)."""
-    import httpx
+    ``rss_requests`` times: ``<prefix>_p95_*`` / ``_p50_*`` (a route that fails is one SHORT figure,
+    the others are still measured) and ``<prefix>_rss``."""
+    from bench.b_dashboard import _time_routes, page_figures, rss_figure
 
-    from bench.b_dashboard import Uvicorn, _time_routes, page_figures
-
-    samples = asyncio.run(_time_routes(url, work, token, routes, warmup, rounds))
-    figures = page_figures(samples, routes, prefix=prefix, shape=shape)
-    server = Uvicorn(url, work)
-    try:
-        server.wait_ready()
-        rss_start = peak = server.rss_mb()
-        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
-            for _ in range(rss_requests):
-                for route in routes.values():
-                    response = client.get(route)
-                    if response.status_code != 200:
-                        raise RuntimeError(f"{route} over HTTP: {response.status_code}")
-                    peak = max(peak, server.rss_mb())
-    finally:
-        server.stop()
-    figures.append(Figure(f"{prefix}_rss", peak, "MB", rss_start, "<=300MB",
-                          note=f"largest RSS of a uvicorn dashboard on PostgreSQL ({shape}) while serving every route "
-                               f"{rss_requests} times over HTTP; floor: its RSS right after start-up"))
+    samples, failed = asyncio.run(_time_routes(url, work, token, routes, warmup, rounds))
+    figures = page_figures(samples, routes, prefix=prefix, shape=shape, failed=failed)
+    figures.append(rss_figure(url, work, token, routes, rss_requests, name=f"{prefix}_rss", shape=shape))
     return figures
 
 
@@ -230,39 +213,60 @@ def page_figures_on_postgres(sqlite_path: Path, token: str, routes: dict[str, st
 
 def fleet_figures_on_postgres(quick: bool) -> list[Figure]:
     """page10k_pg_*: every route on the large fleet (10,000 minions x 500 tests) seeded straight
-    into PostgreSQL by dashboard/seed.py (COPY), and page10k_pg_rss; ``seed_fleet_10k_pg`` the seconds."""
+    into PostgreSQL by dashboard/seed.py (COPY), and page10k_pg_rss; ``seed_fleet_10k_pg`` the seconds.
+
+    Seeding takes minutes, so the seeded cluster is kept (stopped) in ``.run/bench/`` under a name
+    made of the shape, the schema version and a hash of dashboard/seed.py, as the SQLite file is
+    (bench/b_dashboard.py ``fleet_database``), and started again by later runs.
+    """
     from bench.b_dashboard import (
         FLEET_MINIONS,
         FLEET_ROUNDS,
+        FLEET_RSS_REQUESTS,
         FLEET_RUNS,
         FLEET_TESTS,
         WARMUP,
         backfill_signatures,
         bench_token,
+        fleet_cache_name,
         route_table,
         seed_database,
     )
+    from bench.common import BENCH_RUN
     from tools.postgres import PostgresServer
 
-    root = Path(tempfile.mkdtemp(prefix="distmon-bench-pg-fleet-"))
-    os.chmod(root, 0o755)  # noqa: S103 - the postgres user must reach its data directory below
-    server = PostgresServer(root / "pg")
+    root = BENCH_RUN / f"pg-{fleet_cache_name()}"
+    seeded_mark = root / "seeded"
     shape = f"{FLEET_MINIONS} minions x {FLEET_TESTS} tests, PostgreSQL"
+    figures = []
+    if not seeded_mark.exists():
+        BENCH_RUN.mkdir(parents=True, exist_ok=True)
+        for stale in BENCH_RUN.glob("pg-fleet-*"):  # another shape, schema or seeder (or a half-seeded one)
+            PostgresServer(stale).stop()
+            shutil.rmtree(stale)
+    server = PostgresServer(root)
+    work = Path(tempfile.mkdtemp(prefix="distmon-bench-pg-fleet-"))
     try:
-        url = server.start()
-        say(f"seeding the large fleet into PostgreSQL ({shape}) ...")
-        seconds = seed_database(url, FLEET_RUNS, FLEET_TESTS, FLEET_MINIONS)
-        figures = [Figure("seed_fleet_10k_pg", seconds, "s", None, "-",
-                          note=f"dashboard/seed.py into PostgreSQL (results by COPY): {shape}")]
-        backfill_signatures(url)
+        server.start()
+        url = server.create_database("fleet")
+        if seeded_mark.exists():
+            say(f"large fleet on PostgreSQL: reusing the cluster in {root}")
+        else:
+            say(f"seeding the large fleet into PostgreSQL ({shape}) into {root} (kept for later runs) ...")
+            seconds = seed_database(url, FLEET_RUNS, FLEET_TESTS, FLEET_MINIONS)
+            figures.append(Figure("seed_fleet_10k_pg", seconds, "s", None, "-",
+                                  note=f"dashboard/seed.py into PostgreSQL (results by COPY): {shape}; "
+                                       "cached in .run/bench for later runs"))
+            backfill_signatures(url)
+            seeded_mark.write_text(url + "\n")
         token = bench_token(url)
         routes = route_table(url)
-        figures += _pages_and_rss(url, root, token, routes, prefix="page10k_pg", shape=shape,
+        figures += _pages_and_rss(url, work, token, routes, prefix="page10k_pg", shape=shape,
                                   warmup=2 if quick else WARMUP, rounds=5 if quick else FLEET_ROUNDS,
-                                  rss_requests=1 if quick else 3)
+                                  rss_requests=1 if quick else FLEET_RSS_REQUESTS)
         return figures
     finally:
         try:
             server.stop()
         finally:
-            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)

@@ -1,8 +1,12 @@
-"""When a minion is late: silent for twice its usual gap between runs (and at least a minute more).
+"""Which minions need attention: failing ones, then late ones (silent for twice their usual gap
+between runs, and at least a minute more).
 
-:func:`late_after` is that moment; the ingester stores it with the minion
+:func:`late_after` is the moment a minion turns late; the ingester stores it with the minion
 (dashboard/ingest/store.py) so the fleet page counts and orders late minions without reading
-their history; the pages show :func:`expected_interval`.
+their history; the pages show :func:`expected_interval`. A minion is failing by
+:func:`failing_minion` (in SQL :data:`FAILING_MINION_SQL`, over ``minions m``), and late only when
+it is not failing and its stored ``late_after`` has passed: every count, order and flag of the
+fleet uses these two rules.
 """
 
 from __future__ import annotations
@@ -10,6 +14,15 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from dashboard.models import format_timestamp
+
+# Newest-run statuses that need no attention ('' stands for no run).
+HEALTHY_STATUSES = ("passed", "no_tests", "")
+FAILING_MINION_SQL = "(m.failing > 0 OR COALESCE(m.last_status, '') NOT IN ('passed', 'no_tests', ''))"
+
+
+def failing_minion(last_status: str | None, failing: int | None) -> bool:
+    """A minion needs attention when tests fail on it now or its newest run did not pass."""
+    return (failing or 0) > 0 or (last_status or "") not in HEALTHY_STATUSES
 
 
 def _moment(value: str | None) -> datetime | None:

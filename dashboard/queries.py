@@ -27,7 +27,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dashboard.lateness import expected_interval
+from dashboard.lateness import FAILING_MINION_SQL, expected_interval
 from dashboard.models import format_timestamp
 
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "errors")
@@ -45,8 +45,6 @@ FLEET_PAGE_HTML = 50  # minions per page of the fleet page (each row is a row of
 JOB_PAGE = 20  # runs per page of a job: each is compared with its minion's previous run (failures.job_changes)
 FAILING_NOW_SHOWN = 25  # minions listed under "failing now" on a test's page (longest streaks first)
 MAX_GROUPS = 500  # grain values listed when grouping the fleet
-# A minion needs attention when tests fail now or its newest run did not pass.
-MINION_FAILING = "(m.failing > 0 OR m.last_status NOT IN ('passed', 'no_tests'))"
 ATTENTION = ("failing", "late", "ok")  # the fleet's order, and its state filter
 GRAIN_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
@@ -344,6 +342,8 @@ async def run_export(db, run_id: int) -> dict[str, Any] | None:
 
 
 MISSING_SHOWN = 500  # targeted minions that never returned, named on a job's page
+# 1 for a run that passed, the job page's order (the expression of the index runs_job_order).
+JOB_RUN_PASSED = "(CASE WHEN r.status IN ('passed', 'no_tests') THEN 1 ELSE 0 END)"
 
 
 async def get_job(db, jid: str, *, cursor: str | None = None, limit: int | None = None) -> dict[str, Any] | None:
@@ -353,23 +353,29 @@ async def get_job(db, jid: str, *, cursor: str | None = None, limit: int | None 
     limit = clamp_limit(limit, JOB_PAGE)
     after = decode_cursor(cursor, (int, int))
     manifest = await db.fetchone("SELECT jid, fun, tgt, tgt_type, targeted, started_at FROM jobs WHERE jid = ?", (jid,))
+    # Totals over every run of the job, kept at ingest (job_totals): one row however many minions.
     summary = await db.fetchone(
-        "SELECT COUNT(*) AS runs, SUM(passed) AS passed, SUM(failed) AS failed, SUM(skipped) AS skipped, "
-        "SUM(xfailed) AS xfailed, SUM(xpassed) AS xpassed, SUM(errors) AS errors, MAX(duration) AS max_duration, "
-        "MIN(started_at) AS started_at, MIN(fun) AS fun FROM runs WHERE jid = ?",
+        "SELECT runs, passed, failed, skipped, xfailed, xpassed, errors, max_duration, started_at, fun, rerun_of "
+        "FROM job_totals WHERE jid = ?",
         (jid,),
-    )
+    ) or {"runs": 0, "max_duration": None, "started_at": None, "fun": None, "rerun_of": None,
+          **dict.fromkeys(OUTCOMES, 0)}
     if manifest is None and not summary["runs"]:
         return None
-    sql = (
-        f"SELECT * FROM (SELECT {RUN_COLUMNS}, CASE WHEN r.status IN ('passed', 'no_tests') THEN 1 ELSE 0 END "
-        "AS passed_rank FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.jid = ?) AS s"
-    )
-    params: list[Any] = [jid]
-    if after:
-        sql += " WHERE (s.passed_rank > ? OR (s.passed_rank = ? AND s.id > ?))"
-        params.extend([after[0], after[0], after[1]])
-    rows = await db.fetchall(sql + " ORDER BY s.passed_rank, s.id LIMIT ?", (*params, limit + 1))
+    # Runs that did not pass first, then the passed ones, each by id: a walk of runs_job_order each.
+    rows: list[dict] = []
+    first = after[0] if after else 0
+    for rank in (0, 1):
+        if rank < first or len(rows) > limit:
+            continue
+        sql = (f"SELECT {RUN_COLUMNS} FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.jid = ? "
+               f"AND {JOB_RUN_PASSED} = ?")
+        params: list[Any] = [jid, rank]
+        if after and rank == first:
+            sql += " AND r.id > ?"
+            params.append(after[1])
+        found = await db.fetchall(sql + " ORDER BY r.id LIMIT ?", (*params, limit + 1 - len(rows)))
+        rows.extend(row | {"passed_rank": rank} for row in found)
     next_cursor = encode_cursor(rows[limit - 1]["passed_rank"], rows[limit - 1]["id"]) if len(rows) > limit else None
     runs = [run_summary(row) for row in rows[:limit]]
     targeted = [str(name) for name in (loads(manifest["targeted"], []) if manifest else []) if isinstance(name, str | int)]
@@ -380,12 +386,11 @@ async def get_job(db, jid: str, *, cursor: str | None = None, limit: int | None 
         returned = {row["name"] for row in await db.fetchall(
             "SELECT m.name FROM runs r JOIN minions m ON m.id = r.minion_id WHERE r.jid = ? LIMIT 1000000", (jid,))}
         missing = sorted(name for name in set(targeted) if name not in returned)
-    rerun_of = await db.fetchval("SELECT rerun_of FROM runs WHERE jid = ? AND rerun_of IS NOT NULL LIMIT 1", (jid,))
     reruns = [row["jid"] for row in await db.fetchall(
         "SELECT DISTINCT jid FROM runs WHERE rerun_of = ? ORDER BY jid LIMIT 50", (jid,))]
     return {
         "jid": jid,
-        "rerun_of": rerun_of,
+        "rerun_of": summary["rerun_of"],
         "reruns": reruns,
         "fun": manifest["fun"] if manifest else summary["fun"],
         "tgt": manifest["tgt"] if manifest else None,
@@ -467,11 +472,15 @@ def check_grain(name: str) -> str:
 
 
 def _fleet_scope(group: str | None, value: str | None) -> tuple[str, list]:
-    """FROM clause of the minions in view: the whole fleet, or one grain value's minions."""
+    """FROM and the start of WHERE of the minions in view: the whole fleet, or one grain value's minions.
+
+    CROSS JOIN keeps SQLite reading minions first (by the index of the state asked for) and
+    probing minion_grains' primary key, so a page stops after its rows, whatever the value's size.
+    """
     if group and value is not None:
-        return ("minions m JOIN minion_grains g ON g.minion_id = m.id AND g.grain = ? AND g.value = ?",
+        return ("minions m CROSS JOIN minion_grains g WHERE g.minion_id = m.id AND g.grain = ? AND g.value = ? AND",
                 [group, value])
-    return "minions m", []
+    return "minions m WHERE", []
 
 
 async def grain_names(db, limit: int = 200) -> list[str]:
@@ -485,20 +494,58 @@ async def grain_names(db, limit: int = 200) -> list[str]:
     return [row["grain"] for row in rows]
 
 
+# Late: not failing, and silent past the stored late_after (index minions_late_after: the cost
+# grows with the minions past it, not with the fleet).
+MINION_LATE = f"NOT {FAILING_MINION_SQL} AND m.late_after < ?"
+
+
 async def fleet_groups(db, group: str, now_iso: str) -> dict[str, Any]:
-    """One row per value of grain ``group`` (each element of a list grain): minions, failing, pass rate."""
+    """One row per value of grain ``group`` (each element of a list grain): minions, failing, pass rate.
+
+    From fleet_counts (a few rows per value); the late minions per value from the late ones only.
+    """
     rows = await db.fetchall(
-        f"SELECT g.value, COUNT(*) AS minions, SUM(CASE WHEN {MINION_FAILING} THEN 1 ELSE 0 END) AS failing_minions, "
-        f"SUM(CASE WHEN NOT {MINION_FAILING} AND m.late_after < ? THEN 1 ELSE 0 END) AS late_minions, "
-        "SUM(m.tests) AS tests, SUM(m.failing) AS failing, SUM(m.passing) AS passing "
-        "FROM minion_grains g JOIN minions m ON m.id = g.minion_id WHERE g.grain = ? GROUP BY g.value "
-        "ORDER BY failing_minions DESC, late_minions DESC, g.value LIMIT ?",
-        (now_iso, group, MAX_GROUPS + 1),
+        "SELECT value, SUM(minions) AS minions, SUM(CASE WHEN failing_minion = 1 THEN minions ELSE 0 END) "
+        "AS failing_minions, SUM(tests) AS tests, SUM(failing) AS failing, SUM(passing) AS passing "
+        "FROM fleet_counts WHERE grain = ? GROUP BY value LIMIT 1000000",
+        (group,),
     )
+    late = {row["value"]: row["minions"] for row in await db.fetchall(
+        "SELECT g.value, COUNT(*) AS minions FROM minions m CROSS JOIN minion_grains g WHERE g.minion_id = m.id "
+        f"AND g.grain = ? AND {MINION_LATE} GROUP BY g.value LIMIT 1000000",
+        (group, now_iso),
+    )}
     for row in rows:
+        row["late_minions"] = late.get(row["value"], 0)
         judged = (row["passing"] or 0) + (row["failing"] or 0)
         row["pass_rate"] = (row["passing"] or 0) / judged if judged else None
+    rows.sort(key=lambda row: (-row["failing_minions"], -row["late_minions"], row["value"]))
     return {"rows": rows[:MAX_GROUPS], "truncated": len(rows) > MAX_GROUPS}
+
+
+# The three states of the fleet's order, each read by name from its own index walk.
+_STATE_FILTERS = (FAILING_MINION_SQL, MINION_LATE,
+                  f"NOT {FAILING_MINION_SQL} AND (m.late_after IS NULL OR m.late_after >= ?)")
+_FLEET_COLUMNS = ("m.id, m.name, m.first_seen, m.last_seen, m.last_run_id, m.runs, m.expected_interval, "
+                  "m.late_after, m.last_status AS status, m.tests, m.failing, m.passing")
+
+
+async def _fleet_page(db, scope: str, scope_params: list, now_iso: str, state: str | None,
+                      after: list | None, limit: int) -> list[dict]:
+    """Up to ``limit`` minions of the scope after the cursor, failing first, then late, then ok, by name."""
+    rows: list[dict] = []
+    first = after[0] if after else 0
+    for rank, condition in enumerate(_STATE_FILTERS):
+        if rank < first or (state and ATTENTION[rank] != state) or len(rows) >= limit:
+            continue
+        params: list[Any] = [*scope_params] + ([now_iso] if rank else [])
+        sql = f"SELECT {_FLEET_COLUMNS} FROM {scope} {condition}"
+        if after and rank == first:
+            sql += " AND m.name > ?"
+            params.append(after[1])
+        found = await db.fetchall(sql + " ORDER BY m.name LIMIT ?", (*params, limit - len(rows)))
+        rows.extend(row | {"attention": rank} for row in found)
+    return rows
 
 
 async def fleet(
@@ -517,6 +564,8 @@ async def fleet(
     those that need attention first (failing, then late, then the rest, each by name); the
     minion x test file matrix of that page; with ``group`` a grain, one row per value of it
     (``value`` then narrows everything to that value's minions); ``state`` keeps one state.
+    A minion is ``late`` exactly when its ``attention`` is late (dashboard/lateness.py), and
+    ``counts.late`` counts those; ``overdue`` also flags failing minions silent past due.
     """
     limit = clamp_limit(limit, FLEET_PAGE)
     if group:
@@ -524,42 +573,30 @@ async def fleet(
     if state and state not in ATTENTION:
         raise InputError(f"Unknown state {state!r}; one of: {', '.join(ATTENTION)}.")
     after = decode_cursor(cursor, (int, str))
+    if after and not 0 <= after[0] < len(ATTENTION):
+        raise InputError("Invalid cursor.")
     now = datetime.now(UTC)
     now_iso = format_timestamp(now)
     scope, scope_params = _fleet_scope(group, value)
-    totals = await db.fetchone(
-        f"SELECT COUNT(*) AS minions, SUM(CASE WHEN {MINION_FAILING} THEN 1 ELSE 0 END) AS failing_minions, "
-        f"SUM(CASE WHEN NOT {MINION_FAILING} AND m.late_after < ? THEN 1 ELSE 0 END) AS late_minions, "
-        f"SUM(m.tests) AS tests, SUM(m.failing) AS failing, SUM(m.passing) AS passing FROM {scope}",
-        (now_iso, *scope_params),
+    scoped = group and value is not None
+    count_rows = await db.fetchall(
+        "SELECT status, failing_minion, minions, tests, failing, passing FROM fleet_counts "
+        "WHERE grain = ? AND value = ? LIMIT 10000",
+        (group, value) if scoped else ("", ""),
     )
-    by_status = await db.fetchall(
-        f"SELECT COALESCE(m.last_status, 'none') AS status, COUNT(*) AS minions FROM {scope} "
-        "GROUP BY m.last_status ORDER BY minions DESC LIMIT 50",
-        scope_params,
-    )
+    late_minions = await db.fetchval(f"SELECT COUNT(*) FROM {scope} {MINION_LATE}", (*scope_params, now_iso),
+                                     default=0)
+    by_status: dict[str, int] = {}
+    for row in count_rows:
+        by_status[row["status"] or "none"] = by_status.get(row["status"] or "none", 0) + row["minions"]
+    totals = {key: sum(row[key] for row in count_rows) for key in ("minions", "tests", "failing", "passing")}
     counts = {
-        "minions": totals["minions"] or 0,
-        "failing": totals["failing_minions"] or 0,
-        "late": totals["late_minions"] or 0,
+        "minions": totals["minions"],
+        "failing": sum(row["minions"] for row in count_rows if row["failing_minion"]),
+        "late": late_minions or 0,
     }
     counts["ok"] = counts["minions"] - counts["failing"] - counts["late"]
-    # The page: attention rank, then name; keyset on (rank, name).
-    where, params = [], [now_iso, *scope_params]
-    if state:
-        where.append("s.attention = ?")
-        params.append(ATTENTION.index(state))
-    if after:
-        where.append("(s.attention > ? OR (s.attention = ? AND s.name > ?))")
-        params.extend([after[0], after[0], after[1]])
-    rows = await db.fetchall(
-        "SELECT * FROM (SELECT m.id, m.name, m.first_seen, m.last_seen, m.last_run_id, m.runs, m.expected_interval, "
-        "m.late_after, m.last_status AS status, m.tests, m.failing, m.passing, "
-        f"CASE WHEN {MINION_FAILING} THEN 0 WHEN m.late_after < ? THEN 1 ELSE 2 END AS attention FROM {scope}) AS s"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + " ORDER BY s.attention, s.name LIMIT ?",
-        (*params, limit + 1),
-    )
+    rows = await _fleet_page(db, scope, scope_params, now_iso, state, after, limit + 1)
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
@@ -573,7 +610,10 @@ async def fleet(
     minions = []
     for row in rows:
         row = dict(row) | {key: value for key, value in last_counts.get(row["last_run_id"], {}).items() if key != "id"}
-        minion = _minion_state(row, now) | {"id": row["id"], "attention": ATTENTION[row["attention"]]}
+        attention = ATTENTION[row["attention"]]
+        minion = _minion_state(row, now) | {
+            "id": row["id"], "attention": attention, "late": attention == "late",
+            "overdue": bool(row["late_after"] and row["late_after"] < now_iso)}
         judged = (row["passing"] or 0) + (row["failing"] or 0)
         # The minion's pass rate over the latest outcome of each of its tests.
         minion.update(tests=row["tests"], failing=row["failing"], passing=row["passing"],
@@ -593,12 +633,12 @@ async def fleet(
             state_name = "fail" if cell["failing"] else ("pass" if cell["passing"] else "skip")
             matrix.setdefault(cell["minion_id"], {})[cell["file"]] = {**cell, "state": state_name}
     shown_files = sorted(files)[:max_files]
-    judged = (totals["passing"] or 0) + (totals["failing"] or 0)
+    judged = totals["passing"] + totals["failing"]
     counters = {row["name"]: row["value"] for row in await db.fetchall("SELECT name, value FROM counters LIMIT 100")}
     recent = await list_runs(db, limit=15)
     return {
         "counts": counts,
-        "by_status": {row["status"]: row["minions"] for row in by_status},
+        "by_status": dict(sorted(by_status.items(), key=lambda item: -item[1])),
         "group": group,
         "value": value,
         "state": state,
@@ -610,9 +650,10 @@ async def fleet(
         "files": shown_files,
         "files_hidden": max(0, len(files) - len(shown_files)),
         "matrix": {m["name"]: matrix.get(m["id"], {}) for m in minions},
-        "pass_rate": (totals["passing"] or 0) / judged if judged else None,
-        "tests_tracked": totals["tests"] or 0,
-        "failing": totals["failing"] or 0,
+        "pass_rate": totals["passing"] / judged if judged else None,
+        "tests_tracked": totals["tests"],
+        "failing": totals["failing"],
+        # The page's late minions: those counted in counts.late (attention "late").
         "late": [m["name"] for m in minions if m["late"]],
         "counters": counters,
         "recent_runs": recent["runs"],

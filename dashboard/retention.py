@@ -31,7 +31,12 @@ from datetime import UTC, datetime, timedelta
 from dashboard.db import Database
 from dashboard.dialect import POSTGRES
 from dashboard.failures import remove_from_search
-from dashboard.ingest.store import forget_pruned_status, refresh_pruned_minions
+from dashboard.ingest.store import (
+    FleetCountsDelta,
+    forget_pruned_status,
+    refresh_job_totals,
+    refresh_pruned_minions,
+)
 from dashboard.models import format_timestamp
 
 PRUNE_CHUNK = 500
@@ -67,6 +72,8 @@ def _prune_chunk(conn: sqlite3.Connection, cutoff: str) -> int:
     per_minion = conn.execute(
         "SELECT minion_id, count(*) FROM runs WHERE id IN (SELECT id FROM prune_runs) GROUP BY minion_id"
     ).fetchall()
+    fleet_counts = FleetCountsDelta(conn, [minion_id for minion_id, _count in per_minion])
+    jids = [row[0] for row in conn.execute("SELECT DISTINCT jid FROM runs WHERE id IN (SELECT id FROM prune_runs)")]
     # The failure search index (external content) must forget the rows before they go.
     remove_from_search(conn, "SELECT id FROM prune_runs")
     conn.execute("DELETE FROM results WHERE run_id IN (SELECT id FROM prune_runs)")
@@ -86,6 +93,8 @@ def _prune_chunk(conn: sqlite3.Connection, cutoff: str) -> int:
             (minion_id,),
         )
     refresh_pruned_minions(conn, [minion_id for minion_id, _count in per_minion])
+    fleet_counts.apply()
+    refresh_job_totals(conn, jids)
     _decrement_counters(conn, {"runs": len(run_ids), "results": results})
     return len(run_ids)
 

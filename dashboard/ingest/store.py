@@ -21,11 +21,18 @@ from collections.abc import Iterator
 from typing import Any
 
 from dashboard.dialect import dialect_of, insert_results, insert_returning
-from dashboard.failures import FailureBatch, SignatureUpkeep, reprofile_minion
+from dashboard.failures import FailureBatch
 from dashboard.ingest.records import JobRecord, RunRecord, utc_now
 from dashboard.ingest.status import FAIL, PASS, PRECEDENCE, fold_status
-from dashboard.lateness import late_after
-from dashboard.migrations import FLEET_SUMMARIES, statements_for
+from dashboard.lateness import failing_minion, late_after
+from dashboard.migrations import (
+    FLEET_COUNTS_SQL,
+    FLEET_SUMMARIES,
+    JOB_TOTALS_COLUMNS,
+    JOB_TOTALS_SELECT,
+    JOB_TOTALS_SQL,
+    statements_for,
+)
 from dashboard.webhooks import outbox
 
 SQL_CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
@@ -157,19 +164,15 @@ def forget_pruned_status(conn: Any, pruned_runs_sql: str) -> None:
     """
     rows = conn.execute(
         f"SELECT ts.minion_id, ts.test_id, t.file, ts.runs, ts.fails, ts.flips, ts.code_flips, "  # noqa: S608
-        f"ts.total_duration, ts.last_outcome, ts.last_signature, m.grain_profile FROM test_status ts "
-        f"JOIN tests t ON t.id = ts.test_id JOIN minions m ON m.id = ts.minion_id "
+        f"ts.total_duration, ts.last_outcome FROM test_status ts JOIN tests t ON t.id = ts.test_id "
         f"WHERE ts.last_run_id IN ({pruned_runs_sql})"
     ).fetchall()
     totals: dict[int, list] = {}
     files: dict[tuple[int, str], list] = {}
     minions: dict[int, list] = {}
-    upkeep = SignatureUpkeep()
-    for minion_id, test_id, file, runs, fails, flips, code_flips, duration, outcome, signature, profile in rows:
+    for minion_id, test_id, file, runs, fails, flips, code_flips, duration, outcome in rows:
         verdict = _verdict(outcome)
         failing, passing = int(verdict == 1), int(verdict == 2)
-        upkeep.status(minion_id, profile, test_id, signature, code_flips > 0, None, False)
-        upkeep.passing(test_id, profile, -passing)
         for target, key, values in (
             (totals, test_id, (1, runs, fails, flips, code_flips, duration, failing, passing)),
             (files, (minion_id, file), (1, failing, passing)),
@@ -196,7 +199,6 @@ def forget_pruned_status(conn: Any, pruned_runs_sql: str) -> None:
     )
     conn.execute("DELETE FROM file_status WHERE tests <= 0")
     conn.execute("DELETE FROM test_totals WHERE minions <= 0")
-    upkeep.apply(conn)
 
 
 def refresh_pruned_minions(conn: Any, minion_ids: list[int]) -> None:
@@ -214,8 +216,6 @@ def refresh_pruned_minions(conn: Any, minion_ids: list[int]) -> None:
             "UPDATE minions SET last_status = ?, late_after = ? WHERE id = ?",
             (status, late_after(first_seen, last_seen, runs, configured), minion_id),
         )
-        profile = conn.execute("SELECT grain_profile FROM minions WHERE id = ?", (minion_id,)).fetchone()[0]
-        reprofile_minion(conn, minion_id, profile)
         stored = {tuple(pair) for pair in conn.execute(
             "SELECT grain, value FROM minion_grains WHERE minion_id = ?", (minion_id,))}
         wanted = grain_values(grains)
@@ -228,12 +228,111 @@ def refresh_pruned_minions(conn: Any, minion_ids: list[int]) -> None:
 
 
 def rebuild_fleet_summaries(conn: Any) -> None:
-    """Refill minions' counts, file_status, test_totals and minion_grains from what is stored.
+    """Refill minions' counts, file_status, test_totals, minion_grains and fleet_counts from what is stored.
 
     In the caller's transaction. For bulk loads (dashboard/seed.py); the ingester keeps them by deltas.
     """
-    for statement in statements_for(FLEET_SUMMARIES, dialect_of(conn)):
-        conn.execute(statement)
+    dialect = dialect_of(conn)
+    for sql in (FLEET_SUMMARIES, FLEET_COUNTS_SQL, JOB_TOTALS_SQL):
+        for statement in statements_for(sql, dialect):
+            conn.execute(statement)
+
+
+def refresh_job_totals(conn: Any, jids: list[str]) -> None:
+    """Recount job_totals of these jids from their runs (after a prune deleted some of them)."""
+    for chunk in _chunks(sorted(set(jids)), SQL_CHUNK):
+        marks = ",".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM job_totals WHERE jid IN ({marks})", chunk)  # noqa: S608
+        conn.execute(f"INSERT INTO job_totals ({JOB_TOTALS_COLUMNS}) {JOB_TOTALS_SELECT} "  # noqa: S608
+                     f"WHERE jid IN ({marks}) GROUP BY jid", chunk)
+
+
+# A job's totals grow by each run stored: sums add, the longest run and the earliest start win.
+_UPSERT_JOB_TOTALS = (
+    f"INSERT INTO job_totals ({JOB_TOTALS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
+    "ON CONFLICT (jid) DO UPDATE SET runs = job_totals.runs + excluded.runs, "
+    "passed = job_totals.passed + excluded.passed, failed = job_totals.failed + excluded.failed, "
+    "skipped = job_totals.skipped + excluded.skipped, xfailed = job_totals.xfailed + excluded.xfailed, "
+    "xpassed = job_totals.xpassed + excluded.xpassed, errors = job_totals.errors + excluded.errors, "
+    "max_duration = CASE WHEN job_totals.max_duration IS NULL OR excluded.max_duration > job_totals.max_duration "
+    "THEN excluded.max_duration ELSE job_totals.max_duration END, "
+    "started_at = CASE WHEN job_totals.started_at IS NULL OR excluded.started_at < job_totals.started_at "
+    "THEN excluded.started_at ELSE job_totals.started_at END, "
+    "fun = CASE WHEN job_totals.fun IS NULL OR excluded.fun < job_totals.fun THEN excluded.fun ELSE job_totals.fun END, "
+    "rerun_of = CASE WHEN job_totals.rerun_of IS NULL OR excluded.rerun_of < job_totals.rerun_of "
+    "THEN excluded.rerun_of ELSE job_totals.rerun_of END"
+)
+
+
+FleetCountKey = tuple[str, str, str, int]  # (grain, value, status, failing_minion) of fleet_counts
+
+
+def fleet_contributions(conn: Any, minion_ids: list[int]) -> dict[FleetCountKey, list[int]]:
+    """What these minions add to fleet_counts as stored now: key -> [minions, tests, failing, passing]."""
+    minions: dict[int, tuple] = {}
+    scopes: dict[int, list[tuple[str, str]]] = {}
+    for chunk in _chunks(sorted(minion_ids), SQL_CHUNK):
+        marks = ",".join("?" * len(chunk))
+        for minion_id, status, tests, failing, passing in conn.execute(
+            f"SELECT id, last_status, tests, failing, passing FROM minions WHERE id IN ({marks})", chunk  # noqa: S608
+        ).fetchall():
+            minions[minion_id] = (status or "", int(failing_minion(status, failing)), tests, failing, passing)
+        for minion_id, grain, value in conn.execute(
+            f"SELECT minion_id, grain, value FROM minion_grains WHERE minion_id IN ({marks})", chunk  # noqa: S608
+        ).fetchall():
+            scopes.setdefault(minion_id, []).append((grain, value))
+    sums: dict[FleetCountKey, list[int]] = {}
+    for minion_id, (status, flag, tests, failing, passing) in minions.items():
+        for grain, value in (("", ""), *scopes.get(minion_id, ())):
+            total = sums.get((grain, value, status, flag))
+            if total is None:
+                total = sums[(grain, value, status, flag)] = [0, 0, 0, 0]
+            total[0] += 1
+            total[1] += tests
+            total[2] += failing
+            total[3] += passing
+    return sums
+
+
+class FleetCountsDelta:
+    """Keeps fleet_counts equal to its rebuild (FLEET_COUNTS_SQL) across a change of some minions.
+
+    Made before the change (it reads what those minions add now), :meth:`apply` after it (in the
+    same transaction) adds the difference: a run that changes no status or count writes nothing.
+    """
+
+    def __init__(self, conn: Any, minion_ids: list[int]):
+        self.conn = conn
+        self.minion_ids = list(minion_ids)
+        self.before = fleet_contributions(conn, self.minion_ids)
+
+    def apply(self) -> None:
+        after = fleet_contributions(self.conn, self.minion_ids)
+        changes = []
+        for key in self.before.keys() | after.keys():
+            old, new = self.before.get(key, (0, 0, 0, 0)), after.get(key, (0, 0, 0, 0))
+            delta = [n - o for n, o in zip(new, old, strict=True)]
+            if any(delta):
+                changes.append((*key, *delta))
+        add_fleet_counts(self.conn, changes)
+
+
+def add_fleet_counts(conn: Any, changes: list[tuple]) -> None:
+    """Add (grain, value, status, failing_minion, minions, tests, failing, passing) rows to fleet_counts."""
+    if not changes:
+        return
+    conn.executemany(
+        "INSERT INTO fleet_counts (grain, value, status, failing_minion, minions, tests, failing, passing) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (grain, value, status, failing_minion) DO UPDATE SET "
+        "minions = fleet_counts.minions + excluded.minions, tests = fleet_counts.tests + excluded.tests, "
+        "failing = fleet_counts.failing + excluded.failing, passing = fleet_counts.passing + excluded.passing",
+        changes,
+    )
+    conn.executemany(
+        "DELETE FROM fleet_counts WHERE grain = ? AND value = ? AND status = ? AND failing_minion = ? "
+        "AND minions <= 0",
+        [change[:4] for change in changes if change[4] < 0],
+    )
 
 
 class _Batch:
@@ -245,10 +344,11 @@ class _Batch:
         self.status: dict[tuple[int, int], dict | None] = {}
         self.dirty: set[tuple[int, int]] = set()
         self.stored: set[tuple[int, int]] = set()  # keys that have a row in the database
-        # The stored row's (runs, fails, flips, code_flips, total_duration, verdict, signature) before this
+        # The stored row's (runs, fails, flips, code_flips, total_duration, verdict) before this
         # batch folded into it: the summaries change by the difference.
         self.baseline: dict[tuple[int, int], tuple] = {}
         self.minions: dict[int, dict] = {}
+        self.jobs: dict[str, list] = {}  # jid -> its runs' totals in this batch (job_totals)
         self.runs = 0
         self.results = 0
         self.new_tests = 0
@@ -270,6 +370,8 @@ class _Batch:
                 "INSERT INTO minions (name, first_seen, last_seen) VALUES (?, ?, ?) RETURNING id",
                 (name, seen_at, seen_at),
             ).fetchone()
+            # Counted at once (no run, no grains yet): fleet_counts always equals its rebuild.
+            add_fleet_counts(self.conn, [("", "", "", 0, 1, 0, 0, 0)])
         minion_id = row[0]
         self.ids.minions[name] = minion_id
         return minion_id
@@ -278,8 +380,8 @@ class _Batch:
         state = self.minions.get(minion_id)
         if state is None:
             row = self.conn.execute(
-                "SELECT m.first_seen, m.last_seen, m.last_run_id, r.started_at, m.runs, m.expected_interval, m.grains, "
-                "m.grain_profile FROM minions m LEFT JOIN runs r ON r.id = m.last_run_id WHERE m.id = ?",
+                "SELECT m.first_seen, m.last_seen, m.last_run_id, r.started_at, m.runs, m.expected_interval, m.grains "
+                "FROM minions m LEFT JOIN runs r ON r.id = m.last_run_id WHERE m.id = ?",
                 (minion_id,),
             ).fetchone()
             state = {
@@ -290,7 +392,6 @@ class _Batch:
                 "stored_runs": row[4],
                 "expected_interval": row[5],
                 "stored_grains": row[6],
-                "profile": row[7],
                 "runs": 0,
                 "grains": None,
                 "status": None,
@@ -342,7 +443,7 @@ class _Batch:
                 self.stored.add(key)
                 self.baseline[key] = (
                     stored["runs"], stored["fails"], stored["flips"], stored["code_flips"], stored["total_duration"],
-                    _verdict(stored["last_outcome"]), stored["last_signature"],
+                    _verdict(stored["last_outcome"]),
                 )
 
     def recompute_status(self, minion_id: int, test_id: int) -> dict | None:
@@ -392,6 +493,7 @@ class _Batch:
             return "duplicate"
         minion_id = self.minion_id(record.minion, record.returned_at)
         self.runs += 1
+        self._add_to_job(record)
         if record.rows:
             ids = self.test_ids(record)
             self.pending_results.append((record.started_at, [
@@ -404,6 +506,24 @@ class _Batch:
             self._update_status(minion_id, run_id, record, ids)
         self._update_minion(minion_id, run_id, record)
         return "ingested"
+
+    def _add_to_job(self, record: RunRecord) -> None:
+        counts = record.counts
+        job = self.jobs.get(record.jid)
+        if job is None:
+            self.jobs[record.jid] = [1, counts["passed"], counts["failed"], counts["skipped"], counts["xfailed"],
+                                     counts["xpassed"], counts["errors"], record.duration, record.started_at,
+                                     record.fun, record.rerun_of]
+            return
+        job[0] += 1
+        for index, key in enumerate(("passed", "failed", "skipped", "xfailed", "xpassed", "errors"), 1):
+            job[index] += counts[key]
+        if record.duration is not None and (job[7] is None or record.duration > job[7]):
+            job[7] = record.duration
+        job[8] = min(job[8], record.started_at)
+        job[9] = min(job[9], record.fun)
+        if record.rerun_of and (job[10] is None or record.rerun_of < job[10]):
+            job[10] = record.rerun_of
 
     def _update_status(self, minion_id: int, run_id: int, record: RunRecord, ids: dict[str, int]) -> None:
         per_test = record.per_test
@@ -479,7 +599,6 @@ class _Batch:
         totals: dict[int, list] = {}
         files: dict[tuple[int, str], list] = {}
         file_of = self.ids.files
-        upkeep = SignatureUpkeep()  # the failures view's summaries: only statuses that changed
         for key in self.dirty:
             row = self.status[key]
             verdict = _verdict(row["last_outcome"])
@@ -491,21 +610,15 @@ class _Batch:
                         row["last_code_hash"], row["code_flips"], row["last_signature"], key[0], key[1],
                     )
                 )  # fmt: skip
-                runs, fails, flips, code_flips, duration, was, signature = self.baseline[key]
+                runs, fails, flips, code_flips, duration, was = self.baseline[key]
                 new = 0
             else:
                 inserts.append(tuple(row[c] for c in STATUS_COLUMNS))
                 runs = fails = flips = code_flips = duration = was = 0
-                signature = None
                 new = 1
             failing = (verdict == 1) - (was == 1)
             passing = (verdict == 2) - (was == 2)
             minion_id, test_id = key
-            if signature != row["last_signature"] or (signature and (code_flips > 0) != (row["code_flips"] > 0)):
-                upkeep.status(minion_id, self.minions[minion_id]["profile"], test_id, signature, code_flips > 0,
-                              row["last_signature"], row["code_flips"] > 0)
-            if passing:
-                upkeep.passing(test_id, self.minions[minion_id]["profile"], passing)
             total = totals.get(test_id)
             if total is None:
                 total = totals[test_id] = [0, 0, 0, 0, 0, 0.0, 0, 0, None]
@@ -547,9 +660,12 @@ class _Batch:
             )
         if files:
             conn.executemany(_UPSERT_FILE_STATUS, [(m, f, *cell) for (m, f), cell in files.items()])
-        upkeep.apply(conn)
+        fleet_counts = FleetCountsDelta(conn, list(self.minions))
         for minion_id, state in self.minions.items():
             self._flush_minion(minion_id, state)
+        fleet_counts.apply()
+        if self.jobs:
+            conn.executemany(_UPSERT_JOB_TOTALS, [(jid, *job) for jid, job in self.jobs.items()])
         conn.executemany(
             "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
             [(name, value) for name, value in (("runs", self.runs), ("results", self.results), ("tests", self.new_tests)) if value],
@@ -568,8 +684,6 @@ class _Batch:
                 "failing = failing + ?, passing = passing + ? WHERE id = ?",
                 (state["runs"], state["first_seen"], state["last_seen"], late, *counts, minion_id),
             )
-            if state["profile"] is None:
-                state["profile"] = reprofile_minion(conn, minion_id, None)
             return
         conn.execute(
             "UPDATE minions SET runs = runs + ?, first_seen = ?, last_seen = ?, late_after = ?, tests = tests + ?, "
@@ -584,8 +698,6 @@ class _Batch:
                 "INSERT INTO minion_grains (grain, value, minion_id) VALUES (?, ?, ?)",
                 [(grain, value, minion_id) for grain, value in sorted(grain_values(state["grains"]))],
             )
-        if state["grains"] != state["stored_grains"] or state["profile"] is None:
-            state["profile"] = reprofile_minion(conn, minion_id, state["profile"])
 
 
 def _failure_messages(record: RunRecord) -> dict[str, str]:

@@ -178,6 +178,35 @@ async def test_slowest_reads_the_per_test_totals(fleet_app):
     assert {row["nodeid"]: (row["runs"], row["minions"]) for row in rows}[BROKEN] == (28, 7)
 
 
+async def test_late_agrees_with_attention_and_counts_late(make_app):
+    # A failing minion that also went silent is failing (not late): the minions' "late", the page's
+    # "late" list and counts.late name the same minions; "overdue" still says it went silent.
+    async with make_app() as app:
+        for name, outcome, silent_hours in (("fresh", "passed", 0), ("quiet", "passed", 30),
+                                             ("quiet-broken", "failed", 30), ("broken", "failed", 0)):
+            newest = NOW - timedelta(hours=silent_hours)
+            for back in range(4):
+                started = newest - timedelta(hours=3 - back)
+                write_inbox(app.settings.inbox, result_document(
+                    name, f"{started:%Y%m%d%H%M%S}{back:06d}", started,
+                    [{"nodeid": BROKEN, "outcome": outcome if back == 3 else "passed"}], grains={"os": "Debian"}))
+        await ingest(app)
+        assert (await app.register(*ADMIN)).status_code == 303
+        assert (await app.login(*ADMIN)).status_code == 303
+        for params in ({}, {"group": "os", "value": "Debian"}):
+            fleet = (await app.http.get("/api/fleet", params=params)).json()
+            assert fleet["counts"] == {"minions": 4, "failing": 2, "late": 1, "ok": 1}
+            states = {m["name"]: (m["attention"], m["late"], m["overdue"]) for m in fleet["minions"]}
+            assert states == {"broken": ("failing", False, False), "quiet-broken": ("failing", False, True),
+                              "quiet": ("late", True, True), "fresh": ("ok", False, False)}
+            assert fleet["late"] == ["quiet"] == [m["name"] for m in fleet["minions"] if m["attention"] == "late"]
+            late_only = (await app.http.get("/api/fleet", params={**params, "state": "late"})).json()
+            assert [m["name"] for m in late_only["minions"]] == ["quiet"]
+        groups = (await app.http.get("/api/fleet", params={"group": "os"})).json()["groups"]["rows"]
+        assert [(g["value"], g["minions"], g["failing_minions"], g["late_minions"]) for g in groups] == [
+            ("Debian", 4, 2, 1)]
+
+
 async def test_a_jobs_runs_page_with_totals_over_all_of_them(make_app):
     async with make_app() as app:
         started = NOW - timedelta(hours=1)

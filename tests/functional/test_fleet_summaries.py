@@ -19,6 +19,10 @@ SUMMARY_QUERIES = {
     "test_totals": "SELECT test_id, minions, runs, fails, flips, code_flips, total_duration, avg_duration, failing, "
     "passing, last_pass_at FROM test_totals ORDER BY test_id",
     "minion_grains": "SELECT grain, value, minion_id FROM minion_grains ORDER BY grain, value, minion_id",
+    "fleet_counts": "SELECT grain, value, status, failing_minion, minions, tests, failing, passing FROM fleet_counts "
+    "ORDER BY grain, value, status, failing_minion",
+    "job_totals": "SELECT jid, runs, passed, failed, skipped, xfailed, xpassed, errors, max_duration, started_at, fun, "
+    "rerun_of FROM job_totals ORDER BY jid",
 }
 
 
@@ -86,6 +90,8 @@ def test_ingested_summaries_equal_the_backfill_of_the_same_history(tmp_path):
         assert kept["file_status"] == expected["file_status"]
         assert kept["test_totals"] == expected["test_totals"]
         assert kept["minion_grains"] == expected["minion_grains"]
+        assert kept["fleet_counts"] == expected["fleet_counts"]
+        assert kept["job_totals"] == expected["job_totals"]
         assert_same_minions(kept["minions"], expected["minions"])
         assert any(row[5] for row in kept["minions"])  # enough runs to learn an interval
         # A list grain has a row per element, nested objects none; a grain change replaced the rows.
@@ -159,10 +165,62 @@ def test_pruning_keeps_the_summaries_equal_to_the_backfill(tmp_path):
         kept_summaries, expected = summaries(conn), rebuilt(conn)
         assert kept_summaries["file_status"] == expected["file_status"]
         assert kept_summaries["minion_grains"] == expected["minion_grains"]
+        assert kept_summaries["fleet_counts"] == expected["fleet_counts"]
+        assert kept_summaries["job_totals"] == expected["job_totals"]
         assert [row[:5] for row in kept_summaries["minions"]] == [row[:5] for row in expected["minions"]]
         # test_totals: everything but the latest pass, which stays the latest pass ever seen.
         assert [row[:10] for row in kept_summaries["test_totals"]] == [row[:10] for row in expected["test_totals"]]
         assert [row[:4] for row in kept_summaries["minions"]] == [
             ("web-1", "failed", 1, 1), ("web-2", None, 0, 0)]
+    finally:
+        conn.close()
+
+
+def test_fleet_counts_equal_their_rebuild_after_random_ingests_and_a_prune(tmp_path):
+    import asyncio
+    from datetime import timedelta
+
+    from dashboard.db import Database
+    from dashboard.retention import prune
+
+    settings = make_settings(tmp_path)
+    rng = random.Random(11)
+    nodeids = [f"tests/test_{f}.py::test_{i}" for f in ("a", "b") for i in range(3)]
+    choices = [{"os": "Debian", "roles": ["web", "db"]}, {"os": "Ubuntu", "roles": ["web"]}, {"os": "Debian"},
+               {"roles": "cache", "num_cpus": 4}, {}]
+    jid = 0
+    for _batch in range(5):
+        for _ in range(rng.randrange(3, 10)):
+            jid += 1
+            minion = f"m-{rng.randrange(6)}"
+            # Some runs years old (the prune takes them), some today, in random order.
+            year = rng.choice([2020, 2020, 2999])
+            tests = [test_entry(n, rng.choice(["passed", "failed", "skipped", "error"]))
+                     for n in rng.sample(nodeids, rng.randrange(0, len(nodeids)))]
+            # Jobs of several minions, and now and then the same (minion, jid) again: a duplicate.
+            drop_doc(settings.inbox, make_doc(minion, f"20261128{rng.randrange(12):012d}", tests, grains=rng.choice(choices),
+                                              started_at=f"{year}-01-{rng.randrange(1, 28):02d}T00:00:{jid % 60:02d}Z"))
+        ingest(settings)
+        conn = connect_sync(settings.db_path)
+        try:
+            kept, expected = summaries(conn), rebuilt(conn)
+            assert kept["fleet_counts"] == expected["fleet_counts"]
+            assert kept["job_totals"] == expected["job_totals"]
+        finally:
+            conn.close()
+
+    async def scenario():
+        async with Database(settings.db_path) as db:
+            return await prune(db, timedelta(days=30))
+
+    assert asyncio.run(scenario()) > 0
+    conn = connect_sync(settings.db_path)
+    try:
+        kept_summaries, expected = summaries(conn), rebuilt(conn)
+        assert kept_summaries["job_totals"] == expected["job_totals"]
+        kept = kept_summaries["fleet_counts"]
+        assert kept == expected["fleet_counts"]
+        whole_fleet = [row for row in kept if row[0] == ""]
+        assert sum(row[4] for row in whole_fleet) == conn.execute("SELECT COUNT(*) FROM minions").fetchone()[0]
     finally:
         conn.close()
