@@ -164,7 +164,8 @@ def _announce_spool(spool: dict, minion_id: str, report: dict) -> None:
             last_error = _lib("distmon_transport.spool_error")(entries[0].path).get("last_error")
         for tag, data in _lib("distmon_events.spool_events")(spool["spool_dir"], minion_id, entries, report,
                                                                 last_error):
-            _lib("distmon_events.fire_best_effort")(__salt__["event.fire_master"], tag, data)
+            _lib("distmon_events.fire_best_effort")(__salt__["event.fire_master"], tag, data,
+                                                    about=f"minion {minion_id}")
     except Exception:  # an event is a courtesy: the spool and its delivery stand regardless
         log.exception("distmon: could not announce the spool state of minion %s", minion_id)
 

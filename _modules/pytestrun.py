@@ -94,9 +94,9 @@ CLI Example:
 
 from __future__ import annotations
 
-import contextvars
 import datetime
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -117,6 +117,10 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 log = logging.getLogger(__name__)
 
 __virtualname__ = "pytestrun"
+
+_PACKAGE = "saltext.distmon.utils."
+# The shared library (_utils/) this module uses: the run event's firing and what a re-run runs.
+LIBRARY_PROBES = ("distmon_events.fire_best_effort", "distmon_summary.rerun_paths")
 
 STATUSES = ("passed", "failed", "no_tests", "usage_error", "internal_error", "interrupted", "timeout", "error")
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
@@ -379,7 +383,19 @@ def __virtual__():
         import psutil  # noqa: F401  (a Salt dependency; needed to kill a timed-out process tree)
     except ImportError:
         return (False, "pytestrun needs the psutil package in the minion's Python")
+    try:
+        for name in LIBRARY_PROBES:
+            _lib(name)
+    except (ImportError, AttributeError):
+        return (False, "pytestrun: the shared library _utils/distmon_*.py is not loaded: run saltutil.sync_all "
+                       "(or pip install saltext-distmon)")
     return __virtualname__
+
+
+def _lib(name: str):
+    """``module.function`` from the synced ``_utils`` library, else from the installed saltext-distmon package."""
+    module, _, function = name.partition(".")
+    return __utils__[name] if name in __utils__ else getattr(importlib.import_module(_PACKAGE + module), function)
 
 
 # ---------------------------------------------------------------- helpers
@@ -1098,23 +1114,10 @@ def _forget_old_history(directory: str) -> None:
         return
 
 
-def _masterless() -> bool:
-    return bool(__opts__.get("local") or __opts__.get("file_client") == "local"
-                or __opts__.get("master_type") == "disable")
-
-
-def _rerun_paths(result: dict, nodeids: list[str]) -> list[str]:
-    """Paths that run exactly ``nodeids`` again the way this run found them."""
-    if result["paths"] and all(str(p).startswith("salt://") for p in result["paths"]):
-        return [f"salt://{nodeid}" for nodeid in nodeids]  # node ids are relative to the salt:// root
-    root = result.get("rootdir") or ""
-    return [os.path.join(root, nodeid) if root else nodeid for nodeid in nodeids]
-
-
 def _run_event(result: dict, jid: str | None, new: list[str], fixed: list[str],
                rerun_wanted: bool = True, saltenv: str = "base") -> tuple[str, dict]:
     """The (tag, data) of the event fired after a run (docs/events.md)."""
-    failed = sorted({e["nodeid"] for e in result["tests"] if e.get("outcome") in _FAIL})
+    failed = _lib("distmon_summary.failed_nodeids")(result["tests"])
     data = {
         "jid": jid,
         "minion_id": result.get("minion_id"),
@@ -1134,7 +1137,7 @@ def _run_event(result: dict, jid: str | None, new: list[str], fixed: list[str],
         # What a reactor needs to re-run the new failures here (never a re-run's own).
         "rerun": {
             "wanted": bool(rerun_wanted and new and not result.get("rerun_of")),
-            "paths": _rerun_paths(result, new[:MAX_EVENT_IDS]),
+            "paths": _lib("distmon_summary.rerun_paths")(result, new[:MAX_EVENT_IDS]),
             "saltenv": saltenv,
         },
     }
@@ -1143,28 +1146,14 @@ def _run_event(result: dict, jid: str | None, new: list[str], fixed: list[str],
 
 def _fire_best_effort(tag: str, data: dict) -> None:
     """Fire on the master's bus in a thread; wait at most ``pytestrun.event_timeout`` seconds."""
-    if _masterless() or "event.fire_master" not in __salt__:
+    if _lib("distmon_events.masterless")(__opts__) or "event.fire_master" not in __salt__:
         return
     try:
         timeout = float(__salt__["config.get"]("pytestrun.event_timeout", DEFAULT_EVENT_TIMEOUT))
     except (TypeError, ValueError):
         timeout = DEFAULT_EVENT_TIMEOUT
-    outcome: list = []
-
-    def fire() -> None:
-        try:
-            outcome.append(__salt__["event.fire_master"](data, tag))
-        except Exception as err:  # the bus is a courtesy: the run's result stands regardless
-            outcome.append(err)
-
-    # The loader's dunders (__opts__, __salt__ ...) live in context variables: the thread needs a copy.
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(fire,), name="pytestrun-event", daemon=True)
-    thread.start()
-    thread.join(max(0.0, timeout))
-    if thread.is_alive():
-        log.warning("pytestrun: event %s for job %s not confirmed within %.1f s", tag, data.get("jid"), timeout)
-    elif outcome and outcome[0] is not True:
-        log.warning("pytestrun: event %s for job %s not sent: %s", tag, data.get("jid"), outcome[0])
+    _lib("distmon_events.fire_best_effort")(__salt__["event.fire_master"], tag, data, timeout,
+                                            about=f"job {data.get('jid')} minion {data.get('minion_id')}")
 
 
 def _off(value) -> bool:

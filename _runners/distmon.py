@@ -51,6 +51,7 @@ import shlex
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 import salt.client
 import salt.exceptions
@@ -155,6 +156,34 @@ def _as_number(value, kind, name: str):
     if number <= 0:
         raise DistmonUsageError(f"{name} must be positive, not {value!r}\n{USAGE}")
     return number
+
+
+class _Waits(NamedTuple):
+    """How long a job may take: Salt's two timeouts, the tests' own, and the whole wait."""
+
+    timeout: int
+    gather_job_timeout: int
+    test_timeout: float | None
+    max_wait: float
+
+
+def _waits(timeout=None, gather_job_timeout=None, test_timeout=None, max_wait=None) -> _Waits:
+    """The checked waits; Salt's default to the master's, max_wait to the tests' (or 600 s) plus Salt's and 30 s."""
+    timeout = _as_number(timeout, int, "timeout") or int(__opts__["timeout"])
+    gather_job_timeout = _as_number(gather_job_timeout, int, "gather_job_timeout") or int(
+        __opts__["gather_job_timeout"]
+    )
+    test_timeout = _as_number(test_timeout, float, "test_timeout")
+    max_wait = _as_number(max_wait, float, "max_wait") or ((test_timeout or 600) + timeout + gather_job_timeout + 30)
+    return _Waits(timeout, gather_job_timeout, test_timeout, max_wait)
+
+
+def _pytestrun_kwarg(waits: _Waits, **given) -> dict:
+    """pytestrun.run's keyword arguments: those given a value, and the tests' timeout when set."""
+    kwarg = {key: value for key, value in given.items() if value}
+    if waits.test_timeout:
+        kwarg["timeout"] = waits.test_timeout
+    return kwarg
 
 
 def _prompt(label: str) -> str:
@@ -378,31 +407,18 @@ def run(
         raise DistmonUsageError(f"tgt_type {tgt_type!r} is not one of {', '.join(TARGET_TYPES)}\n{USAGE}")
     path, tgt = _ask_missing(path, tgt, tgt_type)
     target = _split_target(tgt, tgt_type)
-    timeout = _as_number(timeout, int, "timeout") or int(__opts__["timeout"])
-    gather_job_timeout = _as_number(gather_job_timeout, int, "gather_job_timeout") or int(
-        __opts__["gather_job_timeout"]
-    )
-    test_timeout = _as_number(test_timeout, float, "test_timeout")
-    max_wait = _as_number(max_wait, float, "max_wait") or (
-        (test_timeout or 600) + timeout + gather_job_timeout + 30
-    )
-    kwarg = {}
-    pytest_args = _split_args(args)
-    if pytest_args:
-        kwarg["args"] = pytest_args
-    if test_timeout:
-        kwarg["timeout"] = test_timeout
-
+    waits = _waits(timeout, gather_job_timeout, test_timeout, max_wait)
+    kwarg = _pytestrun_kwarg(waits, args=_split_args(args))
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
-        rows = _publish_and_collect(client, target, tgt_type, path, kwarg, timeout, gather_job_timeout, max_wait, ret)
+        rows = _publish_and_collect(client, target, tgt_type, path, kwarg, waits, ret)
     if rows is None:
         raise DistmonUsageError(f"no minion matches {tgt_type} target {tgt!r}; nothing was run")
     return _finish(rows)
 
 
-def _publish_and_collect(client, target, tgt_type: str, path, kwarg: dict, timeout: int, gather_job_timeout: int,
-                         max_wait: float, ret: str) -> dict | None:
+def _publish_and_collect(client, target, tgt_type: str, path, kwarg: dict, waits: _Waits, ret: str) -> dict | None:
     """Publish pytestrun.run, write the manifest, show each return as it arrives; rows by minion (None: no match)."""
+    timeout, gather_job_timeout, _, max_wait = waits
     progress_line = _lib("distmon_summary.progress_line")
     started_at = _lib("distmon_transport.utc_now")()
     pub_data = client.run_job(
@@ -465,17 +481,6 @@ def _cached_job(jid, command: str) -> tuple[str, dict]:
     return jid, job
 
 
-def _failed_paths(result: dict) -> list[str]:
-    """Paths that run again exactly the tests that failed (or errored) in a pytestrun.run result."""
-    failed = sorted({entry.get("nodeid") for entry in result.get("tests") or []
-                     if isinstance(entry, dict) and entry.get("outcome") in ("failed", "error") and entry.get("nodeid")})
-    paths = [str(p) for p in result.get("paths") or []]
-    if paths and all(p.startswith("salt://") for p in paths):
-        return [f"salt://{nodeid}" for nodeid in failed]  # node ids are relative to the salt:// root
-    root = result.get("rootdir") or ""
-    return [f"{root.rstrip('/')}/{nodeid}" if root else nodeid for nodeid in failed]
-
-
 def rerun(jid=None, timeout=None, test_timeout=None, max_wait=None, gather_job_timeout=None, ret: str = RETURNER) -> dict:
     """
     Re-run the failed tests of an earlier job, each minion only its own failures, with progress and summary.
@@ -506,27 +511,19 @@ def rerun(jid=None, timeout=None, test_timeout=None, max_wait=None, gather_job_t
         result = data.get("return") if isinstance(data, dict) else None
         if not _lib("distmon_summary.is_pytestrun_return")(result):
             continue
-        paths = _failed_paths(result)
+        paths = _lib("distmon_summary.rerun_paths")(result, _lib("distmon_summary.failed_nodeids")(result.get("tests")))
         if paths:
             groups.setdefault(tuple(paths), []).append(minion)
     if not groups:
         _progress(f"jid {jid}: no failed tests to re-run")
         return _finish_rerun({})
-    timeout = _as_number(timeout, int, "timeout") or int(__opts__["timeout"])
-    gather_job_timeout = _as_number(gather_job_timeout, int, "gather_job_timeout") or int(
-        __opts__["gather_job_timeout"]
-    )
-    test_timeout = _as_number(test_timeout, float, "test_timeout")
-    max_wait = _as_number(max_wait, float, "max_wait") or ((test_timeout or 600) + timeout + gather_job_timeout + 30)
-    kwarg = {"rerun_of": jid}
-    if test_timeout:
-        kwarg["timeout"] = test_timeout
+    waits = _waits(timeout, gather_job_timeout, test_timeout, max_wait)
+    kwarg = _pytestrun_kwarg(waits, rerun_of=jid)
     rows: dict = {}
     with salt.client.get_local_client(__opts__["conf_file"]) as client:
         for paths, minions in groups.items():
             _progress(f"re-running {len(paths)} failed test(s) of {jid} on {', '.join(minions)}")
-            got = _publish_and_collect(client, minions, "list", list(paths), kwarg, timeout, gather_job_timeout,
-                                       max_wait, ret)
+            got = _publish_and_collect(client, minions, "list", list(paths), kwarg, waits, ret)
             for minion in minions:
                 rows[minion] = (got or {}).get(minion) or _missing_row(jid, "the re-run could not be published")
     return _finish_rerun(rows)
@@ -597,10 +594,7 @@ def status(tgt="*", tgt_type: str = "glob", timeout=None, gather_job_timeout=Non
     """
     if tgt_type not in TARGET_TYPES:
         raise DistmonUsageError(f"tgt_type {tgt_type!r} is not one of {', '.join(TARGET_TYPES)}")
-    timeout = _as_number(timeout, int, "timeout") or int(__opts__["timeout"])
-    gather_job_timeout = _as_number(gather_job_timeout, int, "gather_job_timeout") or int(
-        __opts__["gather_job_timeout"]
-    )
+    timeout, gather_job_timeout, _, _ = _waits(timeout, gather_job_timeout)
     target = _split_target(tgt, tgt_type)
     minions = __salt__["manage.status"](
         tgt=target, tgt_type=tgt_type, timeout=timeout, gather_job_timeout=gather_job_timeout

@@ -1,5 +1,7 @@
 """
-Events on the master's bus about the spool: ``distmon/spool/backlog`` and ``distmon/spool/drained``.
+Events on the master's bus: firing that never fails or slows the caller (``pytestrun.run``'s
+``distmon/run/<status>`` and the spool's), and the spool's own: ``distmon/spool/backlog`` and
+``distmon/spool/drained``.
 
 Fired by ``distmon.store`` (the returner's path) and ``distmon.flush`` after each delivery
 attempt (docs/events.md):
@@ -37,8 +39,12 @@ def masterless(opts: dict) -> bool:
     return bool(opts.get("local") or opts.get("file_client") == "local" or opts.get("master_type") == "disable")
 
 
-def fire_best_effort(fire, tag: str, data: dict, timeout: float = DEFAULT_TIMEOUT) -> bool | None:
-    """Call ``fire(data, tag)`` in a thread; wait at most ``timeout`` s. True sent, False refused, None unknown."""
+def fire_best_effort(fire, tag: str, data: dict, timeout: float = DEFAULT_TIMEOUT, about: str = "") -> bool | None:
+    """Call ``fire(data, tag)`` in a thread; wait at most ``timeout`` s. True sent, False refused, None unknown.
+
+    ``about`` (e.g. ``job <jid> minion <id>``) goes into the warning logged when it was not sent.
+    """
+    about = f" ({about})" if about else ""
     outcome: list = []
 
     def send() -> None:
@@ -52,10 +58,10 @@ def fire_best_effort(fire, tag: str, data: dict, timeout: float = DEFAULT_TIMEOU
     thread.start()
     thread.join(max(0.0, timeout))
     if thread.is_alive():
-        log.warning("distmon: event %s not confirmed within %.1f s", tag, timeout)
+        log.warning("distmon: event %s%s not confirmed within %.1f s", tag, about, timeout)
         return None
     if outcome and outcome[0] is not True:
-        log.warning("distmon: event %s not sent: %s", tag, outcome[0])
+        log.warning("distmon: event %s%s not sent: %s", tag, about, outcome[0])
         return False
     return True
 

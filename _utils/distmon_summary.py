@@ -5,6 +5,8 @@ Shared by the ``distmon`` runner (``distmon.run``, ``distmon.results``) and the
 ``distmon`` outputter (``salt '*' pytestrun.run ... --out distmon``), so a run
 reads the same whichever way it was started. Everything that came from a
 minion is stripped of control characters before it reaches a terminal.
+What to run again after a run (``failed_nodeids``, ``rerun_paths``) is shared by
+``pytestrun.run``'s event and ``distmon.rerun``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,21 @@ def first_line(text) -> str:
 def is_pytestrun_return(ret) -> bool:
     """True for what ``pytestrun.run`` returns (as opposed to an error string or a summary row)."""
     return isinstance(ret, dict) and isinstance(ret.get("counts"), dict)
+
+
+def failed_nodeids(tests) -> list[str]:
+    """The node ids that failed or errored (in any phase) in a ``pytestrun.run`` return's ``tests``, sorted."""
+    return sorted({entry["nodeid"] for entry in tests or []
+                   if isinstance(entry, dict) and entry.get("outcome") in ("failed", "error") and entry.get("nodeid")})
+
+
+def rerun_paths(ret: dict, nodeids) -> list[str]:
+    """Paths for ``pytestrun.run`` that run exactly ``nodeids`` again the way the run ``ret`` found them."""
+    paths = [str(path) for path in ret.get("paths") or []]
+    if paths and all(path.startswith("salt://") for path in paths):
+        return [f"salt://{nodeid}" for nodeid in nodeids]  # node ids are relative to the salt:// root
+    root = (ret.get("rootdir") or "").rstrip("/")
+    return [f"{root}/{nodeid}" if root else nodeid for nodeid in nodeids]
 
 
 def summarize_return(ret, retcode=None) -> dict:

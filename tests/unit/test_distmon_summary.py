@@ -52,3 +52,15 @@ def test_progress_never_prints_control_characters_from_a_minion():
     line = summary.progress_line("web-1\x1b[2J", row)
     assert "\x1b" not in line and "\x07" not in line
     assert "FAILED t.py::test_x[?]0;owned?] - boom?[2J" in line
+
+
+def test_rerun_paths_run_exactly_the_failed_tests_again_where_they_were_found():
+    tests = [{"nodeid": "t.py::a", "outcome": "passed"}, {"nodeid": "t.py::b", "outcome": "failed"},
+             {"nodeid": "t.py::a", "outcome": "error", "when": "teardown"}, {"nodeid": "t.py::c", "outcome": "skipped"},
+             "not an entry", {"outcome": "failed"}]
+    failed = summary.failed_nodeids(tests)
+    assert failed == ["t.py::a", "t.py::b"]
+    assert summary.rerun_paths({"paths": ["salt://suite", "salt://other"]}, failed) == ["salt://t.py::a", "salt://t.py::b"]
+    assert summary.rerun_paths({"paths": ["/srv/tests"], "rootdir": "/srv/tests/"}, failed) == [
+        "/srv/tests/t.py::a", "/srv/tests/t.py::b"]
+    assert summary.rerun_paths({"paths": ["/srv/tests", "salt://x"], "rootdir": None}, ["t.py::a"]) == ["t.py::a"]

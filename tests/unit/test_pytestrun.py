@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-from tests.loader_support import load_loader_module
+from tests.loader_support import load_loader_module, load_utils
 
 MODULE_PATH = Path(__file__).resolve().parents[2] / "_modules" / "pytestrun.py"
 # The tiny suites here need no installed plugins: not loading them keeps each real run short.
@@ -22,6 +22,7 @@ NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 @pytest.fixture
 def pytestrun(tmp_path, monkeypatch):
     module = load_loader_module("_modules/pytestrun.py", "distmon_unit_pytestrun")
+    monkeypatch.setattr(module, "__utils__", load_utils(), raising=False)
     config = {}
     monkeypatch.setattr(module, "__opts__", {"cachedir": str(tmp_path / "cache"), "id": "unit-minion"}, raising=False)
     monkeypatch.setattr(module, "__salt__", {"config.get": lambda key, default=None: config.get(key, default)},
@@ -464,8 +465,13 @@ def test_version_reports_this_interpreter(pytestrun):
 # ---------------------------------------------------------------- loader conventions
 
 
-def test_virtual_and_cli_examples(pytestrun):
+def test_virtual_and_cli_examples(pytestrun, monkeypatch):
     assert pytestrun.__virtual__() == "pytestrun"
+    # Without the shared _utils library (not synced, no saltext package) it says what to do.
+    monkeypatch.setattr(pytestrun, "__utils__", {})
+    loaded, why = pytestrun.__virtual__()
+    assert loaded is False and "saltutil.sync_all" in why and "_utils/distmon_" in why
+    monkeypatch.setattr(pytestrun, "__utils__", load_utils())
     public = [name for name, fn in inspect.getmembers(pytestrun, inspect.isfunction)
               if not name.startswith("_") and fn.__module__ == pytestrun.__name__]
     assert sorted(public) == ["collect", "last", "run", "version"]

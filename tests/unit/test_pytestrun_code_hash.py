@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.loader_support import load_loader_module
+from tests.loader_support import load_loader_module, load_utils
 
 MODULE_PATH = Path(__file__).resolve().parents[2] / "_modules" / "pytestrun.py"
 NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -16,6 +16,7 @@ NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 @pytest.fixture
 def pytestrun(tmp_path, monkeypatch):
     module = load_loader_module("_modules/pytestrun.py", "distmon_unit_pytestrun_code_hash")
+    monkeypatch.setattr(module, "__utils__", load_utils(), raising=False)
     monkeypatch.setattr(module, "__opts__", {"cachedir": str(tmp_path / "cache"), "id": "unit-minion"}, raising=False)
     monkeypatch.setattr(module, "__salt__", {"config.get": lambda key, default=None: default}, raising=False)
     monkeypatch.setattr(module, "__context__", {}, raising=False)

@@ -7,12 +7,13 @@ import time
 
 import pytest
 
-from tests.loader_support import load_loader_module
+from tests.loader_support import load_loader_module, load_utils
 
 
 @pytest.fixture
 def pytestrun(tmp_path, monkeypatch):
     module = load_loader_module("_modules/pytestrun.py", "distmon_unit_pytestrun_events")
+    monkeypatch.setattr(module, "__utils__", load_utils(), raising=False)
     config: dict = {"pytestrun.event_timeout": 0.5}
     fired: list = []
 
