@@ -358,6 +358,25 @@ def cmd_webhook_deliveries(args, settings: Settings) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number above zero (a count, a limit, a chunk size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__.split("\n")[0])
     parser.add_argument("--db", help="the database (default: DISTMON_DB, else the store of --env-file, else that of "
@@ -401,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the web app (uvicorn with the dashboard's limits)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--no-access-log", action="store_true")
     serve.set_defaults(func=cmd_serve)
@@ -424,18 +443,18 @@ def build_parser() -> argparse.ArgumentParser:
         action.set_defaults(func=func)
     deliveries = hooks.add_parser("deliveries", help="the delivery log")
     deliveries.add_argument("id", type=int, nargs="?", help="one webhook's deliveries only")
-    deliveries.add_argument("--limit", type=int, default=50)
+    deliveries.add_argument("--limit", type=_positive_int, default=50)
     deliveries.set_defaults(func=cmd_webhook_deliveries)
 
     seed = sub.add_parser("seed", help="insert synthetic runs (benchmarks)")
-    seed.add_argument("--runs", type=int, default=20_000)
-    seed.add_argument("--tests", type=int, default=50)
-    seed.add_argument("--minions", type=int, default=50)
+    seed.add_argument("--runs", type=_positive_int, default=20_000)
+    seed.add_argument("--tests", type=_positive_int, default=50)
+    seed.add_argument("--minions", type=_positive_int, default=50)
     seed.add_argument("--prefix", default="")
     seed.set_defaults(func=cmd_seed)
 
     backfill = sub.add_parser("backfill-signatures", help="failure signatures for results stored before they existed")
-    backfill.add_argument("--chunk", type=int, default=20_000, help="result ids per transaction")
+    backfill.add_argument("--chunk", type=_positive_int, default=20_000, help="result ids per transaction")
     backfill.set_defaults(func=cmd_backfill_signatures)
 
     triage = sub.add_parser("triage", help="known issues, mutes, the triage log").add_subparsers(
@@ -456,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     mutes = triage.add_parser("mutes", help="list active mutes (--all: also ended ones), one JSON object a line")
     mutes.add_argument("--all", action="store_true")
     log = triage.add_parser("log", help="the triage log, newest first, one JSON object a line")
-    log.add_argument("--limit", type=int, default=100)
+    log.add_argument("--limit", type=_positive_int, default=100)
     for command in (known, mute, unmute, mutes, log):
         command.add_argument("--user", help="the dashboard user acting (recorded in the triage log)")
         command.set_defaults(func=cmd_triage)

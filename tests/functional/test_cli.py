@@ -232,3 +232,16 @@ def test_make_setup_puts_the_checkout_on_the_venvs_path(tmp_path):
     found = subprocess.run([python, "-c", "import dashboard; print(dashboard.__file__)"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=60)
     assert found.stdout.strip() == str(REPO_ROOT / "dashboard" / "__init__.py"), found.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("seed", "--runs", "-5"), ("seed", "--tests", "0"), ("seed", "--minions", "x"),
+    ("backfill-signatures", "--chunk", "0"),  # used to loop for ever over a chunk of no result ids
+    ("serve", "--port", "99999"),  # used to end in an OverflowError traceback from bind()
+    ("triage", "log", "--limit", "-3"), ("webhook", "deliveries", "--limit", "0"),
+])
+def test_counts_limits_and_ports_out_of_range_are_refused_by_name(tmp_path, args):
+    refused = cli(tmp_path, *args)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"argument {args[-2]}:" in refused.stderr, refused.stderr
+    assert not list(tmp_path.rglob("*.sqlite"))  # refused before any store was opened
