@@ -421,6 +421,24 @@ def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
             f"ON CONFLICT ({', '.join(key)}) {action}")
 
 
+# Grains that name one machine (an id, a name, an address): left out of a minion's grain profile,
+# so minions alike in every other grain share one profile (docs/triage.md).
+MACHINE_GRAINS = ("id", "fqdn", "host", "nodename", "localhost", "machine_id", "uuid", "serialnumber", "server_id",
+                  "ipv4", "ipv6", "fqdn_ip4", "fqdn_ip6")
+
+
+def grain_profile_sql(dialect: str, grains: str) -> str:
+    """An SQL expression: the grains JSON in column ``grains`` without :data:`MACHINE_GRAINS`, as
+    text (``{}`` when not an object). Minions with equal text share a ``grain_profiles`` row."""
+    if dialect == POSTGRES:
+        names = ",".join(MACHINE_GRAINS)
+        return (f"((CASE WHEN jsonb_typeof({grains}::jsonb) = 'object' THEN {grains}::jsonb ELSE '{{}}'::jsonb END) "
+                f"- '{{{names}}}'::text[])::text")
+    paths = ", ".join(f"'$.{name}'" for name in MACHINE_GRAINS)
+    return (f"json_remove(CASE WHEN json_type(CASE WHEN json_valid({grains}) THEN {grains} ELSE '{{}}' END) = 'object' "
+            f"THEN {grains} ELSE '{{}}' END, {paths})")
+
+
 def analyze(conn: Any, table: str | None = None) -> None:
     """Refresh the planner's statistics after a bulk load or update: SQLite ``PRAGMA optimize``,
     PostgreSQL ``ANALYZE`` (of ``table`` or every table). A freshly loaded table has none until

@@ -35,7 +35,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dashboard.db import run_transaction
-from dashboard.dialect import POSTGRES, analyze, dialect_of
+from dashboard.dialect import POSTGRES, analyze, dialect_of, grain_profile_sql, insert_returning
+from dashboard.migrations import SIGNATURE_SUMMARIES, statements_for
 from dashboard.models import format_timestamp
 from dashboard.queries import (
     FAILING,
@@ -56,7 +57,10 @@ SQL_CHUNK = 500
 SICK_HOST_MIN_SIGNATURES = 3
 SICK_HOST_CANDIDATES = 50  # minions examined for it, those failing the most tests first
 SEPARATING_GRAINS_SHOWN = 5
-GRAIN_SAMPLE = 1000  # minions per side used to rank grain values on a large fleet
+# Names listed per list (minions failing, passing, ..., tests) with an exact *_count beside:
+LIST_CAP = 100  # on a signature's page and GET /api/failures/{signature}
+ROW_LIST_CAP = 20  # in each row of /failures and GET /api/failures (the page shows the first 5)
+SINCE_TESTS = 20  # a signature over more tests reads its failing-since over all its rows
 HISTORY_LIMIT = 100
 FTS_MATCH_LIMIT = 1000  # newest matching failures a text search looks at
 BACKFILL_CHUNK_IDS = 20_000
@@ -129,6 +133,143 @@ class FailureBatch:
         self.runs_with_failures.clear()
 
 
+# -- write side: the signature summaries (migration 8) -------------------------------------------
+
+_UPSERT_SIGNATURE_MINION = (
+    "INSERT INTO signature_minions (signature, minion_id, tests) VALUES (?, ?, ?) ON CONFLICT (signature, minion_id) "
+    "DO UPDATE SET tests = signature_minions.tests + excluded.tests RETURNING tests"
+)
+_UPSERT_SIGNATURE_TOTALS = (
+    "INSERT INTO signature_totals (signature, minions, pairs, code_flip_pairs) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (signature) DO UPDATE SET minions = signature_totals.minions + excluded.minions, "
+    "pairs = signature_totals.pairs + excluded.pairs, "
+    "code_flip_pairs = signature_totals.code_flip_pairs + excluded.code_flip_pairs"
+)
+# (table, key columns, counted column): summaries changed by plain deltas, rows at zero deleted.
+_DELTA_TABLES = {
+    "signature_tests": (("signature", "test_id"), "minions"),
+    "signature_profiles": (("signature", "profile_id"), "minions"),
+    "test_profiles": (("test_id", "profile_id"), "passing"),
+}
+
+
+class SignatureUpkeep:
+    """Changes to the signature summaries, gathered from (minion, test) status changes and applied
+    at once by :meth:`apply` in the caller's transaction. Work is done only for a status whose
+    signature, code-flip mark or passing verdict changed: a failing streak opening or closing,
+    a signature changing; nothing for a result that changes none of them."""
+
+    def __init__(self) -> None:
+        # (minion id, its grain profile, test id, old signature, old code-flipped, new signature, new code-flipped)
+        self.pairs: list[tuple] = []
+        self.deltas: dict[str, Counter] = {table: Counter() for table in _DELTA_TABLES}
+
+    def status(self, minion_id: int, profile: int | None, test_id: int, old: str | None, old_flipped: bool,
+               new: str | None, new_flipped: bool) -> None:
+        if old != new or (old and old_flipped != new_flipped):
+            self.pairs.append((minion_id, profile, test_id, old, old_flipped, new, new_flipped))
+
+    def passing(self, test_id: int, profile: int | None, delta: int) -> None:
+        # A minion without a profile yet is counted when it gets one (reprofile_minion).
+        if delta and profile is not None:
+            self.deltas["test_profiles"][(test_id, profile)] += delta
+
+    def apply(self, conn) -> None:
+        if not self.pairs and not any(self.deltas.values()):
+            return
+        minions: Counter = Counter()
+        totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # minions, pairs, code-flip pairs
+        profile_of: dict[int, int | None] = {}
+        tests = self.deltas["signature_tests"]
+        for minion_id, profile, test_id, old, old_flipped, new, new_flipped in self.pairs:
+            profile_of[minion_id] = profile
+            for signature, sign, flipped in ((old, -1, old_flipped), (new, 1, new_flipped)):
+                if signature:
+                    tests[(signature, test_id)] += sign
+                    minions[(signature, minion_id)] += sign
+                    totals[signature][1] += sign
+                    totals[signature][2] += sign * int(bool(flipped))
+        changed = [(signature, minion_id, delta) for (signature, minion_id), delta in minions.items() if delta]
+        # The new count of each (signature, minion) says whether the minion started or stopped failing with it.
+        gone = []
+        for (signature, minion_id, delta), now in zip(
+            changed, insert_returning(conn, _UPSERT_SIGNATURE_MINION, changed), strict=True
+        ):
+            present = int(now > 0) - int(now - delta > 0)
+            if now <= 0:
+                gone.append((signature, minion_id))
+            if present:
+                totals[signature][0] += present
+                if profile_of[minion_id] is not None:
+                    self.deltas["signature_profiles"][(signature, profile_of[minion_id])] += present
+        if gone:
+            conn.executemany("DELETE FROM signature_minions WHERE signature = ? AND minion_id = ?", gone)
+        moved = [(signature, *counts) for signature, counts in totals.items() if any(counts)]
+        if moved:
+            conn.executemany(_UPSERT_SIGNATURE_TOTALS, moved)
+            conn.executemany("DELETE FROM signature_totals WHERE signature = ? AND pairs <= 0",
+                             [(row[0],) for row in moved])
+        for table, (keys, column) in _DELTA_TABLES.items():
+            rows = [(*key, delta) for key, delta in self.deltas[table].items() if delta]
+            if not rows:
+                continue
+            conn.executemany(
+                f"INSERT INTO {table} ({keys[0]}, {keys[1]}, {column}) VALUES (?, ?, ?) ON CONFLICT ({keys[0]}, "
+                f"{keys[1]}) DO UPDATE SET {column} = {table}.{column} + excluded.{column}",
+                rows,
+            )
+            conn.executemany(f"DELETE FROM {table} WHERE {keys[0]} = ? AND {keys[1]} = ? AND {column} <= 0",
+                             [row[:2] for row in rows if row[2] < 0])
+        self.pairs.clear()
+        for counter in self.deltas.values():
+            counter.clear()
+
+
+def reprofile_minion(conn, minion_id: int, old_profile: int | None) -> int | None:
+    """Give a minion the grain profile of its (new) grains and move its counts from the old one.
+
+    When its grains changed (rare), or it has no profile yet. Returns its profile id.
+    """
+    profile = grain_profile_sql(dialect_of(conn), "m.grains")
+    conn.execute(
+        f"INSERT INTO grain_profiles (grains) SELECT {profile} FROM minions m WHERE m.id = ? "
+        "ON CONFLICT (grains) DO NOTHING",
+        (minion_id,),
+    )
+    row = conn.execute(f"SELECT p.id FROM minions m JOIN grain_profiles p ON p.grains = {profile} WHERE m.id = ?",
+                       (minion_id,)).fetchone()
+    new = row[0] if row else None
+    if new == old_profile:
+        return new
+    conn.execute("UPDATE minions SET grain_profile = ? WHERE id = ?", (new, minion_id))
+    upkeep = SignatureUpkeep()
+    for (test_id,) in conn.execute(
+        "SELECT test_id FROM test_status WHERE minion_id = ? AND last_outcome IN ('passed', 'xpassed', 'xfailed')",
+        (minion_id,),
+    ).fetchall():
+        upkeep.passing(test_id, old_profile, -1)
+        upkeep.passing(test_id, new, 1)
+    moves = upkeep.deltas["signature_profiles"]
+    for (signature,) in conn.execute("SELECT signature FROM signature_minions WHERE minion_id = ?",
+                                     (minion_id,)).fetchall():
+        if old_profile is not None:
+            moves[(signature, old_profile)] -= 1
+        if new is not None:
+            moves[(signature, new)] += 1
+    upkeep.apply(conn)
+    return new
+
+
+def rebuild_signature_summaries(conn) -> None:
+    """Refill the signature summaries and grain profiles (migration 8) from test_status and minions.
+
+    In the caller's transaction. The ingester, the backfill and prune keep them by deltas; this
+    is the reference they must equal (tests/functional/test_signature_summaries.py).
+    """
+    for statement in statements_for(SIGNATURE_SUMMARIES, dialect_of(conn)):
+        conn.execute(statement)
+
+
 def remove_from_search(conn: sqlite3.Connection, run_ids_sql: str, params: Iterable = ()) -> None:
     """Drop the failures of the runs selected by ``run_ids_sql`` from the FTS index (before deleting them)."""
     if dialect_of(conn) == POSTGRES:
@@ -188,13 +329,38 @@ def backfill_chunk(conn: sqlite3.Connection, chunk_ids: int = BACKFILL_CHUNK_IDS
                 "INSERT INTO failure_text (rowid, message, longrepr) SELECT id, message, longrepr FROM results WHERE id = ?",
                 [(result_id,) for _, result_id in updates],
             )
-        conn.executemany(
-            "UPDATE test_status SET last_signature = ? WHERE minion_id = ? AND test_id = ? AND last_run_id = ? "
-            "AND last_outcome IN ('failed', 'error')",
-            [(sig, minion_id, test_id, run_id) for (minion_id, test_id, run_id), sig in status.items()],
-        )
+        _backfill_status(conn, status)
     conn.execute("UPDATE signature_backfill SET pending_upto = ? WHERE id = 1", (low,))
     return low
+
+
+def _backfill_status(conn: sqlite3.Connection, status: dict[tuple[int, int, int], str]) -> None:
+    """Give ``last_signature`` to the test_status rows whose latest run is the one of ``status``
+    (keyed (minion, test, run)), and take the change into the signature summaries."""
+    by_minion: dict[int, dict[int, tuple[int, str]]] = defaultdict(dict)
+    for (minion_id, test_id, run_id), sig in status.items():
+        by_minion[minion_id][test_id] = (run_id, sig)
+    profiles = {}
+    for chunk in _chunks(sorted(by_minion)):
+        profiles.update(conn.execute(
+            f"SELECT id, grain_profile FROM minions WHERE id IN ({','.join('?' * len(chunk))})", chunk
+        ).fetchall())
+    updates, upkeep = [], SignatureUpkeep()
+    for minion_id, wanted in by_minion.items():
+        for chunk in _chunks(sorted(wanted)):
+            for test_id, last_run_id, outcome, signature, code_flips in conn.execute(
+                "SELECT test_id, last_run_id, last_outcome, last_signature, code_flips FROM test_status "
+                f"WHERE minion_id = ? AND test_id IN ({','.join('?' * len(chunk))})",
+                (minion_id, *chunk),
+            ).fetchall():
+                run_id, sig = wanted[test_id]
+                if last_run_id != run_id or outcome not in FAILING or signature == sig:
+                    continue
+                updates.append((sig, minion_id, test_id))
+                flipped = bool(code_flips)
+                upkeep.status(minion_id, profiles.get(minion_id), test_id, signature, flipped, sig, flipped)
+    conn.executemany("UPDATE test_status SET last_signature = ? WHERE minion_id = ? AND test_id = ?", updates)
+    upkeep.apply(conn)
 
 
 def backfill_all(conn: sqlite3.Connection, chunk_ids: int = BACKFILL_CHUNK_IDS) -> int:
@@ -397,26 +563,24 @@ def separating_grains(failing: list[dict], passing: list[dict], shown: int = SEP
 
 
 def _separating(failing: list[set], passing: list[set], shown: int = SEPARATING_GRAINS_SHOWN) -> list[dict]:
-    """:func:`separating_grains` over grain features already extracted (one set per minion).
+    """:func:`separating_grains` over grain features already extracted (one set per minion)."""
+    return _separating_counted(Counter(frozenset(f) for f in failing), Counter(frozenset(f) for f in passing), shown)
 
-    Beyond :data:`GRAIN_SAMPLE` minions on a side, candidates are ranked on an evenly spread
-    sample of that side; the values shown are then counted exactly over all of it.
-    """
-    if not failing:
+
+def _separating_counted(failing: Counter, passing: Counter, shown: int = SEPARATING_GRAINS_SHOWN) -> list[dict]:
+    """:func:`separating_grains` over minions grouped by their grain features: {frozenset of
+    features: how many minions}. Counts are exact whatever the fleet's size: a large fleet has
+    few distinct grain profiles (dashboard/dialect.MACHINE_GRAINS are not part of them)."""
+    n_fail, n_pass = sum(failing.values()), sum(passing.values())
+    if not n_fail:
         return []
-    sample_fail = failing[:: max(1, len(failing) // GRAIN_SAMPLE)]
-    sample_pass = passing[:: max(1, len(passing) // GRAIN_SAMPLE)]
     on_failing, on_passing = Counter(), Counter()
     values_of: dict[str, Counter] = defaultdict(Counter)
-    for features in sample_fail:
-        on_failing.update(features)
-        for name, value in features:
-            values_of[name][value] += 1
-    for features in sample_pass:
-        on_passing.update(features)
-        for name, value in features:
-            values_of[name][value] += 1
-    n_fail, n_pass = len(sample_fail), len(sample_pass)
+    for side, counts in ((failing, on_failing), (passing, on_passing)):
+        for features, minions in side.items():
+            for feature in features:
+                counts[feature] += minions
+                values_of[feature[0]][feature[1]] += minions
     identifying = {name for name, values in values_of.items()
                    if sum(values.values()) >= 3 and all(count == 1 for count in values.values())}
     ranked = []
@@ -428,36 +592,12 @@ def _separating(failing: list[set], passing: list[set], shown: int = SEPARATING_
         if score > 0 and (n_pass or count == n_fail):
             ranked.append((score, count, name, value, passing_count))
     ranked.sort(key=lambda item: (-item[0], -item[1], item[2], item[3]))
-    ranked = ranked[:shown]
-    if len(sample_fail) < len(failing) or len(sample_pass) < len(passing):
-        n_fail, n_pass = len(failing), len(passing)
-        exact = []
-        for _, _, name, value, _ in ranked:
-            count = sum(1 for features in failing if (name, value) in features)
-            passing_count = sum(1 for features in passing if (name, value) in features)
-            exact.append((count / n_fail - (passing_count / n_pass if n_pass else 0.0), count, name, value,
-                          passing_count))
-        ranked = sorted(exact, key=lambda item: (-item[0], -item[1], item[2], item[3]))
     return [
         {"grain": name, "value": value, "failing": count, "passing": passing_count, "failing_of": n_fail,
          "passing_of": n_pass, "score": round(score, 3),
          "label": f"{name}={value}: {count} of {n_fail} failing, {passing_count} of {n_pass} passing"}
-        for score, count, name, value, passing_count in ranked
+        for score, count, name, value, passing_count in ranked[:shown]
     ]
-
-
-@dataclass
-class _Fleet:
-    """What one failures view reads once: open rows, the tests' other rows, names, grains, mutes."""
-
-    open_rows: list[dict]
-    other_rows: list[dict]
-    minion_names: dict[int, str]
-    grains: dict[int, dict]
-    nodeids: dict[int, str]
-    mutes: MuteSet
-    # test id -> minion ids where the test failed in a run and passed when that run was re-run.
-    rerun_passes: dict[int, set[int]] = field(default_factory=dict)
 
 
 async def passed_on_rerun(db, now: datetime | None = None) -> dict[int, set[int]]:
@@ -468,134 +608,290 @@ async def passed_on_rerun(db, now: datetime | None = None) -> dict[int, set[int]
     Only re-runs of the last ``RERUN_WINDOW_DAYS`` count (index ``runs_rerun_of``; re-runs are few).
     """
     since = format_timestamp((now or datetime.now(UTC)) - timedelta(days=RERUN_WINDOW_DAYS))
-    rows = await db.fetchall(
-        "SELECT DISTINCT ok.test_id, rr.minion_id FROM runs rr "
-        "JOIN runs orig ON orig.minion_id = rr.minion_id AND orig.jid = rr.rerun_of "
-        "JOIN results ok ON ok.run_id = rr.id AND ok.outcome IN ('passed', 'xpassed', 'xfailed') "
-        "JOIN results bad ON bad.run_id = orig.id AND bad.test_id = ok.test_id "
-        "AND bad.outcome IN ('failed', 'error') "
-        "WHERE rr.rerun_of IS NOT NULL AND rr.started_at >= ? LIMIT 100000",
-        (since,),
-    )
+    # The re-runs first, on their own: joined in one query, SQLite without statistics on runs chose
+    # to scan every result (2 s at 1,000,000 results) to find none.
+    reruns = [row["id"] for row in await db.fetchall(
+        "SELECT id FROM runs WHERE rerun_of IS NOT NULL AND started_at >= ? LIMIT 100000", (since,))]
     found: dict[int, set[int]] = defaultdict(set)
-    for row in rows:
-        found[row["test_id"]].add(row["minion_id"])
+    for chunk in _chunks(reruns):
+        for row in await db.fetchall(
+            "SELECT DISTINCT ok.test_id, rr.minion_id FROM runs rr "
+            "JOIN runs orig ON orig.minion_id = rr.minion_id AND orig.jid = rr.rerun_of "
+            "JOIN results ok ON ok.run_id = rr.id AND ok.outcome IN ('passed', 'xpassed', 'xfailed') "
+            "JOIN results bad ON bad.run_id = orig.id AND bad.test_id = ok.test_id "
+            f"AND bad.outcome IN ('failed', 'error') WHERE rr.id IN ({_marks(chunk)})",
+            chunk,
+        ):
+            found[row["test_id"]].add(row["minion_id"])
     return dict(found)
 
 
-async def _load_fleet(db, signatures: set[str] | None = None) -> _Fleet:
-    if signatures is None:
-        open_rows = await db.fetchall(
-            "SELECT last_signature AS signature, minion_id, test_id, last_outcome, last_run_id, last_started_at, "
-            "first_fail_at, code_flips, flips FROM test_status WHERE last_signature IS NOT NULL LIMIT 200000"
-        )
+def _marks(items: list) -> str:
+    return ",".join("?" * len(items))
+
+
+async def _open_signatures(db, only: list[str] | None = None) -> dict[str, dict]:
+    """Every open signature (or those of ``only``) from the summaries: failing minions and pairs,
+    code-flipped pairs, and its tests with how many minions pass each now (``test_totals``)."""
+    found: dict[str, dict] = {}
+    tests: list[dict] = []
+    if only is None:
+        rows = await db.fetchall(
+            "SELECT signature, minions, pairs, code_flip_pairs FROM signature_totals WHERE pairs > 0 LIMIT 100000")
+        tests = await db.fetchall(
+            "SELECT st.signature, st.test_id, t.nodeid, COALESCE(tt.passing, 0) AS passing FROM signature_tests st "
+            "JOIN tests t ON t.id = st.test_id LEFT JOIN test_totals tt ON tt.test_id = st.test_id LIMIT 1000000")
     else:
-        open_rows = []
-        for chunk in _chunks(sorted(signatures)):
-            open_rows += await db.fetchall(
-                "SELECT last_signature AS signature, minion_id, test_id, last_outcome, last_run_id, last_started_at, "
-                f"first_fail_at, code_flips, flips FROM test_status WHERE last_signature IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-    test_ids = sorted({row["test_id"] for row in open_rows})
-    other_rows: list[dict] = []
-    nodeids: dict[int, str] = {}
-    for chunk in _chunks(test_ids):
-        marks = ",".join("?" * len(chunk))
-        other_rows += await db.fetchall(
-            f"SELECT minion_id, test_id, last_outcome, last_signature, last_run_id FROM test_status "
-            f"WHERE test_id IN ({marks}) AND last_signature IS NULL",
-            chunk,
-        )
-        for row in await db.fetchall(f"SELECT id, nodeid FROM tests WHERE id IN ({marks})", chunk):
-            nodeids[row["id"]] = row["nodeid"]
-    names = {row["id"]: row["name"] for row in await db.fetchall("SELECT id, name FROM minions LIMIT 100000")}
-    involved = sorted({row["minion_id"] for row in open_rows} | {row["minion_id"] for row in other_rows})
+        rows = []
+        for chunk in _chunks(only):
+            rows += await db.fetchall(
+                "SELECT signature, minions, pairs, code_flip_pairs FROM signature_totals "
+                f"WHERE pairs > 0 AND signature IN ({_marks(chunk)})", chunk)
+            tests += await db.fetchall(
+                "SELECT st.signature, st.test_id, t.nodeid, COALESCE(tt.passing, 0) AS passing FROM signature_tests st "
+                "JOIN tests t ON t.id = st.test_id LEFT JOIN test_totals tt ON tt.test_id = st.test_id "
+                f"WHERE st.signature IN ({_marks(chunk)})", chunk)
+    for row in rows:
+        found[row["signature"]] = {**row, "test_ids": [], "nodeids": [], "passing_by_test": []}
+    for row in tests:
+        summary = found.get(row["signature"])
+        if summary is not None:
+            summary["test_ids"].append(row["test_id"])
+            summary["nodeids"].append(row["nodeid"])
+            summary["passing_by_test"].append(row["passing"])
+    return found
+
+
+_PASSING_SQL = "('passed', 'xpassed', 'xfailed')"
+
+
+def _passing_where(test_ids: list[int]) -> tuple[str, list]:
+    """SQL (alias ``p``) for minions whose latest outcome of one of ``test_ids`` passes and that do
+    not fail the signature (bound first) on another of them: the signature's passing minions."""
+    return (f"p.test_id IN ({_marks(test_ids)}) AND p.last_outcome IN {_PASSING_SQL} AND NOT EXISTS "
+            "(SELECT 1 FROM signature_minions sm WHERE sm.signature = ? AND sm.minion_id = p.minion_id)",
+            list(test_ids))
+
+
+async def _passing_count(db, signature: str, summary: dict) -> int:
+    """How many minions pass this signature's tests (exact). One test: from test_totals."""
+    if len(summary["test_ids"]) <= 1 or not any(summary["passing_by_test"]):
+        return sum(summary["passing_by_test"])
+    where, params = _passing_where(summary["test_ids"])
+    row = await db.fetchone(f"SELECT COUNT(DISTINCT p.minion_id) AS n FROM test_status p WHERE {where}",
+                            (*params, signature))
+    return row["n"] if row else 0
+
+
+async def _muted_view(db, signature: str, summary: dict, mutes: MuteSet) -> tuple[set[int], set[int]]:
+    """(failing minion ids, those with every failure muted) of a signature an active mute may cover.
+
+    Only for signatures a mute names (or one of whose tests it names): mutes are few.
+    """
+    rows = await db.fetchall(
+        "SELECT ts.minion_id, t.nodeid, m.grains FROM test_status ts JOIN tests t ON t.id = ts.test_id "
+        "JOIN minions m ON m.id = ts.minion_id WHERE ts.last_signature = ?",
+        (signature,),
+    )
+    failing, active = set(), set()
     grains: dict[int, dict] = {}
-    for chunk in _chunks(involved):
-        for row in await db.fetchall(
-            f"SELECT id, grains FROM minions WHERE id IN ({','.join('?' * len(chunk))})", chunk
-        ):
-            grains[row["id"]] = loads(row["grains"], {})
-    mutes = await active_mutes(db)
-    rerun_passes = await passed_on_rerun(db)
-    return _Fleet(open_rows, other_rows, names, grains, nodeids, mutes, rerun_passes)
+    for row in rows:
+        failing.add(row["minion_id"])
+        if row["minion_id"] not in grains:
+            grains[row["minion_id"]] = loads(row["grains"], {})
+        if not mutes.covers(signature, row["nodeid"], grains[row["minion_id"]]):
+            active.add(row["minion_id"])
+    return failing, failing - active
 
 
-def _build_rows(fleet: _Fleet, info: dict[str, dict]) -> list[dict]:
-    by_sig: dict[str, list[dict]] = defaultdict(list)
-    for row in fleet.open_rows:
-        by_sig[row["signature"]].append(row)
-    passing_by_test: dict[int, set[int]] = defaultdict(set)
-    ran_by_test: dict[int, set[int]] = defaultdict(set)
-    for row in fleet.other_rows:
-        if row["last_outcome"] in PASSING:
-            passing_by_test[row["test_id"]].add(row["minion_id"])
-        ran_by_test[row["test_id"]].add(row["minion_id"])
-    failing_by_test: dict[int, set[int]] = defaultdict(set)
-    for row in fleet.open_rows:
-        failing_by_test[row["test_id"]].add(row["minion_id"])
-    features: dict[int, set] = {}
+def _mute_targets(mutes: MuteSet) -> tuple[set[str], set[str]]:
+    return ({m.target for m in mutes.mutes if m.kind == "signature"}, {m.target for m in mutes.mutes if m.kind == "test"})
 
-    def features_of(minion_id: int) -> set:
-        # Once per minion, not once per minion and signature (10,000 minions x 70 signatures).
-        found = features.get(minion_id)
-        if found is None:
-            found = features[minion_id] = _grain_features(fleet.grains.get(minion_id, {}))
-        return found
 
-    results = []
-    for signature, rows in by_sig.items():
-        tests = sorted({row["test_id"] for row in rows})
-        failing = {row["minion_id"] for row in rows}
-        # Passing: the same tests' latest outcome passed there, and none of them fails with this signature.
-        passing = set().union(*(passing_by_test[t] for t in tests)) - failing
-        # Minions failing these tests with another signature are neither (failing differently).
-        other_failing = set().union(*(failing_by_test[t] for t in tests)) - failing - passing
-        muted_pairs = [
-            row for row in rows
-            if fleet.mutes.covers(signature, fleet.nodeids.get(row["test_id"]), fleet.grains.get(row["minion_id"], {}))
-        ]
-        muted_keys = {(row["minion_id"], row["test_id"]) for row in muted_pairs}
-        active_minions = {row["minion_id"] for row in rows if (row["minion_id"], row["test_id"]) not in muted_keys}
-        passed_on_rerun_at = set().union(*(fleet.rerun_passes.get(t, set()) for t in tests))
-        if passed_on_rerun_at or any(row["code_flips"] for row in rows):
+async def _verdict_rows(db, open_sigs: dict[str, dict], rerun_passes: dict[int, set[int]],
+                        mutes: MuteSet) -> list[dict]:
+    """One summary row per open signature: verdict, failing now, muted; no per-minion lists yet."""
+    muted_sigs, muted_tests = _mute_targets(mutes) if mutes else (set(), set())
+    rows = []
+    for signature, summary in open_sigs.items():
+        reruns = set().union(*(rerun_passes.get(t, set()) for t in summary["test_ids"]))
+        if reruns or summary["code_flip_pairs"]:
             verdict = "flaky"
-        elif not passing:
+        elif not any(summary["passing_by_test"]) or await _passing_count(db, signature, summary) == 0:
             verdict = "everywhere"
         else:
             verdict = "some-minions"
-        meta = info.get(signature, {})
-        fail_starts = [row["first_fail_at"] for row in rows if row["first_fail_at"]]
-        names = fleet.minion_names
-        results.append({
-            "signature": signature,
-            "exception": meta.get("exception"),
-            "message": meta.get("message"),
-            "location": meta.get("location"),
-            "tests": sorted(fleet.nodeids.get(t, f"#{t}") for t in tests),
-            "minions_failing": sorted(names.get(m, f"#{m}") for m in failing),
-            "minions_passing": sorted(names.get(m, f"#{m}") for m in passing),
-            "minions_failing_otherwise": sorted(names.get(m, f"#{m}") for m in other_failing),
-            "minions_muted": sorted(names.get(m, f"#{m}") for m in failing - active_minions),
-            "failing_now": len(active_minions),
-            "verdict": verdict,
-            "minions_passed_on_rerun": sorted(names.get(m, f"#{m}") for m in passed_on_rerun_at),
-            "first_seen": meta.get("first_seen"),
-            "first_run": meta.get("first_run_id"),
-            "last_seen": meta.get("last_seen"),
-            "last_run": meta.get("last_run_id"),
-            "failing_since": min(fail_starts) if fail_starts else None,
-            "occurrences": meta.get("occurrences"),
-            "grains": _separating(
-                [features_of(m) for m in sorted(failing)], [features_of(m) for m in sorted(passing)]
-            ) if verdict != "everywhere" else [],
-            "known_issue": None,
-            "muted": not active_minions,
-            "_minion_ids": failing,
-            "_failing_pairs": [(row["minion_id"], row["test_id"]) for row in rows],
-        })
-    return results
+        failing_now, muted_ids = summary["minions"], set()
+        if signature in muted_sigs or muted_tests.intersection(summary["nodeids"]):
+            failing, muted_ids = await _muted_view(db, signature, summary, mutes)
+            failing_now = len(failing) - len(muted_ids)
+        rows.append({"signature": signature, "verdict": verdict, "failing_now": failing_now,
+                     "muted": failing_now == 0, "minions_failing_count": summary["minions"],
+                     "_summary": summary, "_muted_ids": muted_ids, "_reruns": reruns})
+    return rows
+
+
+async def _names(db, minion_ids: Iterable[int]) -> list[str]:
+    names = []
+    for chunk in _chunks(sorted(minion_ids)):
+        names += [row["name"] for row in await db.fetchall(
+            f"SELECT name FROM minions WHERE id IN ({_marks(chunk)})", chunk)]
+    return sorted(names)
+
+
+async def _profile_features(db, profile_ids: set[int], cache: dict[int, frozenset]) -> None:
+    wanted = sorted(p for p in profile_ids if p is not None and p not in cache)
+    for chunk in _chunks(wanted):
+        for row in await db.fetchall(f"SELECT id, grains FROM grain_profiles WHERE id IN ({_marks(chunk)})", chunk):
+            grains = loads(row["grains"], {})
+            cache[row["id"]] = frozenset(_grain_features(grains if isinstance(grains, dict) else {}))
+
+
+async def _row_grains(db, signature: str, summary: dict, page: _PageLists) -> list[dict]:
+    """Separating grains of one signature, counted over grain profiles (signature_profiles, test_profiles)."""
+    failing = page.failing_profiles.get(signature, {})
+    test_ids = summary["test_ids"]
+    if len(test_ids) == 1:
+        passing = page.passing_profiles.get(test_ids[0], {})
+    else:
+        where, params = _passing_where(test_ids)
+        passing = {row["profile_id"]: row["n"] for row in await db.fetchall(
+            f"SELECT m.grain_profile AS profile_id, COUNT(DISTINCT p.minion_id) AS n FROM test_status p "
+            f"JOIN minions m ON m.id = p.minion_id WHERE {where} GROUP BY m.grain_profile", (*params, signature))}
+    await _profile_features(db, set(failing) | set(passing), page.features)
+    return _separating_counted(_merge(failing, page.features), _merge(passing, page.features))
+
+
+def _merge(counts: dict[int, int], cache: dict[int, frozenset]) -> Counter:
+    merged: Counter = Counter()
+    for profile, minions in counts.items():
+        merged[cache.get(profile, frozenset())] += minions
+    return merged
+
+
+async def _union_of(db, part: str, params: list[tuple]) -> list[dict]:
+    """Many small bounded lookups (``part``: a SELECT with its own ORDER BY / LIMIT) in one
+    statement per 100, as UNION ALL of subqueries: one round trip instead of one each."""
+    rows: list[dict] = []
+    for chunk in _chunks(params, 100):
+        sql = " UNION ALL ".join(f"SELECT * FROM ({part}) AS q{i}" for i in range(len(chunk)))
+        rows += await db.fetchall(sql, [value for values in chunk for value in values])
+    return rows
+
+
+@dataclass
+class _PageLists:
+    """What the rows of one page need, read for all of them at once."""
+
+    failing_names: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    passing_names: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    since: dict[tuple[str, int], str] = field(default_factory=dict)
+    failing_profiles: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    passing_profiles: dict[int, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    features: dict[int, frozenset] = field(default_factory=dict)
+
+
+async def _page_lists(db, rows: list[dict], cap: int) -> _PageLists:
+    page = _PageLists()
+    signatures = [row["signature"] for row in rows]
+    single = sorted({row["_summary"]["test_ids"][0] for row in rows if len(row["_summary"]["test_ids"]) == 1})
+    pairs = [(t, row["signature"]) for row in rows for t in row["_summary"]["test_ids"][:SINCE_TESTS]]
+    for row in await _union_of(
+        db, "SELECT sm.signature, m.name FROM signature_minions sm JOIN minions m ON m.id = sm.minion_id "
+        "WHERE sm.signature = ? ORDER BY sm.minion_id LIMIT ?", [(s, cap) for s in signatures]
+    ):
+        page.failing_names[row["signature"]].append(row["name"])
+    for row in await _union_of(
+        db, "SELECT p.test_id, m.name FROM test_status p JOIN minions m ON m.id = p.minion_id "
+        f"WHERE p.test_id = ? AND p.last_outcome IN {_PASSING_SQL} LIMIT ?", [(t, cap) for t in single]
+    ):
+        page.passing_names[row["test_id"]].append(row["name"])
+    # `|| ''` keeps the planner off test_status_signature (a sort of every failing pair): the
+    # oldest streaks of the test come first in test_status_failing and the first match ends it.
+    for row in await _union_of(
+        db, "SELECT test_id, last_signature, first_fail_at FROM test_status WHERE test_id = ? "
+        "AND first_fail_at IS NOT NULL AND last_signature || '' = ? ORDER BY first_fail_at LIMIT 1", pairs
+    ):
+        page.since[(row["last_signature"], row["test_id"])] = row["first_fail_at"]
+    for chunk in _chunks(signatures):
+        for row in await db.fetchall(
+            f"SELECT signature, profile_id, minions FROM signature_profiles WHERE signature IN ({_marks(chunk)})", chunk
+        ):
+            page.failing_profiles[row["signature"]][row["profile_id"]] = row["minions"]
+    for chunk in _chunks(single):
+        for row in await db.fetchall(
+            f"SELECT test_id, profile_id, passing FROM test_profiles WHERE test_id IN ({_marks(chunk)})", chunk
+        ):
+            page.passing_profiles[row["test_id"]][row["profile_id"]] = row["passing"]
+    return page
+
+
+async def _failing_since(db, signature: str, test_ids: list[int], page: _PageLists) -> str | None:
+    """The oldest open failing streak with this signature."""
+    if len(test_ids) > SINCE_TESTS:
+        row = await db.fetchone("SELECT MIN(first_fail_at) AS since FROM test_status WHERE last_signature = ?",
+                                (signature,))
+        return row["since"] if row else None
+    starts = [page.since[(signature, t)] for t in test_ids if (signature, t) in page.since]
+    return min(starts) if starts else None
+
+
+async def _fill_rows(db, rows: list[dict], other_sigs: dict[int, set[str]], cap: int) -> list[dict]:
+    """The per-minion lists (capped at ``cap``, with exact ``*_count``), separating grains and
+    failing-since of summary rows: only for the rows of a page, read for all of them at once."""
+    page = await _page_lists(db, rows, cap)
+    return [await _fill_row(db, row, other_sigs, page, cap) for row in rows]
+
+
+async def _fill_row(db, row: dict, other_sigs: dict[int, set[str]], page: _PageLists, cap: int) -> dict:
+    signature, summary = row["signature"], row.pop("_summary")
+    test_ids = summary["test_ids"]
+    failing_names = page.failing_names.get(signature, [])
+    if len(test_ids) == 1:
+        passing_count = summary["passing_by_test"][0]
+        passing_names = page.passing_names.get(test_ids[0], [])
+    else:
+        passing_count = await _passing_count(db, signature, summary)
+        where, params = _passing_where(test_ids)
+        passing_names = [r["name"] for r in await db.fetchall(
+            f"SELECT DISTINCT m.name FROM test_status p JOIN minions m ON m.id = p.minion_id WHERE {where} LIMIT ?",
+            (*params, signature, cap))] if passing_count else []
+    # Minions failing these tests with another signature: neither failing nor passing for this one.
+    others = sorted(set().union(*(other_sigs.get(t, set()) for t in test_ids)) - {signature})
+    otherwise: list[str] = []
+    if others:
+        where, params = _passing_where(test_ids)
+        otherwise = [r["name"] for r in await db.fetchall(
+            "SELECT DISTINCT m.name FROM test_status ts JOIN minions m ON m.id = ts.minion_id "
+            f"WHERE ts.last_signature IN ({_marks(others[:SQL_CHUNK])}) AND ts.test_id IN ({_marks(test_ids)}) "
+            "AND NOT EXISTS (SELECT 1 FROM signature_minions f WHERE f.signature = ? AND f.minion_id = ts.minion_id) "
+            f"AND NOT EXISTS (SELECT 1 FROM test_status p WHERE p.minion_id = ts.minion_id AND {where}) LIMIT 100000",
+            (*others[:SQL_CHUNK], *test_ids, signature, *params, signature))]
+    reruns = row.pop("_reruns")
+    muted_ids = row.pop("_muted_ids")
+    nodeids = sorted(summary["nodeids"])
+    row.update({
+        "tests": nodeids[:cap], "tests_count": len(nodeids),
+        "minions_failing": sorted(failing_names), "minions_passing": sorted(passing_names),
+        "minions_passing_count": passing_count,
+        "minions_failing_otherwise": sorted(otherwise)[:cap], "minions_failing_otherwise_count": len(otherwise),
+        "minions_muted": (await _names(db, muted_ids))[:cap], "minions_muted_count": len(muted_ids),
+        "minions_passed_on_rerun": (await _names(db, reruns))[:cap],
+        "failing_since": await _failing_since(db, signature, test_ids, page),
+        "grains": await _row_grains(db, signature, summary, page) if row["verdict"] != "everywhere" else [],
+        "known_issue": None,
+        "_test_ids": test_ids,
+    })
+    return row
+
+
+def _tests_shared(open_sigs: dict[str, dict]) -> dict[int, set[str]]:
+    """test id -> the open signatures failing it, for tests that more than one signature fails."""
+    by_test: dict[int, set[str]] = defaultdict(set)
+    for signature, summary in open_sigs.items():
+        for test_id in summary["test_ids"]:
+            by_test[test_id].add(signature)
+    return {test_id: sigs for test_id, sigs in by_test.items() if len(sigs) > 1}
 
 
 async def _signature_info(db, signatures: list[str]) -> dict[str, dict]:
@@ -655,7 +951,7 @@ async def _code_changes(db, rows: list[dict]) -> None:
 
 def _sort_key(row: dict) -> tuple:
     # Muted rows after the others; then most minions failing now; then the signature (stable order).
-    return (1 if row["muted"] else 0, -row["failing_now"], -len(row["minions_failing"]), row["signature"])
+    return (1 if row["muted"] else 0, -row["failing_now"], -row["minions_failing_count"], row["signature"])
 
 
 async def open_failures(
@@ -673,15 +969,18 @@ async def open_failures(
     Filters: ``verdict`` (everywhere | some-minions | flaky), ``minion`` (fails on it), ``test``
     (substring of an affected test id), ``q`` (words in a failure message or traceback, FTS).
     Returns ``{"failures": [...], "next": cursor or None, "summary": {...}, "sick_hosts": [...]}``.
+    Reads the signature summaries (migration 8) for every open signature, and per-minion lists,
+    grains and dates only for the rows of the page.
     """
     limit = clamp_limit(limit)
     if verdict and verdict not in VERDICTS:
         raise InputError(f"Unknown verdict {verdict!r}; one of: {', '.join(VERDICTS)}.")
     after = decode_cursor(cursor, (int, int, int, str))
     wanted = await search_signatures(db, q) if q else None
-    fleet = await _load_fleet(db)
-    rows = _build_rows(fleet, {})
-    sick = await sick_hosts(db)
+    open_sigs = await _open_signatures(db)
+    rerun_passes = await passed_on_rerun(db)
+    mutes = await active_mutes(db)
+    rows = await _verdict_rows(db, open_sigs, rerun_passes, mutes)
     summary = {
         "signatures": len(rows),
         "failing_now": sum(1 for row in rows if not row["muted"]),
@@ -689,22 +988,37 @@ async def open_failures(
         "failing_pairs_now": sum(row["failing_now"] for row in rows),
         "by_verdict": dict(Counter(row["verdict"] for row in rows if not row["muted"])),
         # Tests that failed and then passed on a re-run lately, open or not (flaky by re-run).
-        "passed_on_rerun": len(fleet.rerun_passes),
+        "passed_on_rerun": len(rerun_passes),
     }
     if wanted is not None:
         rows = [row for row in rows if row["signature"] in wanted]
     if verdict:
         rows = [row for row in rows if row["verdict"] == verdict]
     if minion:
-        rows = [row for row in rows if minion in row["minions_failing"]]
+        on_minion = {r["signature"] for r in await db.fetchall(
+            "SELECT sm.signature FROM signature_minions sm JOIN minions m ON m.id = sm.minion_id WHERE m.name = ?",
+            (minion,))}
+        rows = [row for row in rows if row["signature"] in on_minion]
     if test:
         needle = test.lower()
-        rows = [row for row in rows if any(needle in nodeid.lower() for nodeid in row["tests"])]
+        rows = [row for row in rows if any(needle in nodeid.lower() for nodeid in row["_summary"]["nodeids"])]
     rows.sort(key=_sort_key)
     if after:
         key = tuple(after)
         rows = [row for row in rows if _sort_key(row) > key]
     page, more = rows[:limit], len(rows) > limit
+    page = await _fill_rows(db, page, _tests_shared(open_sigs), ROW_LIST_CAP)
+    await _describe(db, page)
+    return {
+        "failures": page,
+        "next": encode_cursor(*_sort_key(page[-1])) if more and page else None,
+        "summary": summary,
+        "sick_hosts": await sick_hosts(db),
+    }
+
+
+async def _describe(db, page: list[dict]) -> None:
+    """Signature text, first/last runs, known issue and code-change note of the rows of a page."""
     signatures = [row["signature"] for row in page]
     info = await _signature_info(db, signatures)
     known = await _known_issues(db, signatures)
@@ -714,15 +1028,8 @@ async def open_failures(
             row[key] = meta.get(key)
         row["first_run"], row["last_run"] = meta.get("first_run_id"), meta.get("last_run_id")
         row["known_issue"] = known.get(row["signature"])
-        row.pop("_minion_ids")
-        row.pop("_failing_pairs")
+        row.pop("_test_ids", None)
     await _code_changes(db, page)
-    return {
-        "failures": page,
-        "next": encode_cursor(*_sort_key(page[-1])) if more and page else None,
-        "summary": summary,
-        "sick_hosts": sick,
-    }
 
 
 def _histogram_median(histogram: list[tuple[int, int]]) -> float:
@@ -760,24 +1067,28 @@ async def sick_hosts(db) -> list[dict]:
     if not candidates:
         return []
     ids = list(candidates)
-    rows = await db.fetchall(
-        "SELECT ts.minion_id, ts.test_id, ts.last_signature, t.nodeid FROM test_status ts "
-        "JOIN tests t ON t.id = ts.test_id "
-        f"WHERE ts.minion_id IN ({','.join('?' * len(ids))}) AND ts.last_signature IS NOT NULL",
-        ids,
-    )
     mutes = await active_mutes(db)
+    if mutes:  # which of their failures are muted: their failing rows, with test ids
+        rows = await db.fetchall(
+            "SELECT ts.minion_id, ts.test_id, ts.last_signature, t.nodeid FROM test_status ts "
+            "JOIN tests t ON t.id = ts.test_id "
+            f"WHERE ts.minion_id IN ({_marks(ids)}) AND ts.last_signature IS NOT NULL",
+            ids,
+        )
+    else:  # the signature summaries: each candidate's signatures and their tests
+        rows = await db.fetchall(
+            "SELECT sm.minion_id, st.test_id, sm.signature AS last_signature FROM signature_minions sm "
+            f"JOIN signature_tests st ON st.signature = sm.signature WHERE sm.minion_id IN ({_marks(ids)})",
+            ids,
+        )
     tests_of: dict[str, set[int]] = defaultdict(set)
     for row in rows:
         tests_of[row["last_signature"]].add(row["test_id"])
-    # Tests some minion passes (one query; each EXISTS stops at the first passing row).
+    # Tests some minion passes now (test_totals.passing, kept at ingest).
     passing_tests: set[int] = set()
     for chunk in _chunks(sorted(set().union(*tests_of.values()))):
-        passing_tests.update(row["id"] for row in await db.fetchall(
-            f"SELECT t.id FROM tests t WHERE t.id IN ({','.join('?' * len(chunk))}) AND EXISTS (SELECT 1 FROM "
-            "test_status ts WHERE ts.test_id = t.id AND ts.last_outcome IN ('passed', 'xpassed', 'xfailed'))",
-            chunk,
-        ))
+        passing_tests.update(row["test_id"] for row in await db.fetchall(
+            f"SELECT test_id FROM test_totals WHERE test_id IN ({_marks(chunk)}) AND passing > 0", chunk))
     # A signature none of whose tests passes anywhere fails everywhere: the test's (or the code's) fault.
     everywhere = {signature for signature, test_ids in tests_of.items() if not test_ids & passing_tests}
     local: dict[int, set[str]] = defaultdict(set)
@@ -874,6 +1185,37 @@ def _days_between(a: str, b: str) -> float:
     return (end - start).total_seconds() / 86400
 
 
+async def _signatures_sharing(db, test_ids: list[int]) -> dict[int, set[str]]:
+    """test id -> the open signatures failing it, for ``test_ids``."""
+    by_test: dict[int, set[str]] = defaultdict(set)
+    for chunk in _chunks(test_ids):
+        for row in await db.fetchall(
+            f"SELECT signature, test_id FROM signature_tests WHERE test_id IN ({_marks(chunk)})", chunk
+        ):
+            by_test[row["test_id"]].add(row["signature"])
+    return by_test
+
+
+async def _latest_outcomes(db, signature: str, test_ids: list[int], cap: int) -> tuple[list[dict], int]:
+    """Minions' latest outcomes of these tests: those failing with this signature first (at most
+    ``cap``), then the others (at most ``cap``); and how many (minion, test) rows there are in all."""
+    columns = ("SELECT m.name AS minion, t.nodeid, ts.last_outcome, ts.last_signature, ts.last_run_id, "
+               "ts.last_started_at, ts.first_fail_at, ts.code_flips FROM test_status ts "
+               "JOIN minions m ON m.id = ts.minion_id JOIN tests t ON t.id = ts.test_id ")
+    latest = await db.fetchall(columns + "WHERE ts.last_signature = ? LIMIT ?", (signature, cap))
+    others: list[dict] = []
+    total = 0
+    for chunk in _chunks(test_ids):
+        others += await db.fetchall(
+            columns + f"WHERE ts.test_id IN ({_marks(chunk)}) AND (ts.last_signature IS NULL OR ts.last_signature <> ?) "
+            "LIMIT ?", (*chunk, signature, cap))
+        row = await db.fetchone(f"SELECT SUM(minions) AS n FROM test_totals WHERE test_id IN ({_marks(chunk)})", chunk)
+        total += (row["n"] or 0) if row else 0
+    rows = latest + others[:cap]
+    rows.sort(key=lambda r: (r["last_signature"] != signature, r["last_outcome"] in PASSING, r["minion"], r["nodeid"]))
+    return rows, max(total, len(rows))
+
+
 async def get_signature(db, signature: str) -> dict[str, Any] | None:
     """One signature: its open row (or its last known state), history, every minion's latest outcome,
     one full traceback, the pass rate over time, known issue, mutes and the triage log."""
@@ -886,8 +1228,8 @@ async def get_signature(db, signature: str) -> dict[str, Any] | None:
     )
     if meta is None:
         return None
-    fleet = await _load_fleet(db, {signature})
-    rows = _build_rows(fleet, {signature: meta})
+    open_sigs = await _open_signatures(db, [signature])
+    rows = await _verdict_rows(db, open_sigs, await passed_on_rerun(db), await active_mutes(db)) if open_sigs else []
     history = await db.fetchall(
         "SELECT x.id, x.run_id, x.phase, x.outcome, x.message, t.nodeid, r.started_at, r.jid, r.code_hash, "
         "m.name AS minion FROM results x JOIN runs r ON r.id = x.run_id JOIN minions m ON m.id = r.minion_id "
@@ -903,16 +1245,18 @@ async def get_signature(db, signature: str) -> dict[str, Any] | None:
             (history[0]["id"],),
         )
     if rows:
-        row = rows[0]
-        row.pop("_minion_ids")
-        row.pop("_failing_pairs")
-        test_ids = sorted({r["test_id"] for r in fleet.open_rows})
+        test_ids = sorted(open_sigs[signature]["test_ids"])
+        [row] = await _fill_rows(db, rows, await _signatures_sharing(db, test_ids), LIST_CAP)
+        row.pop("_test_ids")
         state = "open"
     else:
         row = {"signature": signature, "exception": meta["exception"], "message": meta["message"],
                "location": meta["location"], "tests": sorted({h["nodeid"] for h in history}),
                "minions_failing": [], "minions_passing": [], "minions_failing_otherwise": [], "minions_muted": [],
-               "failing_now": 0, "verdict": None, "grains": [], "muted": False, "failing_since": None}
+               "minions_failing_count": 0, "minions_passing_count": 0, "minions_failing_otherwise_count": 0,
+               "minions_muted_count": 0, "failing_now": 0, "verdict": None, "grains": [], "muted": False,
+               "failing_since": None}
+        row["tests_count"] = len(row["tests"])
         test_ids = [t["id"] for t in await db.fetchall(
             f"SELECT id FROM tests WHERE nodeid IN ({','.join('?' * len(row['tests'][:SQL_CHUNK]))})",
             row["tests"][:SQL_CHUNK],
@@ -921,15 +1265,7 @@ async def get_signature(db, signature: str) -> dict[str, Any] | None:
     row.update(first_seen=meta["first_seen"], first_run=meta["first_run_id"], last_seen=meta["last_seen"],
                last_run=meta["last_run_id"], occurrences=meta["occurrences"], state=state)
     await _code_changes(db, [row])
-    latest: list[dict] = []
-    for chunk in _chunks(test_ids):
-        latest += await db.fetchall(
-            "SELECT m.name AS minion, t.nodeid, ts.last_outcome, ts.last_signature, ts.last_run_id, ts.last_started_at, "
-            "ts.first_fail_at, ts.code_flips FROM test_status ts JOIN minions m ON m.id = ts.minion_id "
-            f"JOIN tests t ON t.id = ts.test_id WHERE ts.test_id IN ({','.join('?' * len(chunk))}) LIMIT 20000",
-            chunk,
-        )
-    latest.sort(key=lambda r: (r["last_signature"] != signature, r["last_outcome"] in PASSING, r["minion"], r["nodeid"]))
+    latest, latest_count = await _latest_outcomes(db, signature, test_ids, LIST_CAP)
     known = (await _known_issues(db, [signature])).get(signature)
     mutes = await db.fetchall(
         "SELECT id, kind, target, grain, grain_value, reason, created_by, created_at, expires_at, removed_by, removed_at "
@@ -953,6 +1289,7 @@ async def get_signature(db, signature: str) -> dict[str, Any] | None:
         "history": history,
         "sample": sample,
         "latest": latest,
+        "latest_count": latest_count,
         "chart": await pass_rate_over_time(db, test_ids),
         "mutes": mutes,
         "log": log,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
-from dashboard.dialect import PG_BOOTSTRAP, POSTGRES, dialect_of, render_ddl
+from dashboard.dialect import PG_BOOTSTRAP, POSTGRES, SQLITE, dialect_of, grain_profile_sql, render_ddl
 from dashboard.lateness import FAILING_MINION_SQL
 
 MigrationSQL = Union[str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]  # noqa: UP007
@@ -232,7 +232,90 @@ FLEET_SUMMARIES = {
     """,  # noqa: S608 (constant SQL)
 }
 
-# -- migration 8: the fleet's counts per grain value ------------------------------------------------
+# -- migration 8: failure signature summaries ------------------------------------------------------
+# The failures view (dashboard/failures.py, docs/triage.md) reads these, never test_status in bulk.
+# The ingester keeps them in the transaction that changes a (minion, test) status; the signature
+# backfill and prune keep them the same way; SIGNATURE_SUMMARIES rebuilds them.
+SIGNATURE_TABLES = """
+    -- Minions alike in every grain but those naming the machine share a profile: separating grains
+    -- are counted over profiles, not over every minion.
+    ALTER TABLE minions ADD COLUMN grain_profile INTEGER;
+    CREATE TABLE grain_profiles (
+        id INTEGER PRIMARY KEY,
+        grains TEXT NOT NULL UNIQUE      -- the grains JSON without machine names (dialect.MACHINE_GRAINS)
+    );
+    -- Per open signature: minions whose latest outcome of one of its tests carries it, such
+    -- (minion, test) pairs, and those pairs that flipped on unchanged code.
+    CREATE TABLE signature_totals (
+        signature TEXT PRIMARY KEY,
+        minions INTEGER NOT NULL DEFAULT 0,
+        pairs INTEGER NOT NULL DEFAULT 0,
+        code_flip_pairs INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX signature_totals_order ON signature_totals (minions DESC, signature);
+    CREATE TABLE signature_minions (
+        signature TEXT NOT NULL,
+        minion_id INTEGER NOT NULL,
+        tests INTEGER NOT NULL DEFAULT 0,    -- its tests failing there with this signature
+        PRIMARY KEY (signature, minion_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX signature_minions_minion ON signature_minions (minion_id);
+    CREATE TABLE signature_tests (
+        signature TEXT NOT NULL,
+        test_id INTEGER NOT NULL,
+        minions INTEGER NOT NULL DEFAULT 0,  -- minions where this test fails with this signature
+        PRIMARY KEY (signature, test_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX signature_tests_test ON signature_tests (test_id);
+    CREATE TABLE signature_profiles (
+        signature TEXT NOT NULL,
+        profile_id INTEGER NOT NULL,
+        minions INTEGER NOT NULL DEFAULT 0,  -- signature_minions rows of minions with this profile
+        PRIMARY KEY (signature, profile_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE test_profiles (
+        test_id INTEGER NOT NULL,
+        profile_id INTEGER NOT NULL,
+        passing INTEGER NOT NULL DEFAULT 0,  -- minions with this profile whose latest outcome passes
+        PRIMARY KEY (test_id, profile_id)
+    ) WITHOUT ROWID;
+"""
+
+
+def _signature_summaries(dialect: str) -> str:
+    profile = grain_profile_sql(dialect, "minions.grains")
+    return f"""
+    DELETE FROM signature_totals;
+    DELETE FROM signature_minions;
+    DELETE FROM signature_tests;
+    DELETE FROM signature_profiles;
+    DELETE FROM test_profiles;
+    UPDATE minions SET grain_profile = NULL;
+    DELETE FROM grain_profiles;
+    INSERT INTO grain_profiles (grains) SELECT DISTINCT {profile} FROM minions;
+    UPDATE minions SET grain_profile = (SELECT p.id FROM grain_profiles p WHERE p.grains = {profile});
+    INSERT INTO signature_minions (signature, minion_id, tests)
+    SELECT last_signature, minion_id, COUNT(*) FROM test_status WHERE last_signature IS NOT NULL
+    GROUP BY last_signature, minion_id;
+    INSERT INTO signature_tests (signature, test_id, minions)
+    SELECT last_signature, test_id, COUNT(*) FROM test_status WHERE last_signature IS NOT NULL
+    GROUP BY last_signature, test_id;
+    INSERT INTO signature_totals (signature, minions, pairs, code_flip_pairs)
+    SELECT last_signature, COUNT(DISTINCT minion_id), COUNT(*), SUM(CASE WHEN code_flips > 0 THEN 1 ELSE 0 END)
+    FROM test_status WHERE last_signature IS NOT NULL GROUP BY last_signature;
+    INSERT INTO signature_profiles (signature, profile_id, minions)
+    SELECT sm.signature, m.grain_profile, COUNT(*) FROM signature_minions sm JOIN minions m ON m.id = sm.minion_id
+    GROUP BY sm.signature, m.grain_profile;
+    INSERT INTO test_profiles (test_id, profile_id, passing)
+    SELECT ts.test_id, m.grain_profile, COUNT(*) FROM test_status ts JOIN minions m ON m.id = ts.minion_id
+    WHERE ts.last_outcome IN ('passed', 'xpassed', 'xfailed') GROUP BY ts.test_id, m.grain_profile;
+    """  # noqa: S608 (constant SQL)
+
+
+# (Re)build the signature summaries of migration 8 from test_status and minions.grains. Idempotent.
+SIGNATURE_SUMMARIES = {dialect: _signature_summaries(dialect) for dialect in (SQLITE, POSTGRES)}
+
+# -- migration 9: the fleet's counts per grain value ------------------------------------------------
 # One row per scope (the whole fleet: grain '' and value ''; else one (grain, value) of
 # minion_grains), newest-run status ('' for none) and whether those minions are failing
 # (dashboard/lateness.py): how many minions, and the sums of their tests, failing and passing.
@@ -258,7 +341,7 @@ FLEET_COUNTS_TABLE = """
     -- The fleet page lists failing minions first, by name: a walk of this index, not a sort.
     CREATE INDEX minions_failing_name ON minions (name) WHERE """ + FAILING_MINION_SQL.replace("m.", "") + """;
 """
-# -- also migration 8: a job's totals over all its runs, and its runs in the job page's order --------
+# -- also migration 9: a job's totals over all its runs, and its runs in the job page's order --------
 # One row per jid (10,000 runs in a job of a 10,000-minion fleet): the job page's header reads it
 # instead of summing every run; its runs list walks runs_job_order (not passed first, then by id).
 JOB_TOTALS_TABLE = """
@@ -291,7 +374,7 @@ JOB_TOTALS_SQL = f"""
     INSERT INTO job_totals ({JOB_TOTALS_COLUMNS}) {JOB_TOTALS_SELECT} GROUP BY jid;
 """  # noqa: S608 (constant SQL)
 
-# (Re)fill fleet_counts from minions and minion_grains (migration 8, dashboard/seed.py; the
+# (Re)fill fleet_counts from minions and minion_grains (migration 9, dashboard/seed.py; the
 # ingester and prune keep it by deltas, dashboard/ingest/store.py FleetCountsDelta).
 FLEET_COUNTS_SQL = f"""
     DELETE FROM fleet_counts;
@@ -622,7 +705,16 @@ MIGRATIONS: list[tuple[int, MigrationSQL]] = [
             "postgresql": FLEET_TABLES_POSTGRESQL + FLEET_SUMMARIES["postgresql"],
         },
     ),
-    (8, FLEET_COUNTS_TABLE + FLEET_COUNTS_SQL + JOB_TOTALS_TABLE + JOB_TOTALS_SQL),
+    (
+        8,
+        {
+            # Failure signature summaries (docs/triage.md): the failures view reads tens of rows, not
+            # every failing (minion, test) pair of the fleet.
+            SQLITE: SIGNATURE_TABLES + SIGNATURE_SUMMARIES[SQLITE],
+            POSTGRES: SIGNATURE_TABLES + SIGNATURE_SUMMARIES[POSTGRES],
+        },
+    ),
+    (9, FLEET_COUNTS_TABLE + FLEET_COUNTS_SQL + JOB_TOTALS_TABLE + JOB_TOTALS_SQL),
 ]
 
 

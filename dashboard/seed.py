@@ -31,6 +31,7 @@ from typing import Any
 
 from dashboard.db import run_transaction
 from dashboard.dialect import analyze, insert_results, insert_rows, move_sequences, upsert_sql
+from dashboard.failures import rebuild_signature_summaries
 from dashboard.ingest.status import FAIL, fold_status
 from dashboard.ingest.store import STATUS_COLUMNS, rebuild_fleet_summaries
 
@@ -214,6 +215,7 @@ def seed(
         )
         move_sequences(conn)  # PostgreSQL: the runs were inserted with their ids
         rebuild_fleet_summaries(conn)
+        rebuild_signature_summaries(conn)  # grain profiles; the signature backfill fills the rest
         # Seeded rows carry no failure signatures: the backfill gives them theirs (at the app's
         # start, or `python -m dashboard backfill-signatures`), as for results older than signatures.
         conn.execute("UPDATE signature_backfill SET pending_upto = (SELECT MAX(id) FROM results) WHERE id = 1")

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dashboard.dialect import dialect_of, insert_results, insert_returning
-from dashboard.failures import FailureBatch
+from dashboard.failures import FailureBatch, SignatureUpkeep, reprofile_minion
 from dashboard.ingest.records import JobRecord, RunRecord, utc_now
 from dashboard.ingest.status import FAIL, PASS, PRECEDENCE, fold_status
 from dashboard.lateness import failing_minion, late_after
@@ -164,15 +164,19 @@ def forget_pruned_status(conn: Any, pruned_runs_sql: str) -> None:
     """
     rows = conn.execute(
         f"SELECT ts.minion_id, ts.test_id, t.file, ts.runs, ts.fails, ts.flips, ts.code_flips, "  # noqa: S608
-        f"ts.total_duration, ts.last_outcome FROM test_status ts JOIN tests t ON t.id = ts.test_id "
+        f"ts.total_duration, ts.last_outcome, ts.last_signature, m.grain_profile FROM test_status ts "
+        f"JOIN tests t ON t.id = ts.test_id JOIN minions m ON m.id = ts.minion_id "
         f"WHERE ts.last_run_id IN ({pruned_runs_sql})"
     ).fetchall()
     totals: dict[int, list] = {}
     files: dict[tuple[int, str], list] = {}
     minions: dict[int, list] = {}
-    for minion_id, test_id, file, runs, fails, flips, code_flips, duration, outcome in rows:
+    upkeep = SignatureUpkeep()
+    for minion_id, test_id, file, runs, fails, flips, code_flips, duration, outcome, signature, profile in rows:
         verdict = _verdict(outcome)
         failing, passing = int(verdict == 1), int(verdict == 2)
+        upkeep.status(minion_id, profile, test_id, signature, code_flips > 0, None, False)
+        upkeep.passing(test_id, profile, -passing)
         for target, key, values in (
             (totals, test_id, (1, runs, fails, flips, code_flips, duration, failing, passing)),
             (files, (minion_id, file), (1, failing, passing)),
@@ -199,6 +203,7 @@ def forget_pruned_status(conn: Any, pruned_runs_sql: str) -> None:
     )
     conn.execute("DELETE FROM file_status WHERE tests <= 0")
     conn.execute("DELETE FROM test_totals WHERE minions <= 0")
+    upkeep.apply(conn)
 
 
 def refresh_pruned_minions(conn: Any, minion_ids: list[int]) -> None:
@@ -216,6 +221,8 @@ def refresh_pruned_minions(conn: Any, minion_ids: list[int]) -> None:
             "UPDATE minions SET last_status = ?, late_after = ? WHERE id = ?",
             (status, late_after(first_seen, last_seen, runs, configured), minion_id),
         )
+        profile = conn.execute("SELECT grain_profile FROM minions WHERE id = ?", (minion_id,)).fetchone()[0]
+        reprofile_minion(conn, minion_id, profile)
         stored = {tuple(pair) for pair in conn.execute(
             "SELECT grain, value FROM minion_grains WHERE minion_id = ?", (minion_id,))}
         wanted = grain_values(grains)
@@ -344,7 +351,7 @@ class _Batch:
         self.status: dict[tuple[int, int], dict | None] = {}
         self.dirty: set[tuple[int, int]] = set()
         self.stored: set[tuple[int, int]] = set()  # keys that have a row in the database
-        # The stored row's (runs, fails, flips, code_flips, total_duration, verdict) before this
+        # The stored row's (runs, fails, flips, code_flips, total_duration, verdict, signature) before this
         # batch folded into it: the summaries change by the difference.
         self.baseline: dict[tuple[int, int], tuple] = {}
         self.minions: dict[int, dict] = {}
@@ -380,8 +387,8 @@ class _Batch:
         state = self.minions.get(minion_id)
         if state is None:
             row = self.conn.execute(
-                "SELECT m.first_seen, m.last_seen, m.last_run_id, r.started_at, m.runs, m.expected_interval, m.grains "
-                "FROM minions m LEFT JOIN runs r ON r.id = m.last_run_id WHERE m.id = ?",
+                "SELECT m.first_seen, m.last_seen, m.last_run_id, r.started_at, m.runs, m.expected_interval, m.grains, "
+                "m.grain_profile FROM minions m LEFT JOIN runs r ON r.id = m.last_run_id WHERE m.id = ?",
                 (minion_id,),
             ).fetchone()
             state = {
@@ -392,6 +399,7 @@ class _Batch:
                 "stored_runs": row[4],
                 "expected_interval": row[5],
                 "stored_grains": row[6],
+                "profile": row[7],
                 "runs": 0,
                 "grains": None,
                 "status": None,
@@ -443,7 +451,7 @@ class _Batch:
                 self.stored.add(key)
                 self.baseline[key] = (
                     stored["runs"], stored["fails"], stored["flips"], stored["code_flips"], stored["total_duration"],
-                    _verdict(stored["last_outcome"]),
+                    _verdict(stored["last_outcome"]), stored["last_signature"],
                 )
 
     def recompute_status(self, minion_id: int, test_id: int) -> dict | None:
@@ -599,6 +607,7 @@ class _Batch:
         totals: dict[int, list] = {}
         files: dict[tuple[int, str], list] = {}
         file_of = self.ids.files
+        upkeep = SignatureUpkeep()  # the failures view's summaries: only statuses that changed
         for key in self.dirty:
             row = self.status[key]
             verdict = _verdict(row["last_outcome"])
@@ -610,15 +619,21 @@ class _Batch:
                         row["last_code_hash"], row["code_flips"], row["last_signature"], key[0], key[1],
                     )
                 )  # fmt: skip
-                runs, fails, flips, code_flips, duration, was = self.baseline[key]
+                runs, fails, flips, code_flips, duration, was, signature = self.baseline[key]
                 new = 0
             else:
                 inserts.append(tuple(row[c] for c in STATUS_COLUMNS))
                 runs = fails = flips = code_flips = duration = was = 0
+                signature = None
                 new = 1
             failing = (verdict == 1) - (was == 1)
             passing = (verdict == 2) - (was == 2)
             minion_id, test_id = key
+            if signature != row["last_signature"] or (signature and (code_flips > 0) != (row["code_flips"] > 0)):
+                upkeep.status(minion_id, self.minions[minion_id]["profile"], test_id, signature, code_flips > 0,
+                              row["last_signature"], row["code_flips"] > 0)
+            if passing:
+                upkeep.passing(test_id, self.minions[minion_id]["profile"], passing)
             total = totals.get(test_id)
             if total is None:
                 total = totals[test_id] = [0, 0, 0, 0, 0, 0.0, 0, 0, None]
@@ -660,6 +675,7 @@ class _Batch:
             )
         if files:
             conn.executemany(_UPSERT_FILE_STATUS, [(m, f, *cell) for (m, f), cell in files.items()])
+        upkeep.apply(conn)
         fleet_counts = FleetCountsDelta(conn, list(self.minions))
         for minion_id, state in self.minions.items():
             self._flush_minion(minion_id, state)
@@ -684,6 +700,8 @@ class _Batch:
                 "failing = failing + ?, passing = passing + ? WHERE id = ?",
                 (state["runs"], state["first_seen"], state["last_seen"], late, *counts, minion_id),
             )
+            if state["profile"] is None:
+                state["profile"] = reprofile_minion(conn, minion_id, None)
             return
         conn.execute(
             "UPDATE minions SET runs = runs + ?, first_seen = ?, last_seen = ?, late_after = ?, tests = tests + ?, "
@@ -698,6 +716,8 @@ class _Batch:
                 "INSERT INTO minion_grains (grain, value, minion_id) VALUES (?, ?, ?)",
                 [(grain, value, minion_id) for grain, value in sorted(grain_values(state["grains"]))],
             )
+        if state["grains"] != state["stored_grains"] or state["profile"] is None:
+            state["profile"] = reprofile_minion(conn, minion_id, state["profile"])
 
 
 def _failure_messages(record: RunRecord) -> dict[str, str]:

@@ -153,11 +153,17 @@ class Failure(BaseModel):
     exception: str | None
     message: str | None
     location: str | None
+    # Long lists hold at most failures.LIST_CAP names; the *_count beside each is exact.
     tests: list[str]
+    tests_count: int = 0
     minions_failing: list[str]
+    minions_failing_count: int = 0
     minions_passing: list[str]
+    minions_passing_count: int = 0
     minions_failing_otherwise: list[str]
+    minions_failing_otherwise_count: int = 0
     minions_muted: list[str]
+    minions_muted_count: int = 0
     # Minions where one of these tests failed and then passed when re-run (flaky by re-run).
     minions_passed_on_rerun: list[str] = []
     failing_now: int

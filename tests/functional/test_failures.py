@@ -145,6 +145,25 @@ async def test_api_failures_gives_each_verdict_and_the_separating_grains(tmp_pat
         assert rows[FLAKY]["minions_passing"] == ["db-1", "db-2", "web-2"]
 
 
+async def test_long_lists_are_capped_with_exact_counts_beside_them(tmp_path, make_app, monkeypatch):
+    monkeypatch.setattr(failures, "ROW_LIST_CAP", 1)
+    monkeypatch.setattr(failures, "LIST_CAP", 3)
+    async with make_app(tmp_path) as app:
+        await seed_fleet(app, jobs=2)
+        await logged_in(app)
+        page = (await app.http.get("/api/failures")).json()
+        everywhere, some = page["failures"][0], by_test(page)[ON_WEB]
+        assert everywhere["minions_failing_count"] == 4 and len(everywhere["minions_failing"]) == 1
+        assert everywhere["tests_count"] == 1 and everywhere["failing_now"] == 4
+        assert some["minions_passing_count"] == 2 and len(some["minions_passing"]) == 1
+        assert page["summary"]["failing_pairs_now"] == 7  # 4 + 2 + the flaky one: from the summaries
+        detail = (await app.http.get(f"/api/failures/{everywhere['signature']}")).json()
+        assert detail["minions_failing_count"] == 4 and len(detail["minions_failing"]) == 3
+        assert detail["latest_count"] == 4 and len(detail["latest"]) == 3
+        html = (await app.http.get(f"/failures/{everywhere['signature']}")).text
+        assert "Failing (4)" in html and "and 1 more" in html
+
+
 async def test_failures_filters_search_and_cursor_paging(tmp_path, make_app):
     async with make_app(tmp_path) as app:
         await seed_fleet(app, jobs=2)
