@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # `python tools/postgres.py ...` runs it as a script
+
+from tools.pidfiles import live_pid  # noqa: E402
+
 DEFAULT_ROOT = REPO / ".run" / "pg"
 ROLE = "distmon"
 DATABASE = "distmon"
@@ -131,17 +135,7 @@ class PostgresServer:
 
     def pid(self) -> int | None:
         """The postmaster's pid when it is running, else None."""
-        try:
-            pid = int((self.data / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return pid
+        return live_pid(self.data / "postmaster.pid")
 
     def start(self) -> str:
         """Init if needed, start if not running, create the ``distmon`` database; return its URL."""

@@ -35,6 +35,7 @@ from string import Template
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tools.pidfiles import live_pid  # noqa: E402
 from tools.postgres import PostgresError, PostgresServer  # noqa: E402
 from tools.storage_host import StorageHost, StorageHostError, port_is_open  # noqa: E402
 
@@ -57,20 +58,6 @@ def say(message: str) -> None:
 
 def storage_host() -> StorageHost:
     return StorageHost(root=RUN / "host", port=SSH_PORT, pid_file=RUN / "storage-host.pid")
-
-
-def pid_alive(pid_file: Path) -> int | None:
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2) -> None:
@@ -217,7 +204,7 @@ def stack_env() -> dict[str, str]:
 # -- services ----------------------------------------------------------------
 def start_master() -> None:
     pid_file = RUN / "master.pid"
-    if pid_alive(pid_file) and port_is_open(RET_PORT):
+    if live_pid(pid_file) and port_is_open(RET_PORT):
         say("salt-master already running")
         return
     if port_is_open(RET_PORT) or port_is_open(PUBLISH_PORT):
@@ -229,7 +216,7 @@ def start_master() -> None:
 
 
 def start_minion(minion_id: str) -> None:
-    if pid_alive(RUN / f"{minion_id}.pid"):
+    if live_pid(RUN / f"{minion_id}.pid"):
         say(f"salt-minion {minion_id} already running")
         return
     subprocess.run([str(VENV_BIN / "salt-minion"), "-c", str(RUN / "salt" / minion_id), "-d"], check=True)
@@ -238,7 +225,7 @@ def start_minion(minion_id: str) -> None:
 
 def start_dashboard() -> None:
     pid_file = RUN / "dashboard.pid"
-    if pid_alive(pid_file) and port_is_open(DASHBOARD_PORT):
+    if live_pid(pid_file) and port_is_open(DASHBOARD_PORT):
         say("dashboard already running")
         return
     if port_is_open(DASHBOARD_PORT):
@@ -310,17 +297,17 @@ def stop_services(names: list[str], timeout: float = 20.0) -> None:
     pids = {}
     for name in names:
         pid_file = RUN / f"{name}.pid"
-        pid = pid_alive(pid_file)
+        pid = live_pid(pid_file)
         if pid is None:
             pid_file.unlink(missing_ok=True)
             continue
         os.kill(pid, signal.SIGTERM)
         pids[name] = pid
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(pid_alive(RUN / f"{n}.pid") for n in pids):
+    while time.monotonic() < deadline and any(live_pid(RUN / f"{n}.pid") for n in pids):
         time.sleep(0.1)
     for name, pid in pids.items():
-        if pid_alive(RUN / f"{name}.pid"):
+        if live_pid(RUN / f"{name}.pid"):
             os.kill(pid, signal.SIGKILL)
         (RUN / f"{name}.pid").unlink(missing_ok=True)
         say(f"stopped {name} (pid {pid})")
@@ -357,9 +344,9 @@ def down() -> None:
 
 def status() -> None:
     host = storage_host()
-    rows = [("salt-master", pid_alive(RUN / "master.pid"))]
-    rows += [(f"salt-minion {m}", pid_alive(RUN / f"{m}.pid")) for m in MINIONS]
-    rows += [("sshd storage host", host.pid()), ("dashboard", pid_alive(RUN / "dashboard.pid"))]
+    rows = [("salt-master", live_pid(RUN / "master.pid"))]
+    rows += [(f"salt-minion {m}", live_pid(RUN / f"{m}.pid")) for m in MINIONS]
+    rows += [("sshd storage host", host.pid()), ("dashboard", live_pid(RUN / "dashboard.pid"))]
     if (RUN / "pg" / "data").exists():
         rows.append(("postgresql", postgres_server().pid()))
     for name, pid in rows:

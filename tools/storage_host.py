@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.pidfiles import live_pid
+
 SFTP_USER = "distmon"
 # Where chroots go when the host's own root cannot satisfy sshd's ownership rules.
 EXTERNAL_CHROOTS = Path("/var/lib/distmon/chroot")
@@ -236,15 +238,7 @@ ForceCommand internal-sftp -u 0022
 """
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_path.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
+        return live_pid(self.pid_path)
 
     def is_running(self) -> bool:
         return self.pid() is not None and port_is_open(self.port)
