@@ -87,7 +87,7 @@ _INSERT_RUN = """
                       rerun_of)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (minion_id, jid) DO NOTHING
-    RETURNING id
+    RETURNING minion_id, jid, id
 """
 # Summaries change by deltas: one upsert per touched test / (minion, file) per transaction.
 _UPSERT_TEST_TOTALS = """
@@ -493,7 +493,9 @@ class _Batch:
                 record.pytest_version, record.grains, record.message, record.signed, record.code_hash,
                 record.rerun_of,
             ))  # fmt: skip
-        return insert_returning(self.conn, _INSERT_RUN, rows)
+        # Matched back by (minion, jid): a second file of one (minion, jid) in the batch is a duplicate.
+        inserted = {(minion_id, jid): run_id for minion_id, jid, run_id in insert_returning(self.conn, _INSERT_RUN, rows)}
+        return [inserted.pop((row[0], row[1]), None) for row in rows]
 
     def add_run(self, record: RunRecord, run_id: int | None) -> str:
         """Store one run's results and summaries (its row is in, by :meth:`insert_runs`): 'ingested' or 'duplicate'."""
