@@ -385,41 +385,60 @@ def insert_rows(conn: Any, table: str, columns: Sequence[str], rows: Sequence[Se
     conn.total_changes += len(rows)
 
 
+def insert_returning(conn: Any, sql: str, rows: Sequence[Sequence]) -> list[Any]:
+    """Run an ``INSERT ... RETURNING x`` once per row; the first returned value of each, or None
+    when it inserted nothing (``ON CONFLICT DO NOTHING``). PostgreSQL: one pipelined
+    ``executemany`` instead of a round trip per row."""
+    if not rows:
+        return []
+    if dialect_of(conn) != POSTGRES:
+        found = []
+        for row in rows:
+            returned = conn.execute(sql, row).fetchone()
+            found.append(None if returned is None else returned[0])
+        return found
+    return [None if returned is None else returned[0] for returned in _pipelined_returning(conn, sql, rows)]
+
+
+def _pipelined_returning(conn: Any, sql: str, rows: Sequence[Sequence]) -> list[tuple | None]:
+    """PostgreSQL: ``sql`` once per row in one pipelined ``executemany``; each row's returned row or None."""
+    text, order = _placeholders(sql)
+    cursor = conn.raw.cursor()
+    cursor.executemany(text, [[row[i] for i in order] for row in rows] if order else rows, returning=True)
+    found = []
+    while True:
+        found.append(cursor.fetchone())
+        if not cursor.nextset():
+            break
+    conn.total_changes += sum(returned is not None for returned in found)
+    return found
+
+
 # Rows per multi-row INSERT on SQLite: 500 rows of runs' 26 columns stay under SQLite's 32,766
 # host parameters.
 _MULTI_ROW_ROWS = 500
 _VALUES = re.compile(r"\bVALUES\s*(\([^()]*\))", re.IGNORECASE)
 
 
-def insert_returning(conn: Any, sql: str, rows: Sequence[Sequence]) -> list[tuple]:
+def insert_many_returning(conn: Any, sql: str, rows: Sequence[Sequence]) -> list[tuple]:
     """Insert ``rows`` by ``sql``, an ``INSERT ... VALUES (?, ...) ... RETURNING ...`` of one row:
     every row ``RETURNING`` gave, in no promised order (a row ``ON CONFLICT DO NOTHING`` skipped
-    gives none: return a key to match them by). SQLite: multi-row ``VALUES`` (one statement per
-    500 rows, not one per row); PostgreSQL: one pipelined ``executemany``."""
+    gives none: return a key to match them by). SQLite: multi-row ``VALUES``, one statement per
+    500 rows instead of one per row (:func:`insert_returning`); PostgreSQL: one pipelined
+    ``executemany``."""
     if not rows:
         return []
-    if dialect_of(conn) != POSTGRES:
-        match = _VALUES.search(sql)
-        if match is None:
-            raise ValueError(f"not a one-row INSERT ... VALUES (...): {sql[:200]}")  # noqa: S608 (a message)
-        found = []
-        for start in range(0, len(rows), _MULTI_ROW_ROWS):
-            chunk = rows[start : start + _MULTI_ROW_ROWS]
-            many = f"{sql[: match.start(1)]}{', '.join([match.group(1)] * len(chunk))}{sql[match.end(1) :]}"
-            found += conn.execute(many, [value for row in chunk for value in row]).fetchall()
-        return [tuple(row) for row in found]
-    text, order = _placeholders(sql)
-    cursor = conn.raw.cursor()
-    cursor.executemany(text, [[row[i] for i in order] for row in rows] if order else rows, returning=True)
+    if dialect_of(conn) == POSTGRES:
+        return [tuple(returned) for returned in _pipelined_returning(conn, sql, rows) if returned is not None]
+    match = _VALUES.search(sql)
+    if match is None:
+        raise ValueError(f"not a one-row INSERT ... VALUES (...): {sql[:200]}")  # noqa: S608 (a message)
     found = []
-    while True:
-        returned = cursor.fetchone()
-        if returned is not None:
-            found.append(tuple(returned))
-        if not cursor.nextset():
-            break
-    conn.total_changes += len(found)
-    return found
+    for start in range(0, len(rows), _MULTI_ROW_ROWS):
+        chunk = rows[start : start + _MULTI_ROW_ROWS]
+        many = f"{sql[: match.start(1)]}{', '.join([match.group(1)] * len(chunk))}{sql[match.end(1) :]}"
+        found += conn.execute(many, [value for row in chunk for value in row]).fetchall()
+    return [tuple(row) for row in found]
 
 
 def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:

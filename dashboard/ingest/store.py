@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
-from dashboard.dialect import dialect_of, insert_results, insert_returning
+from dashboard.dialect import dialect_of, insert_many_returning, insert_results
 from dashboard.failures import FailureBatch, SignatureUpkeep, reprofile_minion
 from dashboard.ingest.records import JobRecord, RunRecord, utc_now
 from dashboard.ingest.status import FAIL, PASS, PRECEDENCE, fold_status
@@ -494,7 +494,7 @@ class _Batch:
                 record.rerun_of,
             ))  # fmt: skip
         # Matched back by (minion, jid): a second file of one (minion, jid) in the batch is a duplicate.
-        inserted = {(minion_id, jid): run_id for minion_id, jid, run_id in insert_returning(self.conn, _INSERT_RUN, rows)}
+        inserted = {(minion_id, jid): run_id for minion_id, jid, run_id in insert_many_returning(self.conn, _INSERT_RUN, rows)}
         return [inserted.pop((row[0], row[1]), None) for row in rows]
 
     def add_run(self, record: RunRecord, run_id: int | None) -> str:
