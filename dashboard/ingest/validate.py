@@ -7,6 +7,7 @@ the database.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from dashboard.models import (
     describe_validation_error,
     id_problem,
 )
-from dashboard.signatures import failure_signature
+from dashboard.signatures import Signature, failure_signature
 from dashboard.signing import KeyStore, check_document
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,23 @@ def _junit_sources(settings: Settings) -> frozenset[str]:
     return settings.junit_sources
 
 
+# The same test failing the same way, on many minions and run after run, is the common case of a
+# fleet: its signature (tens of microseconds of regular expressions) is computed once. The keys
+# hold the texts, so only failures of at most 8 KiB of text are kept: 2,048 of them, <= 16 MiB.
+_CACHED_SIGNATURE_CHARS = 8192
+
+
+@functools.lru_cache(maxsize=2048)
+def _cached_signature(nodeid: str, message: str | None, longrepr: str | None, file: str | None) -> Signature:
+    return failure_signature(nodeid, message, longrepr, file)
+
+
+def _signature(nodeid: str, message: str | None, longrepr: str | None, file: str | None) -> Signature:
+    if len(message or "") + len(longrepr or "") <= _CACHED_SIGNATURE_CHARS:
+        return _cached_signature(nodeid, message, longrepr, file)
+    return failure_signature(nodeid, message, longrepr, file)
+
+
 def _flatten(
     tests: list[dict[str, Any]],
 ) -> tuple[list[tuple], dict[str, tuple], dict[str, str], dict[str, tuple[str, str, str]]]:
@@ -115,7 +133,7 @@ def _flatten(
             markers_text = "[]"
         signature = None
         if outcome in FAIL:
-            sig = failure_signature(nodeid, get("message"), get("longrepr"), get("file"))
+            sig = _signature(nodeid, get("message"), get("longrepr"), get("file"))
             signature = sig.signature
             signature_parts.setdefault(signature, (sig.exception, sig.message, sig.location))
         append((nodeid, t["when"], outcome, duration, get("message"), get("longrepr"), get("stdout"), get("stderr"),
