@@ -95,6 +95,8 @@ def fleet_database() -> tuple[Path, float | None]:
     partial = path.with_name(path.name + ".part")
     say(f"seeding the large fleet ({FLEET_MINIONS} minions x {FLEET_TESTS} tests) into {path} (kept for later runs) ...")
     seconds = seed_database(partial, FLEET_RUNS, FLEET_TESTS, FLEET_MINIONS)
+    # Signatures too (the seeder leaves them to the backfill): the failures routes need them.
+    say(f"signature backfill of the large fleet: {backfill_signatures(partial):.0f} s")
     import sqlite3
 
     sqlite3.connect(partial).execute("PRAGMA wal_checkpoint(TRUNCATE)").close()

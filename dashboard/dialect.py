@@ -452,6 +452,21 @@ def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
             f"ON CONFLICT ({', '.join(key)}) {action}")
 
 
+def per_key_sql(dialect: str, part: str, keys: int, key_type: str) -> str:
+    """One statement running ``part`` once for each of ``keys`` keys: ``part`` is a bounded SELECT
+    (its own ORDER BY / LIMIT) naming its key ``{key}``; ``?`` are its other parameters.
+
+    Parameters: SQLite, each key followed by the part's other parameters, key after key (a UNION
+    ALL of the parts, cheap to plan there); PostgreSQL, the list of keys then the part's other
+    parameters once (a LATERAL join over the array: a UNION of 50 parts took 10-18 ms to plan).
+    ``key_type`` is the keys' SQL type (``text``, ``bigint``).
+    """
+    if dialect == POSTGRES:
+        # ``part`` is the caller's constant SQL; values are always bound.
+        return f"SELECT x.* FROM unnest(?::{key_type}[]) AS k(key) CROSS JOIN LATERAL ({part.format(key='k.key')}) AS x"  # noqa: S608
+    return " UNION ALL ".join(f"SELECT * FROM ({part.format(key='?')}) AS q{i}" for i in range(keys))  # noqa: S608
+
+
 # Grains that name one machine (an id, a name, an address): left out of a minion's grain profile,
 # so minions alike in every other grain share one profile (docs/triage.md).
 MACHINE_GRAINS = ("id", "fqdn", "host", "nodename", "localhost", "machine_id", "uuid", "serialnumber", "server_id",

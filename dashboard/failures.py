@@ -35,7 +35,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dashboard.db import run_transaction
-from dashboard.dialect import POSTGRES, analyze, dialect_of, grain_profile_sql, insert_returning
+from dashboard.dialect import (
+    POSTGRES,
+    SQLITE,
+    analyze,
+    dialect_of,
+    grain_profile_sql,
+    insert_returning,
+    per_key_sql,
+)
 from dashboard.migrations import SIGNATURE_SUMMARIES, statements_for
 from dashboard.models import format_timestamp
 from dashboard.queries import (
@@ -61,6 +69,7 @@ SEPARATING_GRAINS_SHOWN = 5
 LIST_CAP = 100  # on a signature's page and GET /api/failures/{signature}
 ROW_LIST_CAP = 20  # in each row of /failures and GET /api/failures (the page shows the first 5)
 SINCE_TESTS = 20  # a signature over more tests reads its failing-since over all its rows
+SINCE_LOOKAHEAD = 5  # oldest failing streaks of a test read to find each signature's oldest
 HISTORY_LIMIT = 100
 FTS_MATCH_LIMIT = 1000  # newest matching failures a text search looks at
 BACKFILL_CHUNK_IDS = 20_000
@@ -769,13 +778,15 @@ def _merge(counts: dict[int, int], cache: dict[int, frozenset]) -> Counter:
     return merged
 
 
-async def _union_of(db, part: str, params: list[tuple]) -> list[dict]:
-    """Many small bounded lookups (``part``: a SELECT with its own ORDER BY / LIMIT) in one
-    statement per 100, as UNION ALL of subqueries: one round trip instead of one each."""
+async def _per_key(db, part: str, keys: list, key_type: str, *params: Any) -> list[dict]:
+    """``part`` (a bounded SELECT naming its key ``{key}``) for each of ``keys``, in one statement
+    per 100 keys (dialect.per_key_sql): one round trip, not one per key."""
     rows: list[dict] = []
-    for chunk in _chunks(params, 100):
-        sql = " UNION ALL ".join(f"SELECT * FROM ({part}) AS q{i}" for i in range(len(chunk)))
-        rows += await db.fetchall(sql, [value for values in chunk for value in values])
+    postgres = getattr(db, "dialect", None) == POSTGRES
+    for chunk in _chunks(keys, 100):
+        sql = per_key_sql(POSTGRES if postgres else SQLITE, part, len(chunk), key_type)
+        values = [chunk, *params] if postgres else [value for key in chunk for value in (key, *params)]
+        rows += await db.fetchall(sql, values)
     return rows
 
 
@@ -796,23 +807,32 @@ async def _page_lists(db, rows: list[dict], cap: int) -> _PageLists:
     signatures = [row["signature"] for row in rows]
     single = sorted({row["_summary"]["test_ids"][0] for row in rows if len(row["_summary"]["test_ids"]) == 1})
     pairs = [(t, row["signature"]) for row in rows for t in row["_summary"]["test_ids"][:SINCE_TESTS]]
-    for row in await _union_of(
+    for row in await _per_key(
         db, "SELECT sm.signature, m.name FROM signature_minions sm JOIN minions m ON m.id = sm.minion_id "
-        "WHERE sm.signature = ? ORDER BY sm.minion_id LIMIT ?", [(s, cap) for s in signatures]
+        "WHERE sm.signature = {key} ORDER BY sm.minion_id LIMIT ?", signatures, "text", cap
     ):
         page.failing_names[row["signature"]].append(row["name"])
-    for row in await _union_of(
+    for row in await _per_key(
         db, "SELECT p.test_id, m.name FROM test_status p JOIN minions m ON m.id = p.minion_id "
-        f"WHERE p.test_id = ? AND p.last_outcome IN {_PASSING_SQL} LIMIT ?", [(t, cap) for t in single]
+        f"WHERE p.test_id = {{key}} AND p.last_outcome IN {_PASSING_SQL} LIMIT ?", single, "bigint", cap
     ):
         page.passing_names[row["test_id"]].append(row["name"])
-    # `|| ''` keeps the planner off test_status_signature (a sort of every failing pair): the
-    # oldest streaks of the test come first in test_status_failing and the first match ends it.
-    for row in await _union_of(
-        db, "SELECT test_id, last_signature, first_fail_at FROM test_status WHERE test_id = ? "
-        "AND first_fail_at IS NOT NULL AND last_signature || '' = ? ORDER BY first_fail_at LIMIT 1", pairs
+    # The oldest open streaks of each test, in test_status_failing's order: the first with the
+    # signature is its failing-since. (Filtering by signature in SQL made both planners sort every
+    # failing pair of the signature instead.) A test shared by many signatures may need more.
+    for row in await _per_key(
+        db, "SELECT test_id, last_signature, first_fail_at FROM test_status WHERE test_id = {key} "
+        "AND first_fail_at IS NOT NULL ORDER BY first_fail_at LIMIT ?", sorted({t for t, _ in pairs}), "bigint",
+        SINCE_LOOKAHEAD,
     ):
-        page.since[(row["last_signature"], row["test_id"])] = row["first_fail_at"]
+        page.since.setdefault((row["last_signature"], row["test_id"]), row["first_fail_at"])
+    for test_id, signature in pairs:
+        if (signature, test_id) not in page.since:
+            found = await db.fetchone(
+                "SELECT MIN(first_fail_at) AS since FROM test_status WHERE test_id = ? AND last_signature = ?",
+                (test_id, signature))
+            if found and found["since"]:
+                page.since[(signature, test_id)] = found["since"]
     for chunk in _chunks(signatures):
         for row in await db.fetchall(
             f"SELECT signature, profile_id, minions FROM signature_profiles WHERE signature IN ({_marks(chunk)})", chunk
