@@ -194,6 +194,17 @@ async def test_results_without_a_manifest_are_grouped_and_slack_text_is_escaped(
             assert "<https://distmon.example.com/tests?nodeid=" in text
 
 
+def configure_interval(conn, seconds: int) -> None:
+    """Every minion expected every ``seconds``, with the moment it turns late that the ingester
+    would have stored for that interval (dashboard/lateness.py)."""
+    from dashboard.lateness import late_after
+
+    for minion_id, first_seen, last_seen, runs in conn.execute(
+            "SELECT id, first_seen, last_seen, runs FROM minions").fetchall():
+        conn.execute("UPDATE minions SET expected_interval = ?, late_after = ? WHERE id = ?",
+                     (seconds, late_after(first_seen, last_seen, runs, seconds), minion_id))
+
+
 async def test_late_minions_quarantined_files_digest_and_test_message(make_app):
     with WebhookReceiver() as receiver:
         async with make_app(**FAST) as app, http_client(app.settings) as client:
@@ -203,7 +214,7 @@ async def test_late_minions_quarantined_files_digest_and_test_message(make_app):
             old = datetime.now(UTC) - timedelta(hours=5)
             write_inbox(app.settings.inbox, job_docs("20261201000000000040", ["cron-1"], set(), old)[0])
             await ingest(app)
-            await app.db.write(lambda c: c.execute("UPDATE minions SET expected_interval = 3600"))
+            await app.db.write(configure_interval, 3600)
             bad = app.settings.inbox / "web-1" / "20261201000000000041.json"
             bad.parent.mkdir(parents=True, exist_ok=True)
             bad.write_text("{not json")
