@@ -242,9 +242,9 @@ async def list_runs(
     if after:
         where.append("(r.started_at, r.id) < (?, ?)")
         params.extend(after)
-    sql = f"SELECT {RUN_COLUMNS} FROM runs r JOIN minions m ON m.id = r.minion_id"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
+    # CROSS JOIN keeps SQLite reading runs first, newest first by an index, and stopping at the
+    # limit: without statistics of runs it scanned every minion and sorted (10 ms at 10,000).
+    sql = f"SELECT {RUN_COLUMNS} FROM runs r CROSS JOIN minions m WHERE " + " AND ".join(["m.id = r.minion_id", *where])
     sql += " ORDER BY r.started_at DESC, r.id DESC LIMIT ?"
     rows = await db.fetchall(sql, (*params, limit + 1))
     next_cursor = None
