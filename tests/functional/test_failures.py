@@ -164,6 +164,30 @@ async def test_long_lists_are_capped_with_exact_counts_beside_them(tmp_path, mak
         assert "Failing (4)" in html and "and 1 more" in html
 
 
+async def test_a_signature_over_several_tests_passes_only_where_it_fails_none_of_them(tmp_path, make_app):
+    # Two parametrized cases failing at one line: one signature. db-1 fails [a] and passes [b]:
+    # it fails the signature, so it is not a passing minion, and the signature fails everywhere.
+    case_a, case_b = "tests/test_p.py::test_p[a]", "tests/test_p.py::test_p[b]"
+    async with make_app(tmp_path) as app:
+        for minion, outcomes in (("web-1", (True, True)), ("db-1", (True, False))):
+            tests = [failed(case, "bad value 7", 12) if fails else passed(case)
+                     for case, fails in zip((case_a, case_b), outcomes, strict=True)]
+            write_inbox(app.settings.inbox, result_document(minion, jid_of(1), START, tests, grains=FLEET[minion]))
+        await ingest(app)
+        await logged_in(app)
+        [row] = (await app.http.get("/api/failures")).json()["failures"]
+        assert row["tests"] == [case_a, case_b] and row["tests_count"] == 2
+        assert row["verdict"] == "everywhere" and row["minions_passing"] == [] and row["minions_passing_count"] == 0
+        assert row["minions_failing"] == ["db-1", "web-1"] and row["failing_now"] == 2
+        # web-2 passes both: now some minions pass.
+        write_inbox(app.settings.inbox, result_document("web-2", jid_of(1), START, [passed(case_a), passed(case_b)],
+                                                        grains=FLEET["web-2"]))
+        await ingest(app)
+        [row] = (await app.http.get("/api/failures")).json()["failures"]
+        assert row["verdict"] == "some-minions" and row["minions_passing"] == ["web-2"]
+        assert row["minions_passing_count"] == 1
+
+
 async def test_failures_filters_search_and_cursor_paging(tmp_path, make_app):
     async with make_app(tmp_path) as app:
         await seed_fleet(app, jobs=2)
