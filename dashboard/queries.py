@@ -20,6 +20,7 @@ Bad input (a malformed cursor, date or id) raises :class:`InputError`, which the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -530,6 +531,11 @@ _FLEET_COLUMNS = ("m.id, m.name, m.first_seen, m.last_seen, m.last_run_id, m.run
                   "m.late_after, m.last_status AS status, m.tests, m.failing, m.passing")
 
 
+async def _nothing(value: Any = None) -> Any:
+    """An awaitable of ``value``: a read a page does not need, in a gather."""
+    return value
+
+
 async def _fleet_page(db, scope: str, scope_params: list, now_iso: str, state: str | None,
                       after: list | None, limit: int) -> list[dict]:
     """Up to ``limit`` minions of the scope after the cursor, failing first, then late, then ok, by name."""
@@ -579,13 +585,18 @@ async def fleet(
     now_iso = format_timestamp(now)
     scope, scope_params = _fleet_scope(group, value)
     scoped = group and value is not None
-    count_rows = await db.fetchall(
-        "SELECT status, failing_minion, minions, tests, failing, passing FROM fleet_counts "
-        "WHERE grain = ? AND value = ? LIMIT 10000",
-        (group, value) if scoped else ("", ""),
+    # The reads that do not depend on each other go out together (one round trip of time on
+    # PostgreSQL instead of one per query; the pool has several readers).
+    count_rows, late_minions, rows, counter_rows, recent, grains, groups = await asyncio.gather(
+        db.fetchall("SELECT status, failing_minion, minions, tests, failing, passing FROM fleet_counts "
+                    "WHERE grain = ? AND value = ? LIMIT 10000", (group, value) if scoped else ("", "")),
+        db.fetchval(f"SELECT COUNT(*) FROM {scope} {MINION_LATE}", (*scope_params, now_iso), default=0),
+        _fleet_page(db, scope, scope_params, now_iso, state, after, limit + 1),
+        db.fetchall("SELECT name, value FROM counters LIMIT 100"),
+        list_runs(db, limit=15),
+        grain_names(db),
+        fleet_groups(db, group, now_iso) if group and value is None else _nothing(),
     )
-    late_minions = await db.fetchval(f"SELECT COUNT(*) FROM {scope} {MINION_LATE}", (*scope_params, now_iso),
-                                     default=0)
     by_status: dict[str, int] = {}
     for row in count_rows:
         by_status[row["status"] or "none"] = by_status.get(row["status"] or "none", 0) + row["minions"]
@@ -596,17 +607,21 @@ async def fleet(
         "late": late_minions or 0,
     }
     counts["ok"] = counts["minions"] - counts["failing"] - counts["late"]
-    rows = await _fleet_page(db, scope, scope_params, now_iso, state, after, limit + 1)
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
         next_cursor = encode_cursor(rows[-1]["attention"], rows[-1]["name"])
-    # The newest run's counts of the page's minions: one primary-key lookup each (last_counts).
+    # The newest run's counts of the page's minions (one primary-key lookup each), and their
+    # matrix cells, together.
     run_ids = [row["last_run_id"] for row in rows if row["last_run_id"]]
-    last_counts = {}
-    if run_ids:
-        last_counts = {run["id"]: run for run in await db.fetchall(
-            f"SELECT id, {', '.join(OUTCOMES)} FROM runs WHERE id IN ({','.join('?' * len(run_ids))})", run_ids)}
+    ids = [row["id"] for row in rows]
+    run_rows, cells = await asyncio.gather(
+        db.fetchall(f"SELECT id, {', '.join(OUTCOMES)} FROM runs WHERE id IN ({','.join('?' * len(run_ids))})",
+                    run_ids) if run_ids else _nothing([]),
+        db.fetchall(f"SELECT minion_id, file, tests, failing, passing, last_started_at FROM file_status "
+                    f"WHERE minion_id IN ({','.join('?' * len(ids))}) LIMIT 100000", ids) if ids else _nothing([]),
+    )
+    last_counts = {run["id"]: run for run in run_rows}
     minions = []
     for row in rows:
         row = dict(row) | {key: value for key, value in last_counts.get(row["last_run_id"], {}).items() if key != "id"}
@@ -621,29 +636,21 @@ async def fleet(
         minions.append(minion)
     matrix: dict[int, dict[str, dict]] = {}
     files: dict[str, int] = {}
-    ids = [m["id"] for m in minions]
-    if ids:
-        marks = ",".join("?" * len(ids))
-        for cell in await db.fetchall(
-            f"SELECT minion_id, file, tests, failing, passing, last_started_at FROM file_status "
-            f"WHERE minion_id IN ({marks}) LIMIT 100000",
-            ids,
-        ):
-            files[cell["file"]] = files.get(cell["file"], 0) + cell["tests"]
-            state_name = "fail" if cell["failing"] else ("pass" if cell["passing"] else "skip")
-            matrix.setdefault(cell["minion_id"], {})[cell["file"]] = {**cell, "state": state_name}
+    for cell in cells:
+        files[cell["file"]] = files.get(cell["file"], 0) + cell["tests"]
+        state_name = "fail" if cell["failing"] else ("pass" if cell["passing"] else "skip")
+        matrix.setdefault(cell["minion_id"], {})[cell["file"]] = {**cell, "state": state_name}
     shown_files = sorted(files)[:max_files]
     judged = totals["passing"] + totals["failing"]
-    counters = {row["name"]: row["value"] for row in await db.fetchall("SELECT name, value FROM counters LIMIT 100")}
-    recent = await list_runs(db, limit=15)
+    counters = {row["name"]: row["value"] for row in counter_rows}
     return {
         "counts": counts,
         "by_status": dict(sorted(by_status.items(), key=lambda item: -item[1])),
         "group": group,
         "value": value,
         "state": state,
-        "groups": await fleet_groups(db, group, now_iso) if group and value is None else None,
-        "grains": await grain_names(db),
+        "groups": groups,
+        "grains": grains,
         "minions": minions,
         "next": next_cursor,
         "paged": bool(after),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -132,12 +133,12 @@ async def api_fleet(
     cursor: str | None = None,
     limit: int = Query(queries.FLEET_PAGE, ge=1, le=500),
 ) -> dict[str, Any]:
-    fleet = await queries.fleet(db, group=group or None, value=value, state=state or None, cursor=cursor,
-                                limit=limit)
-    # Triage (docs/triage.md): sick hosts, and failing test x minion pairs muted (out of "failing now").
-    fleet["sick_hosts"] = await failures.sick_hosts(db)
-    fleet["muted_failing"] = await failures.muted_failing_pairs(db)
-    return fleet
+    # Triage (docs/triage.md): sick hosts, and failing test x minion pairs muted (out of "failing now"),
+    # read together with the fleet.
+    fleet, sick_hosts, muted_failing = await asyncio.gather(
+        queries.fleet(db, group=group or None, value=value, state=state or None, cursor=cursor, limit=limit),
+        failures.sick_hosts(db), failures.muted_failing_pairs(db))
+    return fleet | {"sick_hosts": sick_hosts, "muted_failing": muted_failing}
 
 
 @router.get("/tests", summary="One test id across minions and time (nodeid=), or a search (q=)")

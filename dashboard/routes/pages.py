@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -23,15 +24,18 @@ def _filters(request: Request) -> dict[str, str]:
 @router.get("/")
 async def fleet_page(request: Request, db: DbDep, group: str = "", value: str | None = None, state: str = "",
                      cursor: str = ""):
-    fleet = await queries.fleet(db, group=group.strip() or None, value=value if group else None,
-                                state=state or None, cursor=cursor or None, limit=queries.FLEET_PAGE_HTML)
+    # Triage (docs/triage.md): sick hosts flagged; muted failures out of "failing now". Read
+    # together with the fleet (independent reads, several reader connections).
+    fleet, sick_hosts, muted_failing = await asyncio.gather(
+        queries.fleet(db, group=group.strip() or None, value=value if group else None, state=state or None,
+                      cursor=cursor or None, limit=queries.FLEET_PAGE_HTML),
+        failures.sick_hosts(db), failures.muted_failing_pairs(db))
     scope = {k: v for k, v in (("group", fleet["group"]), ("value", fleet["value"]), ("state", fleet["state"]))
              if v is not None}
     return render(request, "fleet.html", {
         "fleet": fleet,
-        # Triage (docs/triage.md): sick hosts flagged; muted failures out of "failing now".
-        "sick": {host["minion"]: host for host in await failures.sick_hosts(db)},
-        "muted_failing": await failures.muted_failing_pairs(db),
+        "sick": {host["minion"]: host for host in sick_hosts},
+        "muted_failing": muted_failing,
         "scope": scope,
         "next_params": {**scope, "cursor": fleet["next"]} if fleet["next"] else None,
     })
