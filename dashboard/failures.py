@@ -583,15 +583,18 @@ def _separating_counted(failing: Counter, passing: Counter, shown: int = SEPARAT
     n_fail, n_pass = sum(failing.values()), sum(passing.values())
     if not n_fail:
         return []
-    on_failing, on_passing = Counter(), Counter()
-    values_of: dict[str, Counter] = defaultdict(Counter)
+    on_failing: dict[tuple[str, str], int] = {}
+    on_passing: dict[tuple[str, str], int] = {}
     for side, counts in ((failing, on_failing), (passing, on_passing)):
         for features, minions in side.items():
             for feature in features:
-                counts[feature] += minions
-                values_of[feature[0]][feature[1]] += minions
-    identifying = {name for name, values in values_of.items()
-                   if sum(values.values()) >= 3 and all(count == 1 for count in values.values())}
+                counts[feature] = counts.get(feature, 0) + minions
+    # How many compared minions have each value of a grain: a grain whose every value is on one
+    # minion only names machines.
+    per_grain: dict[str, list[int]] = defaultdict(list)
+    for feature in on_failing.keys() | on_passing.keys():
+        per_grain[feature[0]].append(on_failing.get(feature, 0) + on_passing.get(feature, 0))
+    identifying = {name for name, counts in per_grain.items() if sum(counts) >= 3 and max(counts) == 1}
     ranked = []
     for (name, value), count in on_failing.items():
         if name in identifying:
