@@ -152,6 +152,25 @@ def _flatten(
     return rows, per_test, test_signatures, signature_parts
 
 
+def _grains_json(grains: dict[str, Any]) -> str:
+    """The grains as stored JSON text, a NUL anywhere in them as U+FFFD (the rule of every stored
+    text field): PostgreSQL's ``jsonb`` refuses ``\\u0000``, and the fleet's grain profiles parse it."""
+    text = json.dumps(grains, sort_keys=True)
+    if "\\u0000" in text:
+        text = json.dumps(_without_nul(grains), sort_keys=True)
+    return text
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
+
+
 def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signed: bool) -> RunRecord:
     result = doc.result
     if isinstance(result, PytestResult):
@@ -174,7 +193,7 @@ def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signe
             args=json.dumps(result.args),
             python_version=result.python_version,
             pytest_version=result.pytest_version,
-            grains=json.dumps(doc.grains, sort_keys=True),
+            grains=_grains_json(doc.grains),
             message=result.message,
             signed=int(signed),
             rows=rows,
@@ -202,7 +221,7 @@ def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signe
         args="[]",
         python_version=None,
         pytest_version=None,
-        grains=json.dumps(doc.grains, sort_keys=True),
+        grains=_grains_json(doc.grains),
         message=None,
         signed=int(signed),
         rows=[],
