@@ -1219,31 +1219,87 @@ async def _signatures_sharing(db, test_ids: list[int]) -> dict[int, set[str]]:
     return by_test
 
 
-async def _latest_outcomes(db, signature: str, test_ids: list[int], cap: int) -> tuple[list[dict], int]:
-    """Minions' latest outcomes of these tests: those failing with this signature first (at most
-    ``cap``), then the others (at most ``cap``); and how many (minion, test) rows there are in all."""
-    columns = ("SELECT m.name AS minion, t.nodeid, ts.last_outcome, ts.last_signature, ts.last_run_id, "
-               "ts.last_started_at, ts.first_fail_at, ts.code_flips FROM test_status ts "
-               "JOIN minions m ON m.id = ts.minion_id JOIN tests t ON t.id = ts.test_id ")
-    latest = await db.fetchall(columns + "WHERE ts.last_signature = ? LIMIT ?", (signature, cap))
-    others: list[dict] = []
+# The signature page's list of latest outcomes, filtered by ``outcome``: failing with this
+# signature, passing, or the rest (failing otherwise, skipped).
+LATEST_OUTCOMES = ("signature", "passing", "other")
+_LATEST_COLUMNS = ("SELECT m.name AS minion, t.nodeid, ts.minion_id, ts.test_id, ts.last_outcome, ts.last_signature, "
+                   "ts.last_run_id, ts.last_started_at, ts.first_fail_at, ts.code_flips FROM test_status ts "
+                   "JOIN minions m ON m.id = ts.minion_id JOIN tests t ON t.id = ts.test_id ")
+
+
+def latest_cursor(cursor: str | None) -> list[int] | None:
+    """Decode the latest-outcomes cursor: [section, key, key] (0: failing with it, by minion then
+    test; 1: the others, by test then minion), or raise InputError."""
+    values = decode_cursor(cursor, (int, int, int))
+    if values is not None and values[0] not in (0, 1):
+        raise InputError("Invalid cursor.")
+    return values
+
+
+async def _latest_outcomes(db, signature: str, test_ids: list[int], limit: int, after: list[int] | None,
+                           outcome: str | None) -> tuple[list[dict], str | None]:
+    """One page of minions' latest outcomes of these tests, those failing with this signature
+    first, and the cursor of the next page.
+
+    Keyset paging over indexes: the failing rows through ``signature_minions`` (signature,
+    minion_id) joined to each minion's signed ``test_status`` rows; the others one test at a
+    time through ``test_status_test``. A page reads about ``limit`` rows, whatever the fleet.
+    """
+    section, first, second = after or (0, -1, -1)
+    rows: list[dict] = []
+    if section == 0 and outcome in (None, "signature"):
+        rows = await db.fetchall(
+            _LATEST_COLUMNS + "JOIN signature_minions sm ON sm.minion_id = ts.minion_id "
+            "AND ts.last_signature = sm.signature WHERE sm.signature = ? "
+            "AND (sm.minion_id > ? OR (sm.minion_id = ? AND ts.test_id > ?)) ORDER BY sm.minion_id, ts.test_id LIMIT ?",
+            (signature, first, first, second, limit + 1),
+        )
+        section, first, second = 1, -1, -1
+    if outcome == "signature":
+        test_ids = []
+    wanted = {"passing": f"AND ts.last_outcome IN {_PASSING_SQL} ",
+              "other": f"AND ts.last_outcome NOT IN {_PASSING_SQL} "}.get(outcome or "", "")
+    for test_id in test_ids:
+        if len(rows) > limit:
+            break
+        if test_id < first:
+            continue
+        rows += await db.fetchall(
+            _LATEST_COLUMNS + "WHERE ts.test_id = ? AND ts.minion_id > ? "
+            "AND (ts.last_signature IS NULL OR ts.last_signature <> ?) " + wanted + "ORDER BY ts.minion_id LIMIT ?",
+            (test_id, second if test_id == first else -1, signature, limit + 1 - len(rows)),
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    following = None
+    if more:
+        last = rows[-1]
+        following = (encode_cursor(0, last["minion_id"], last["test_id"]) if last["last_signature"] == signature
+                     else encode_cursor(1, last["test_id"], last["minion_id"]))
+    for row in rows:
+        del row["minion_id"], row["test_id"]
+    return rows, following
+
+
+async def _latest_count(db, test_ids: list[int]) -> int:
+    """How many (minion, test) latest outcomes these tests have in all (test_totals)."""
     total = 0
     for chunk in _chunks(test_ids):
-        others += await db.fetchall(
-            columns + f"WHERE ts.test_id IN ({_marks(chunk)}) AND (ts.last_signature IS NULL OR ts.last_signature <> ?) "
-            "LIMIT ?", (*chunk, signature, cap))
         row = await db.fetchone(f"SELECT SUM(minions) AS n FROM test_totals WHERE test_id IN ({_marks(chunk)})", chunk)
         total += (row["n"] or 0) if row else 0
-    rows = latest + others[:cap]
-    rows.sort(key=lambda r: (r["last_signature"] != signature, r["last_outcome"] in PASSING, r["minion"], r["nodeid"]))
-    return rows, max(total, len(rows))
+    return total
 
 
-async def get_signature(db, signature: str) -> dict[str, Any] | None:
-    """One signature: its open row (or its last known state), history, every minion's latest outcome,
-    one full traceback, the pass rate over time, known issue, mutes and the triage log."""
+async def get_signature(db, signature: str, *, cursor: str | None = None,
+                        outcome: str | None = None) -> dict[str, Any] | None:
+    """One signature: its open row (or its last known state), history, every minion's latest outcome
+    (paged by ``cursor``, filtered by ``outcome``: one of LATEST_OUTCOMES), one full traceback, the
+    pass rate over time, known issue, mutes and the triage log."""
     if not is_signature(signature):
         raise InputError("A signature is 16 hexadecimal digits.")
+    after = latest_cursor(cursor)
+    if outcome and outcome not in LATEST_OUTCOMES:
+        raise InputError(f"outcome is one of {', '.join(LATEST_OUTCOMES)}.")
     meta = await db.fetchone(
         "SELECT signature, exception, message, location, first_seen, first_run_id, last_seen, last_run_id, occurrences "
         "FROM signatures WHERE signature = ?",
@@ -1288,7 +1344,7 @@ async def get_signature(db, signature: str) -> dict[str, Any] | None:
     row.update(first_seen=meta["first_seen"], first_run=meta["first_run_id"], last_seen=meta["last_seen"],
                last_run=meta["last_run_id"], occurrences=meta["occurrences"], state=state)
     await _code_changes(db, [row])
-    latest, latest_count = await _latest_outcomes(db, signature, test_ids, LIST_CAP)
+    latest, latest_next = await _latest_outcomes(db, signature, sorted(test_ids), LIST_CAP, after, outcome or None)
     known = (await _known_issues(db, [signature])).get(signature)
     mutes = await db.fetchall(
         "SELECT id, kind, target, grain, grain_value, reason, created_by, created_at, expires_at, removed_by, removed_at "
@@ -1312,7 +1368,9 @@ async def get_signature(db, signature: str) -> dict[str, Any] | None:
         "history": history,
         "sample": sample,
         "latest": latest,
-        "latest_count": latest_count,
+        "latest_count": max(await _latest_count(db, test_ids), len(latest)),
+        "latest_outcome": outcome or None,
+        "next": latest_next,
         "chart": await pass_rate_over_time(db, test_ids),
         "mutes": mutes,
         "log": log,

@@ -29,8 +29,8 @@ def _filters(request: Request) -> dict[str, str]:
     return {key: request.query_params.get(key, "").strip()[:500] for key in FILTER_KEYS}
 
 
-async def _signature_or_404(db, signature: str) -> dict[str, Any]:
-    found = await failures.get_signature(db, signature)
+async def _signature_or_404(db, signature: str, cursor: str | None = None, outcome: str | None = None) -> dict[str, Any]:
+    found = await failures.get_signature(db, signature, cursor=cursor, outcome=outcome)
     if found is None:
         raise HTTPException(status_code=404, detail="No failure has this signature.")
     return found
@@ -69,10 +69,15 @@ async def failures_page(request: Request, db: DbDep, cursor: str = "", limit: in
 
 
 @router.get("/failures/{signature}")
-async def signature_page(request: Request, signature: str, db: DbDep, error: str = "", notice: str = ""):
-    found = await _signature_or_404(db, signature)
+async def signature_page(request: Request, signature: str, db: DbDep, error: str = "", notice: str = "",
+                         cursor: str = "", outcome: str = ""):
+    found = await _signature_or_404(db, signature, cursor or None, outcome or None)
+    next_params = {"outcome": outcome, "cursor": found["next"]} if outcome else {"cursor": found["next"]}
     return render(request, "signature.html", {
         "sig": found, "error": error[:300], "notice": notice[:300], "mute_default": triage.DEFAULT_MUTE,
+        "latest_outcomes": failures.LATEST_OUTCOMES,
+        "next_query": urlencode(next_params) if found["next"] else None,
+        "paged": bool(cursor),
     })
 
 
@@ -218,8 +223,13 @@ async def api_failures(
 
 
 @api_router.get("/failures/{signature}", summary="One signature: verdict, history, every minion's latest outcome, a traceback")
-async def api_signature(signature: str, db: DbDep) -> dict[str, Any]:
-    return await _signature_or_404(db, signature)
+async def api_signature(
+    signature: str,
+    db: DbDep,
+    cursor: str | None = Query(None, description="the previous page's `next` (pages `latest`)"),
+    outcome: str | None = Query(None, description="`latest` only: signature | passing | other"),
+) -> dict[str, Any]:
+    return await _signature_or_404(db, signature, cursor or None, outcome or None)
 
 
 class KnownIssueIn(BaseModel):
