@@ -45,7 +45,7 @@ from dashboard.dialect import (
     per_key_sql,
 )
 from dashboard.migrations import SIGNATURE_SUMMARIES, statements_for
-from dashboard.models import format_timestamp
+from dashboard.models import INT64_MAX, format_timestamp
 from dashboard.queries import (
     FAILING,
     InputError,
@@ -1222,6 +1222,7 @@ async def _signatures_sharing(db, test_ids: list[int]) -> dict[int, set[str]]:
 # The signature page's list of latest outcomes, filtered by ``outcome``: failing with this
 # signature, passing, or the rest (failing otherwise, skipped).
 LATEST_OUTCOMES = ("signature", "passing", "other")
+LATEST_SCAN_BUDGET = 2000  # test_status rows a filtered page reads at most (it may come back short)
 _LATEST_COLUMNS = ("SELECT m.name AS minion, t.nodeid, ts.minion_id, ts.test_id, ts.last_outcome, ts.last_signature, "
                    "ts.last_run_id, ts.last_started_at, ts.first_fail_at, ts.code_flips FROM test_status ts "
                    "JOIN minions m ON m.id = ts.minion_id JOIN tests t ON t.id = ts.test_id ")
@@ -1260,23 +1261,42 @@ async def _latest_outcomes(db, signature: str, test_ids: list[int], limit: int, 
         test_ids = []
     wanted = {"passing": f"AND ts.last_outcome IN {_PASSING_SQL} ",
               "other": f"AND ts.last_outcome NOT IN {_PASSING_SQL} "}.get(outcome or "", "")
+    budget = LATEST_SCAN_BUDGET
+    stopped_at = None  # (test id, minion id) where a filtered page spent its budget
     for test_id in test_ids:
         if len(rows) > limit:
             break
         if test_id < first:
             continue
+        after_minion, upto = second if test_id == first else -1, INT64_MAX
+        if wanted:
+            # A filter may skip most rows: read at most the budget's worth of index entries, and
+            # end the page (maybe short) where they end.
+            scan = await db.fetchone(
+                "SELECT MAX(minion_id) AS upto, COUNT(*) AS n FROM (SELECT minion_id FROM test_status "
+                "WHERE test_id = ? AND minion_id > ? ORDER BY minion_id LIMIT ?) AS scanned",
+                (test_id, after_minion, budget),
+            )
+            if not scan or not scan["n"]:
+                continue
+            budget -= scan["n"]
+            if budget <= 0:
+                upto, stopped_at = scan["upto"], (test_id, scan["upto"])
         rows += await db.fetchall(
-            _LATEST_COLUMNS + "WHERE ts.test_id = ? AND ts.minion_id > ? "
+            _LATEST_COLUMNS + "WHERE ts.test_id = ? AND ts.minion_id > ? AND ts.minion_id <= ? "
             "AND (ts.last_signature IS NULL OR ts.last_signature <> ?) " + wanted + "ORDER BY ts.minion_id LIMIT ?",
-            (test_id, second if test_id == first else -1, signature, limit + 1 - len(rows)),
+            (test_id, after_minion, upto, signature, limit + 1 - len(rows)),
         )
-    more = len(rows) > limit
-    rows = rows[:limit]
+        if stopped_at:
+            break
     following = None
-    if more:
+    if len(rows) > limit:
+        rows = rows[:limit]
         last = rows[-1]
         following = (encode_cursor(0, last["minion_id"], last["test_id"]) if last["last_signature"] == signature
                      else encode_cursor(1, last["test_id"], last["minion_id"]))
+    elif stopped_at:
+        following = encode_cursor(1, *stopped_at)
     for row in rows:
         del row["minion_id"], row["test_id"]
     return rows, following

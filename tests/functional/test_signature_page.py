@@ -80,10 +80,14 @@ async def test_paging_the_latest_outcomes_visits_every_minion_exactly_once(tmp_p
         signed = [row["last_signature"] == app.signature for row in latest]
         assert signed == [True] * 10 + [False] * 8
 
-        for query, wanted in (("signature", 10), ("passing", 6), ("other", 2)):
-            filtered = [row for page in await pages(app, query) for row in page["latest"]]
-            assert len(filtered) == wanted
-            assert len({(row["minion"], row["nodeid"]) for row in filtered}) == wanted
+        for budget in (failures.LATEST_SCAN_BUDGET, 3):  # 3: filtered pages end short, where their scan ends
+            monkeypatch.setattr(failures, "LATEST_SCAN_BUDGET", budget)
+            for query, wanted in (("signature", 10), ("passing", 6), ("other", 2)):
+                filtered = [row for page in await pages(app, query) for row in page["latest"]]
+                assert len(filtered) == wanted
+                assert len({(row["minion"], row["nodeid"]) for row in filtered}) == wanted
+        assert len(await pages(app, "other")) == 7  # both tests' 18 rows read 3 at a time, then the end
+        monkeypatch.setattr(failures, "LATEST_SCAN_BUDGET", 2000)
         others = [row for page in await pages(app, "other") for row in page["latest"]]
         assert {(row["minion"], row["last_outcome"]) for row in others} == {("m-08", "failed"), ("m-03", "skipped")}
 
