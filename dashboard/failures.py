@@ -1091,19 +1091,25 @@ async def sick_hosts(db) -> list[dict]:
         return []
     ids = list(candidates)
     mutes = await active_mutes(db)
-    if mutes:  # which of their failures are muted: their failing rows, with test ids
-        rows = await db.fetchall(
-            "SELECT ts.minion_id, ts.test_id, ts.last_signature, t.nodeid FROM test_status ts "
-            "JOIN tests t ON t.id = ts.test_id "
-            f"WHERE ts.minion_id IN ({_marks(ids)}) AND ts.last_signature IS NOT NULL",
+    if not mutes:  # no failure to leave out: count each candidate's signatures some minion passes, in SQL
+        counted = await db.fetchall(
+            "SELECT sm.minion_id, COUNT(*) AS signatures FROM signature_minions sm "
+            f"WHERE sm.minion_id IN ({_marks(ids)}) AND sm.signature IN (SELECT st.signature FROM signature_tests st "
+            "JOIN test_totals tt ON tt.test_id = st.test_id WHERE tt.passing > 0) GROUP BY sm.minion_id",
             ids,
         )
-    else:  # the signature summaries: each candidate's signatures and their tests
-        rows = await db.fetchall(
-            "SELECT sm.minion_id, st.test_id, sm.signature AS last_signature FROM signature_minions sm "
-            f"JOIN signature_tests st ON st.signature = sm.signature WHERE sm.minion_id IN ({_marks(ids)})",
-            ids,
+        return sorted(
+            ({"minion": candidates[row["minion_id"]], "signatures": row["signatures"], "fleet_median": median}
+             for row in counted if row["signatures"] >= threshold),
+            key=lambda item: (-item["signatures"], item["minion"]),
         )
+    # Which of their failures are muted: their failing rows, with test ids.
+    rows = await db.fetchall(
+        "SELECT ts.minion_id, ts.test_id, ts.last_signature, t.nodeid FROM test_status ts "
+        "JOIN tests t ON t.id = ts.test_id "
+        f"WHERE ts.minion_id IN ({_marks(ids)}) AND ts.last_signature IS NOT NULL",
+        ids,
+    )
     tests_of: dict[str, set[int]] = defaultdict(set)
     for row in rows:
         tests_of[row["last_signature"]].add(row["test_id"])
@@ -1119,12 +1125,11 @@ async def sick_hosts(db) -> list[dict]:
     for row in rows:
         if row["last_signature"] in everywhere:
             continue
-        if mutes:
-            if row["minion_id"] not in grains:
-                found = await db.fetchone("SELECT grains FROM minions WHERE id = ?", (row["minion_id"],))
-                grains[row["minion_id"]] = loads(found["grains"] if found else None, {})
-            if mutes.covers(row["last_signature"], row["nodeid"], grains[row["minion_id"]]):
-                continue
+        if row["minion_id"] not in grains:
+            found = await db.fetchone("SELECT grains FROM minions WHERE id = ?", (row["minion_id"],))
+            grains[row["minion_id"]] = loads(found["grains"] if found else None, {})
+        if mutes.covers(row["last_signature"], row["nodeid"], grains[row["minion_id"]]):
+            continue
         local[row["minion_id"]].add(row["last_signature"])
     return sorted(
         ({"minion": candidates[m], "signatures": len(sigs), "fleet_median": median}
