@@ -124,7 +124,7 @@ class Database:
         # Migrations run on a plain connection first, so both pools open an up-to-date schema.
         await asyncio.to_thread(self._migrate)
         self._writer = await aiosqlite.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        await _run_in_thread(self._writer, _configure)
+        await _run_in_thread(self._writer, _configure_writer)
         self._idle_readers = asyncio.Queue()
         for _ in range(self.readers):
             reader = await aiosqlite.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -204,6 +204,16 @@ class Database:
         finally:
             if self._idle_readers is not None:
                 self._idle_readers.put_nowait(reader)
+
+
+# The schema the ingest writer reads a batch's staged result rows from (dashboard/ingest/store.py
+# stage_results): attached once here, since ATTACH cannot run inside a transaction.
+STAGING_SCHEMA = "staging"
+
+
+def _configure_writer(conn: sqlite3.Connection) -> None:
+    _configure(conn)
+    conn.execute(f"ATTACH DATABASE ':memory:' AS {STAGING_SCHEMA}")
 
 
 def _configure_reader(conn: sqlite3.Connection) -> None:

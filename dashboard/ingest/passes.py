@@ -105,7 +105,7 @@ def _count(records: list, outcomes: list[str], report: IngestReport) -> None:
     for record, outcome in zip(records, outcomes, strict=True):
         if outcome == "ingested":
             report.ingested += 1
-            report.results += len(record.rows)
+            report.results += record.result_count
         elif outcome == "duplicate":
             report.duplicates += 1
             log.info("duplicate %s/%s: already stored, archiving the file", record.minion, record.jid)

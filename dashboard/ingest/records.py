@@ -76,6 +76,14 @@ class RunRecord:
     signature_parts: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     # The jid whose failures this run re-ran (pytestrun.run rerun_of=...), else None.
     rerun_of: str | None = None
+    # Set by the validation worker for a SQLite store (store.stage_results): (the batch's staged
+    # result rows as a serialized SQLite database, this run's key in it, its number of results);
+    # ``rows`` then keeps only the failed/error rows the writer still reads (signatures, webhooks).
+    staged: tuple[bytes, int, int] | None = None
+
+    @property
+    def result_count(self) -> int:
+        return self.staged[2] if self.staged else len(self.rows)
 
 
 @dataclass

@@ -11,7 +11,9 @@ import threading
 from pathlib import Path
 
 from dashboard.config import Settings
+from dashboard.dialect import is_postgres
 from dashboard.ingest.records import Candidate, InboxDir, Rejected
+from dashboard.ingest.store import stage_results
 from dashboard.ingest.validate import Preparer
 
 log = logging.getLogger(__name__)
@@ -161,4 +163,6 @@ def prepare_remote(settings: Settings, items: list[tuple[str, str, str, int, flo
             if inbox_dir is not None:
                 os.close(inbox_dir.fd)
         os.close(inbox_fd)
+    if not is_postgres(settings.db_path):  # PostgreSQL's writer COPYs the rows as they are
+        stage_results(outcomes)
     return outcomes

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from dashboard.config import Settings
 from dashboard.db import Database, connect_sync
-from dashboard.ingest import CRASH_AFTER_COMMIT_ENV, IngestReport, run_ingester
+from dashboard.ingest import CRASH_AFTER_COMMIT_ENV, IngestReport, run_ingester, store
 from dashboard.ingest import worker as ingest_worker
 from tests.db_backend import on_postgres
 from tests.functional.ingest_support import (
@@ -224,6 +225,73 @@ def test_without_the_worker_big_passes_validate_in_process(tmp_path, monkeypatch
     monkeypatch.setattr(ingest_worker._ValidationWorker, "validate", lambda *_: pytest.fail("the worker was asked"))
     _drop_many(settings, 130)
     assert ingest(settings).ingested == 130
+
+
+# What both ways of a big pass must store alike (ingested_at and created_at are the clock's).
+_STORED_QUERIES = (
+    "SELECT * FROM results ORDER BY id",
+    "SELECT id, minion_id, jid, started_at, status, passed, failed, errors FROM runs ORDER BY id",
+    "SELECT * FROM test_status ORDER BY minion_id, test_id",
+    "SELECT * FROM test_totals ORDER BY test_id",
+    "SELECT * FROM file_status ORDER BY minion_id, file",
+    "SELECT * FROM signatures ORDER BY signature",
+    "SELECT * FROM signature_minions ORDER BY signature, minion_id",
+    "SELECT rowid, message, longrepr FROM failure_text ORDER BY rowid",
+    "SELECT kind, jid, minion, nodeid, run_id, detail, signature FROM outbox_events ORDER BY id",
+    "SELECT name, value FROM counters ORDER BY name",
+)
+
+
+def _stored(settings) -> list[list[tuple]]:
+    conn = connect_sync(settings.db_path)
+    try:
+        return [[tuple(round(v, 6) if isinstance(v, float) else v for v in row) for row in conn.execute(sql)]
+                for sql in _STORED_QUERIES]
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(on_postgres(), reason="PostgreSQL COPYs the rows: nothing is staged")
+def test_results_staged_by_the_worker_are_stored_as_in_process_validation_stores_them(tmp_path, monkeypatch):
+    """On SQLite the worker binds a big pass's result rows into a staging database and the writer
+    inserts them with one INSERT ... SELECT: the same rows, ids and summaries as without the worker,
+    with runs out of order, failures (signatures, search rows, webhook events), a file the database
+    rejects (its batch retried file by file) and a pass of duplicates."""
+    rng = random.Random(5)
+    nodeids = [f"tests/test_{f}.py::test_{i}" for f in ("a", "b") for i in range(6)]
+    docs = []
+    for index in range(230):
+        tests = [test_entry(n, rng.choice(["passed", "passed", "failed", "skipped", "error"]),
+                            duration=rng.choice([0.5, 0.25]), stdout=rng.choice([None, f"out {index}"]),
+                            message=rng.choice([None, "assert 1 == 2", f"boom {index % 3}"]))
+                 for n in rng.sample(nodeids, rng.randrange(1, len(nodeids)))]
+        tests.append(test_entry(nodeids[0], "error", "teardown"))  # a second entry of one test
+        minute = rng.randrange(0, 600)  # out of order within and across batches
+        docs.append(make_doc(f"m-{index % 9}", f"2026112807{index:010d}", tests,
+                             started_at=f"2026-11-28T{minute // 60 + 7:02d}:{minute % 60:02d}:{index % 60:02d}Z"))
+    staged = []
+    insert_staged = store.insert_staged_results
+    monkeypatch.setattr(store, "insert_staged_results", lambda *args: (staged.append(len(args[2])), insert_staged(*args)))
+    stored = {}
+    for use_worker in (True, False):
+        settings = make_settings(tmp_path / f"worker-{use_worker}", ingest_worker=use_worker)
+        conn = connect_sync(settings.db_path)
+        conn.execute("CREATE TRIGGER reject_one BEFORE INSERT ON runs WHEN NEW.jid = '20261128070000000150' "
+                     "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END")
+        conn.close()
+        for doc in docs:
+            drop_doc(settings.inbox, doc)
+        report = ingest(settings)
+        accepted = [doc for doc in docs if doc["jid"] != "20261128070000000150"]
+        assert (report.ingested, report.quarantined) == (len(accepted), 1)
+        assert report.results == sum(len(doc["result"]["tests"]) for doc in accepted)
+        for doc in docs[:120]:
+            drop_doc(settings.inbox, doc)
+        assert (ingest(settings).duplicates, counters(settings)["runs"]) == (120, len(accepted))
+        stored[use_worker] = _stored(settings)
+        assert stored[use_worker][0] and stored[use_worker][7] and stored[use_worker][8]
+    assert sum(staged) == len(docs) - 1  # every stored run's rows went through the staging database
+    assert stored[True] == stored[False]
 
 
 def test_other_salt_functions_become_runs_without_tests(settings):
