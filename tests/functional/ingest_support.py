@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from dashboard.config import Settings
-from dashboard.db import connect_sync
+from dashboard.db import Database, connect_sync
 from dashboard.ingest import IngestReport, ingest_pending_sync
+from dashboard.retention import prune
 from tests.db_backend import database_location
 
 COUNT_KEYS = {"passed": "passed", "failed": "failed", "skipped": "skipped", "xfailed": "xfailed", "xpassed": "xpassed", "error": "errors"}
@@ -140,3 +143,13 @@ def rows(settings, sql: str, params=()) -> list[dict]:
 
 def counters(settings) -> dict[str, int]:
     return {row["name"]: row["value"] for row in rows(settings, "SELECT name, value FROM counters")}
+
+
+def prune_store(settings: Settings, days: int = 30) -> int:
+    """Prune the store as `python -m dashboard prune --older-than <days>d` does: runs removed."""
+
+    async def pruning() -> int:
+        async with Database(settings.db_path) as db:
+            return await prune(db, timedelta(days=days))
+
+    return asyncio.run(pruning())

@@ -10,7 +10,7 @@ from datetime import datetime
 from dashboard.db import connect_sync, run_transaction
 from dashboard.ingest import store
 from dashboard.seed import seed
-from tests.functional.ingest_support import drop_doc, ingest, make_doc, make_settings, test_entry
+from tests.functional.ingest_support import drop_doc, ingest, make_doc, make_settings, prune_store, test_entry
 
 SUMMARY_QUERIES = {
     "minions": "SELECT name, last_status, tests, failing, passing, late_after, last_run_id FROM minions ORDER BY name",
@@ -137,12 +137,6 @@ def test_a_duplicate_changes_no_summary(tmp_path):
 
 
 def test_pruning_keeps_the_summaries_equal_to_the_backfill(tmp_path):
-    import asyncio
-    from datetime import timedelta
-
-    from dashboard.db import Database
-    from dashboard.retention import prune
-
     settings = make_settings(tmp_path)
     old, kept = [test_entry("t.py::test_old_only", "failed"), test_entry("u.py::test_always")], [
         test_entry("u.py::test_always", "failed")]
@@ -155,11 +149,7 @@ def test_pruning_keeps_the_summaries_equal_to_the_backfill(tmp_path):
                                       grains={"os": "Debian", "roles": ["older"]}))
     assert ingest(settings).ingested == 4
 
-    async def scenario():
-        async with Database(settings.db_path) as db:
-            return await prune(db, timedelta(days=30))
-
-    assert asyncio.run(scenario()) == 3
+    assert prune_store(settings) == 3
     conn = connect_sync(settings.db_path)
     try:
         kept_summaries, expected = summaries(conn), rebuilt(conn)
@@ -177,12 +167,6 @@ def test_pruning_keeps_the_summaries_equal_to_the_backfill(tmp_path):
 
 
 def test_fleet_counts_equal_their_rebuild_after_random_ingests_and_a_prune(tmp_path):
-    import asyncio
-    from datetime import timedelta
-
-    from dashboard.db import Database
-    from dashboard.retention import prune
-
     settings = make_settings(tmp_path)
     rng = random.Random(11)
     nodeids = [f"tests/test_{f}.py::test_{i}" for f in ("a", "b") for i in range(3)]
@@ -209,11 +193,7 @@ def test_fleet_counts_equal_their_rebuild_after_random_ingests_and_a_prune(tmp_p
         finally:
             conn.close()
 
-    async def scenario():
-        async with Database(settings.db_path) as db:
-            return await prune(db, timedelta(days=30))
-
-    assert asyncio.run(scenario()) > 0
+    assert prune_store(settings) > 0
     conn = connect_sync(settings.db_path)
     try:
         kept_summaries, expected = summaries(conn), rebuilt(conn)

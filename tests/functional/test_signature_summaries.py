@@ -5,15 +5,12 @@ test_status: after random ingests (out of order, changing signatures and grains)
 
 from __future__ import annotations
 
-import asyncio
 import random
-from datetime import timedelta
 
-from dashboard.db import Database, connect_sync, run_transaction
+from dashboard.db import connect_sync, run_transaction
 from dashboard.failures import backfill_all, rebuild_signature_summaries
-from dashboard.retention import prune
 from dashboard.seed import seed
-from tests.functional.ingest_support import drop_doc, ingest, make_doc, make_settings, test_entry
+from tests.functional.ingest_support import drop_doc, ingest, make_doc, make_settings, prune_store, test_entry
 
 # Profiles are compared by their grains text: a rebuild numbers them afresh.
 SUMMARY_QUERIES = {
@@ -96,11 +93,7 @@ def test_kept_signature_summaries_equal_the_rebuild_after_ingests_and_a_prune(tm
     finally:
         conn.close()
 
-    async def pruning():
-        async with Database(settings.db_path) as db:
-            return await prune(db, timedelta(days=30))
-
-    assert asyncio.run(pruning()) > 0
+    assert prune_store(settings) > 0
     conn = connect_sync(settings.db_path)
     try:
         assert summaries(conn) == rebuilt(conn)
