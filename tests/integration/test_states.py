@@ -236,8 +236,15 @@ def test_the_key_stays_out_of_the_job_cache_and_the_logs(applied, salt_master, s
     jobs = Path(salt_master.config["cachedir"]) / "jobs"
     files = [path for path in jobs.rglob("*") if path.is_file()]
     assert files, "the master's job cache is expected to hold the state runs"
+    read = 0
     for path in files:
-        assert_no_secret(path.read_bytes(), secret_lines, f"the job cache ({path})")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # the master replaced or cleaned it after the listing (seen once)
+            continue
+        read += 1
+        assert_no_secret(data, secret_lines, f"the job cache ({path})")
+    assert read, "every job cache file vanished before it could be read"
     for daemon in (salt_master, salt_minion):
         log_file = Path(daemon.config["log_file"])
         assert_no_secret(log_file.read_bytes(), secret_lines, f"{daemon.id}'s log")
