@@ -77,7 +77,7 @@ class RunRecord:
     # The jid whose failures this run re-ran (pytestrun.run rerun_of=...), else None.
     rerun_of: str | None = None
     # Set by the validation worker for a SQLite store (store.stage_results): (the batch's staged
-    # result rows as a serialized SQLite database, this run's key in it, its number of results);
+    # result rows as a serialized SQLite database, this run's first rowid in it, its number of results);
     # ``rows`` then keeps only the failed/error rows the writer still reads (signatures, webhooks).
     staged: tuple[bytes, int, int] | None = None
 

@@ -15,6 +15,7 @@ inserted with ``ON CONFLICT DO NOTHING``, and the id caches only hold ids, which
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -366,9 +367,9 @@ class _Batch:
         self.changes: list[outbox.TestChange] = []
         # Results wait here and go in with one bulk insert (COPY on PostgreSQL): (started_at, rows).
         self.pending_results: list[tuple[str, list[tuple]]] = []
-        # Staged results (see stage_results): the batch's staging database, its run keys -> run ids.
+        # Staged results (see stage_results): the batch's staging database, run id -> its rowid span there.
         self.staging: bytes | None = None
-        self.staged_runs: dict[int, int] = {}
+        self.staged_runs: dict[int, tuple[int, int]] = {}
         self.staged_tests: dict[str, int] = {}
 
     # minions ------------------------------------------------------------------------------
@@ -606,11 +607,11 @@ class _Batch:
         )
 
     def _stage(self, staged: tuple[bytes, int, int], run_id: int, tests: dict[str, Any], ids: dict[str, int]) -> None:
-        data, key, _count = staged
+        data, first, count = staged
         if self.staging is not None and data is not self.staging:
             self.flush_results()  # records validated in different worker calls: one staging database at a time
         self.staging = data
-        self.staged_runs[key] = run_id
+        self.staged_runs[run_id] = (first, first + count - 1)
         for nodeid in tests.keys() - self.staged_tests.keys():
             self.staged_tests[nodeid] = ids[nodeid]
 
@@ -750,11 +751,13 @@ class _Batch:
 # every row with one INSERT ... SELECT, joining the run and test ids it assigned. Nothing is
 # written to disk: a crash loses only memory, and the files stay in the inbox until committed.
 _STAGED_COLUMNS = ("phase", "outcome", "duration", "message", "longrepr", "stdout", "stderr", "markers", "signature")
-_STAGING_TABLE = f"CREATE TABLE rows (run_key INTEGER NOT NULL, nodeid TEXT NOT NULL, {', '.join(_STAGED_COLUMNS)})"
+# A run's rows are a range of the staging table's rowids (in order from 1: a fresh table): the
+# rows go in as _flatten built them, with no per-row run key to add in Python.
+_STAGING_TABLE = f"CREATE TABLE rows (nodeid TEXT NOT NULL, {', '.join(_STAGED_COLUMNS)})"
 _INSERT_STAGED = (
     f"INSERT INTO results (run_id, test_id, {', '.join(_STAGED_COLUMNS)}) "  # noqa: S608 (constant names)
     f"SELECT r.run_id, t.test_id, {', '.join('s.' + c for c in _STAGED_COLUMNS)} "
-    f"FROM {STAGING_SCHEMA}.rows s CROSS JOIN temp.staged_runs r ON r.run_key = s.run_key "
+    f"FROM temp.staged_runs r CROSS JOIN {STAGING_SCHEMA}.rows s ON s.rowid BETWEEN r.first AND r.last "
     f"CROSS JOIN temp.staged_tests t ON t.nodeid = s.nodeid ORDER BY r.run_id, s.rowid"  # ids as without staging
 )
 
@@ -766,21 +769,27 @@ def stage_results(outcomes: list) -> None:
     runs = [record for record in outcomes if isinstance(record, RunRecord) and record.rows]
     if not runs:
         return
-    data = _staging_database((key, *row) for key, record in enumerate(runs) for row in record.rows)
-    for key, record in enumerate(runs):
-        record.staged = (data, key, len(record.rows))
+    data = _staging_database(itertools.chain.from_iterable(record.rows for record in runs))
+    first = 1
+    for record in runs:
+        count = len(record.rows)
+        record.staged = (data, first, count)
+        first += count
         record.rows = [row for row in record.rows if row[2] in FAIL]  # a signature is only on these
 
 
-def insert_staged_results(conn: sqlite3.Connection, staging: bytes, run_ids: dict[int, int], test_ids: dict[str, int]) -> None:
-    """Insert the staged rows of the runs in ``run_ids`` (run key -> run id) in one statement;
-    ``test_ids`` holds at least their tests (nodeid -> test id)."""
+def insert_staged_results(
+    conn: sqlite3.Connection, staging: bytes, runs: dict[int, tuple[int, int]], test_ids: dict[str, int]
+) -> None:
+    """Insert the staged rows of the runs in ``runs`` (run id -> its first and last staged rowid) in
+    one statement; ``test_ids`` holds at least their tests (nodeid -> test id)."""
     conn.deserialize(staging, name=STAGING_SCHEMA)
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS staged_runs (run_key INTEGER PRIMARY KEY, run_id INTEGER NOT NULL)")
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS staged_runs (run_id INTEGER PRIMARY KEY, first INTEGER NOT NULL, "
+                 "last INTEGER NOT NULL)")  # fmt: skip
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS staged_tests (nodeid TEXT PRIMARY KEY, test_id INTEGER NOT NULL) "
                  "WITHOUT ROWID")  # fmt: skip
     # The mapping rows belong to the transaction: a rollback takes them away with everything else.
-    conn.executemany("INSERT INTO temp.staged_runs VALUES (?, ?)", run_ids.items())
+    conn.executemany("INSERT INTO temp.staged_runs VALUES (?, ?, ?)", [(run_id, *span) for run_id, span in runs.items()])
     conn.executemany("INSERT INTO temp.staged_tests VALUES (?, ?)", test_ids.items())
     conn.execute(_INSERT_STAGED)
     conn.execute("DELETE FROM temp.staged_runs")
@@ -793,7 +802,7 @@ def _staging_database(rows: Iterable[tuple]) -> bytes:
     try:
         staging.execute(_STAGING_TABLE)
         staging.executemany(
-            f"INSERT INTO rows VALUES ({', '.join('?' * (len(_STAGED_COLUMNS) + 2))})", rows  # noqa: S608
+            f"INSERT INTO rows VALUES ({', '.join('?' * (len(_STAGED_COLUMNS) + 1))})", rows  # noqa: S608
         )
         staging.commit()
         return staging.serialize()

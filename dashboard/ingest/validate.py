@@ -14,9 +14,11 @@ import os
 import stat
 from typing import Any
 
+import msgspec
 from pydantic import ValidationError
 
 from dashboard.config import Settings
+from dashboard.ingest.decode import FastDocument, FastEntry, FastResult, decode_result, entries_of, markers_json
 from dashboard.ingest.inbox import quarantine_entry
 from dashboard.ingest.records import Candidate, JobRecord, Rejected, RunRecord
 from dashboard.ingest.status import FAIL, PRECEDENCE
@@ -106,41 +108,32 @@ def _signature(nodeid: str, message: str | None, longrepr: str | None, file: str
 
 
 def _flatten(
-    tests: list[dict[str, Any]],
+    tests: list[FastEntry],
 ) -> tuple[list[tuple], dict[str, tuple], dict[str, str], dict[str, tuple[str, str, str]]]:
     """Result rows (signature last), per test (worst outcome, duration, file, line), and signatures.
 
     Failure signatures are computed here, in the validation worker when there is one: the
-    writer only stores them. Per result on the hot path: locals, and markers as JSON once per
-    distinct list.
+    writer only stores them. Per result on the hot path: locals, attribute reads, and markers
+    as JSON once per distinct list.
     """
     rows = []
     append = rows.append
     per_test: dict[str, tuple] = {}
     test_signatures: dict[str, str] = {}
     signature_parts: dict[str, tuple[str, str, str]] = {}
-    markers_json: dict[tuple[str, ...], str] = {}
     for t in tests:
-        get = t.get
-        nodeid, outcome, duration = t["nodeid"], t["outcome"], get("duration", 0.0)
-        markers = get("markers")
-        if markers:
-            key = tuple(markers)
-            markers_text = markers_json.get(key)
-            if markers_text is None:
-                markers_text = markers_json[key] = json.dumps(markers)
-        else:
-            markers_text = "[]"
+        nodeid, outcome, duration, message, longrepr = t.nodeid, t.outcome, t.duration, t.message, t.longrepr
+        markers = t.markers
         signature = None
         if outcome in FAIL:
-            sig = _signature(nodeid, get("message"), get("longrepr"), get("file"))
+            sig = _signature(nodeid, message, longrepr, t.file)
             signature = sig.signature
             signature_parts.setdefault(signature, (sig.exception, sig.message, sig.location))
-        append((nodeid, t["when"], outcome, duration, get("message"), get("longrepr"), get("stdout"), get("stderr"),
-                markers_text, signature))  # fmt: skip
+        append((nodeid, t.when, outcome, duration, message, longrepr, t.stdout, t.stderr,
+                markers_json(markers) if markers else "[]", signature))  # fmt: skip
         seen = per_test.get(nodeid)
         if seen is None:
-            per_test[nodeid] = (outcome, duration, get("file"), get("line"))
+            per_test[nodeid] = (outcome, duration, t.file, t.line)
             if signature:
                 test_signatures[nodeid] = signature
         else:
@@ -171,38 +164,52 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
+def _pytest_record(
+    candidate: Candidate, doc: ResultDocument | FastDocument, result: PytestResult | FastResult, *,
+    counts: dict[str, int], tests: list[FastEntry], grains: dict[str, Any], source: str, signed: bool,
+) -> RunRecord:
+    rows, per_test, test_signatures, signature_parts = _flatten(tests)
+    return RunRecord(
+        candidate=candidate,
+        minion=doc.minion_id,
+        jid=doc.jid,
+        fun=doc.fun,
+        source=source,
+        status=result.status,
+        exitcode=result.exitcode,
+        counts=counts,
+        started_at=result.started_at,
+        finished_at=result.finished_at,
+        duration=result.duration,
+        returned_at=doc.returned_at,
+        paths=json.dumps(result.paths),
+        args=json.dumps(result.args),
+        python_version=result.python_version,
+        pytest_version=result.pytest_version,
+        grains=_grains_json(grains),
+        message=result.message,
+        signed=int(signed),
+        rows=rows,
+        per_test=per_test,
+        code_hash=result.code_hash,
+        test_signatures=test_signatures,
+        signature_parts=signature_parts,
+        rerun_of=result.rerun_of,
+    )
+
+
+def _fast_record(doc: FastDocument, grains: dict[str, Any], candidate: Candidate) -> RunRecord:
+    """A document :func:`decode_result` accepted (unsigned, a pytest result) as its record."""
+    result = doc.result
+    return _pytest_record(candidate, doc, result, counts=msgspec.structs.asdict(result.counts), tests=result.tests,
+                          grains=grains, source="distmon", signed=False)  # fmt: skip
+
+
 def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signed: bool) -> RunRecord:
     result = doc.result
     if isinstance(result, PytestResult):
-        counts = result.counts.model_dump()
-        rows, per_test, test_signatures, signature_parts = _flatten(result.tests)
-        return RunRecord(
-            candidate=candidate,
-            minion=doc.minion_id,
-            jid=doc.jid,
-            fun=doc.fun,
-            source=source,
-            status=result.status,
-            exitcode=result.exitcode,
-            counts=counts,
-            started_at=result.started_at,
-            finished_at=result.finished_at,
-            duration=result.duration,
-            returned_at=doc.returned_at,
-            paths=json.dumps(result.paths),
-            args=json.dumps(result.args),
-            python_version=result.python_version,
-            pytest_version=result.pytest_version,
-            grains=_grains_json(doc.grains),
-            message=result.message,
-            signed=int(signed),
-            rows=rows,
-            per_test=per_test,
-            code_hash=result.code_hash,
-            test_signatures=test_signatures,
-            signature_parts=signature_parts,
-            rerun_of=result.rerun_of,
-        )
+        return _pytest_record(candidate, doc, result, counts=result.counts.model_dump(), tests=entries_of(result.tests),
+                              grains=doc.grains, source=source, signed=signed)  # fmt: skip
     # Another function's return (the returner's all_jobs option): a run without tests.
     return RunRecord(
         candidate=candidate,
@@ -227,6 +234,16 @@ def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signe
         rows=[],
         per_test={},
     )
+
+
+def _check_names(doc: ResultDocument | FastDocument, candidate: Candidate, stem: str) -> None:
+    """The document's minion and jid must be the inbox directory's and the file's names."""
+    if doc.minion_id != candidate.dir_name:
+        raise _Reject(
+            f"minion_id {doc.minion_id[:80]!r} in the file differs from its inbox directory {candidate.dir_name!r}"
+        )
+    if doc.jid != stem:
+        raise _Reject(f"jid {doc.jid[:80]!r} in the file differs from its file name {candidate.name!r}")
 
 
 class Preparer:
@@ -261,12 +278,19 @@ class Preparer:
         raw = _read(candidate, cap)
         if candidate.kind == "job":
             return self._prepare_job(candidate, stem, _decode_json(raw))
-        doc = None
         if not settings.require_signature:
-            # Fast path: parse and validate in one pass in pydantic-core (no intermediate dict).
+            # Fast path: msgspec decodes and checks the common document in one pass (decode.py);
+            # anything it does not accept is decided, and its reason worded, by pydantic below.
+            fast = decode_result(raw)
+            if fast is not None:
+                doc, grains = fast
+                _check_names(doc, candidate, stem)
+                return _fast_record(doc, grains, candidate)
             doc = self._validate_json(raw)
             if doc.signature is not None:
                 doc = None  # verify on the exact object json.loads builds, then validate that
+        else:
+            doc = None
         if doc is None:
             document = _decode_json(raw)
             if not isinstance(document, dict):
@@ -279,12 +303,7 @@ class Preparer:
                 raise _Reject(f"wrong schema: {describe_validation_error(err)}") from None
         else:
             document = {}
-        if doc.minion_id != candidate.dir_name:
-            raise _Reject(
-                f"minion_id {doc.minion_id[:80]!r} in the file differs from its inbox directory {candidate.dir_name!r}"
-            )
-        if doc.jid != stem:
-            raise _Reject(f"jid {doc.jid[:80]!r} in the file differs from its file name {candidate.name!r}")
+        _check_names(doc, candidate, stem)
         signed, problem = check_document(
             document, candidate.dir_name, self.keys, require=bool(settings.require_signature)
         )
