@@ -59,7 +59,7 @@ class FastEntry(Struct, gc=False):
     duration: _Seconds = 0.0
     file: _Key | None = None
     line: Annotated[int, Meta(ge=0, le=INT64_MAX)] | None = None
-    markers: Annotated[list[_Short], Meta(max_length=256)] = []
+    markers: Annotated[tuple[_Short, ...], Meta(max_length=256)] = ()  # () is one shared object
     message: str | None = None
     longrepr: str | None = None
     stdout: str | None = None
@@ -215,16 +215,15 @@ def _clean_key(value: str) -> str:
     return value
 
 
-def markers_json(markers: list[str]) -> str:
+def markers_json(markers: tuple[str, ...]) -> str:
     """The stored JSON text of a markers list (``[]`` when empty), one ``json.dumps`` per distinct list."""
     if not markers:
         return "[]"
-    key = tuple(markers)
-    text = _MARKERS_JSON.get(key)
+    text = _MARKERS_JSON.get(markers)
     if text is None:
         if len(_MARKERS_JSON) > _MARKERS_JSON_MAX:
             _MARKERS_JSON.clear()
-        text = _MARKERS_JSON[key] = json.dumps(markers)
+        text = _MARKERS_JSON[markers] = json.dumps(list(markers))
     return text
 
 
