@@ -228,3 +228,53 @@ def archive_file(settings: Settings, candidate: Candidate, duplicate: bool, made
     except OSError as err:
         # Stored already: next scan sees a duplicate and tries the move again.
         log.error("cannot archive %s/%s: %s", candidate.dir_name, candidate.name, err)
+
+
+def archive_files(settings: Settings, moves: list[tuple[Candidate, bool]]) -> None:
+    """:func:`archive_file` for a batch's (candidate, duplicate) pairs: each archive directory is
+    opened once, and a file whose name is free there moves with one rename between the two
+    descriptors (no path built per file). Anything else goes the general way."""
+    if settings.archive_mode == "delete":
+        for candidate, duplicate in moves:
+            archive_file(settings, candidate, duplicate)
+        return
+    made: set[Path] = set()
+    targets: dict[str, int | None] = {}  # inbox directory -> its archive directory, opened
+    try:
+        for candidate, duplicate in moves:
+            if candidate.dir_name not in targets:
+                targets[candidate.dir_name] = _open_archive_dir(settings, candidate.dir_name)
+            target_fd = targets[candidate.dir_name]
+            name = candidate.name
+            if duplicate or target_fd is None or _exists(name, target_fd):
+                archive_file(settings, candidate, duplicate, made)
+                continue
+            try:
+                os.rename(name, name, src_dir_fd=candidate.inbox_dir.fd, dst_dir_fd=target_fd)
+            except FileNotFoundError:
+                pass  # already moved (another ingester did it)
+            except OSError:
+                archive_file(settings, candidate, duplicate, made)  # another filesystem, a race: the general way
+    finally:
+        for fd in targets.values():
+            if fd is not None:
+                os.close(fd)
+
+
+def _open_archive_dir(settings: Settings, dir_name: str) -> int | None:
+    directory = Path(settings.archive) / _label(dir_name)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        log.error("cannot open the archive directory %s: %s", directory, err)
+        return None
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+

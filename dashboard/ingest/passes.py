@@ -15,7 +15,7 @@ from weakref import WeakKeyDictionary
 from dashboard.config import Settings
 from dashboard.db import Database
 from dashboard.dialect import transient_errors
-from dashboard.ingest.inbox import archive_file, quarantine_entry, scan_inbox, take_quarantined
+from dashboard.ingest.inbox import archive_files, quarantine_entry, scan_inbox, take_quarantined
 from dashboard.ingest.records import Candidate, InboxDir, IngestReport, JobRecord, RunRecord
 from dashboard.ingest.store import IdCache, write_quarantine_notices, write_records
 from dashboard.ingest.validate import Preparer, prepare_chunk, sort_out
@@ -114,9 +114,7 @@ def _count(records: list, outcomes: list[str], report: IngestReport) -> None:
 
 
 def _archive(settings: Settings, records: list, outcomes: list[str]) -> None:
-    made: set = set()  # archive directories made by this batch: once each, not once per file
-    for record, outcome in zip(records, outcomes, strict=True):
-        archive_file(settings, record.candidate, outcome == "duplicate", made)
+    archive_files(settings, [(record.candidate, outcome == "duplicate") for record, outcome in zip(records, outcomes, strict=True)])
 
 
 class _FileWork:

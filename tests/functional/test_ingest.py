@@ -104,6 +104,23 @@ def test_archive_mode_delete_removes_the_file(tmp_path):
     assert not settings.archive.exists()
 
 
+def test_an_archived_file_of_the_same_name_is_never_overwritten(settings):
+    # Not a duplicate run (the database does not know it), but its name is taken in the archive:
+    # e.g. a store restored from an older backup. Both files must survive.
+    older = settings.archive / "web-1" / "20261128070000000001.json"
+    older.parent.mkdir(parents=True)
+    older.write_text("the earlier file")
+    doc = make_doc()
+    path = drop_doc(settings.inbox, doc)
+
+    assert ingest(settings).ingested == 1
+
+    assert not path.exists()
+    assert older.read_text() == "the earlier file"
+    [kept] = [p for p in older.parent.iterdir() if p != older]
+    assert kept.name.startswith("20261128070000000001.json.") and kept.read_bytes() == json.dumps(doc).encode()
+
+
 def test_temporary_names_are_left_alone(settings):
     upload = settings.inbox / "web-1" / ".20261128070000000001.json.x9f.part"
     upload.parent.mkdir(parents=True)
