@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import UTC, datetime
 
 from dashboard.models import format_timestamp
@@ -79,7 +80,7 @@ class RunRecord:
     # Set by the validation worker for a SQLite store (store.stage_results): (the batch's staged
     # result rows as a serialized SQLite database, this run's first rowid in it, its number of results);
     # ``rows`` then keeps only the failed/error rows the writer still reads (signatures, webhooks).
-    staged: tuple[bytes, int, int] | None = None
+    staged: tuple[Any, int, int] | None = None  # (store.StagedBatch, first rowid, count)
 
     @property
     def result_count(self) -> int:

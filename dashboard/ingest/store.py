@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from dashboard.db import STAGING_SCHEMA
 from dashboard.dialect import dialect_of, insert_many_returning, insert_results
@@ -367,7 +367,7 @@ class _Batch:
         # Results wait here and go in with one bulk insert (COPY on PostgreSQL): (started_at, rows).
         self.pending_results: list[tuple[str, list[tuple]]] = []
         # Staged results (see stage_results): the batch's staging database, run id -> its rowid span there.
-        self.staging: bytes | None = None
+        self.staging: StagedBatch | None = None
         self.staged_runs: dict[int, tuple[int, int]] = {}
         self.staged_tests: dict[str, int] = {}
 
@@ -605,7 +605,7 @@ class _Batch:
             (record.jid, record.fun, record.tgt, record.tgt_type, record.targeted, record.started_at),
         )
 
-    def _stage(self, staged: tuple[bytes, int, int], run_id: int, tests: dict[str, Any], ids: dict[str, int]) -> None:
+    def _stage(self, staged: tuple[StagedBatch, int, int], run_id: int, tests: dict[str, Any], ids: dict[str, int]) -> None:
         data, first, count = staged
         if self.staging is not None and data is not self.staging:
             self.flush_results()  # records validated in different worker calls: one staging database at a time
@@ -751,13 +751,14 @@ class _Batch:
 # written to disk: a crash loses only memory, and the files stay in the inbox until committed.
 _STAGED_COLUMNS = ("phase", "outcome", "duration", "message", "longrepr", "stdout", "stderr", "markers", "signature")
 # A run's rows are a range of the staging table's rowids (numbered from 1 in document order), so
-# no per-row run key is bound.
-_STAGING_TABLE = f"CREATE TABLE rows (nodeid TEXT NOT NULL, {', '.join(_STAGED_COLUMNS)})"
+# no per-row run key is bound; a row names its test by a small key, the position of its node id
+# in the batch's list (StagedBatch), not by the text: less to copy, an integer join.
+_STAGING_TABLE = f"CREATE TABLE rows (test_key INTEGER NOT NULL, {', '.join(_STAGED_COLUMNS)})"
 _INSERT_STAGED = (
     f"INSERT INTO results (run_id, test_id, {', '.join(_STAGED_COLUMNS)}) "  # noqa: S608 (constant names)
     f"SELECT r.run_id, t.test_id, {', '.join('s.' + c for c in _STAGED_COLUMNS)} "
     f"FROM temp.staged_runs r CROSS JOIN {STAGING_SCHEMA}.rows s ON s.rowid BETWEEN r.first AND r.last "
-    f"CROSS JOIN temp.staged_tests t ON t.nodeid = s.nodeid ORDER BY r.run_id, s.rowid"  # ids as without staging
+    f"CROSS JOIN temp.staged_test_keys t ON t.test_key = s.test_key ORDER BY r.run_id, s.rowid"  # ids as without staging
 )
 
 
@@ -774,39 +775,52 @@ def stage_results(outcomes: list) -> None:
     plain: list[tuple] = []
     full: list[tuple] = []
     add_plain, add_full = plain.append, full.append
+    keys: dict[str, int] = {}
     rowid = 0
+    spans = []
     for record in runs:
         first = rowid + 1
         for row in record.rows:
             rowid += 1
             nodeid, phase, outcome, duration, message, longrepr, stdout, stderr, markers, signature = row
+            key = keys.get(nodeid)
+            if key is None:
+                key = keys[nodeid] = len(keys) + 1
             if message is None and longrepr is None and stdout is None and stderr is None and signature is None:
-                add_plain((rowid, nodeid, phase, outcome, duration, markers))
+                add_plain((rowid, key, phase, outcome, duration, markers))
             else:
-                add_full((rowid, *row))
-        record.staged = (None, first, rowid - first + 1)
+                add_full((rowid, key, phase, outcome, duration, message, longrepr, stdout, stderr, markers, signature))
+        spans.append((first, rowid - first + 1))
         record.rows = [row for row in record.rows if row[2] in FAIL]  # a signature is only on these
-    data = _staging_database(plain, full)
-    for record in runs:
-        record.staged = (data, *record.staged[1:])
+    batch = StagedBatch(_staging_database(plain, full), tuple(keys))
+    for record, (first, count) in zip(runs, spans, strict=True):
+        record.staged = (batch, first, count)
+
+
+class StagedBatch(NamedTuple):
+    """A batch's staged result rows: the serialized database, and the node ids its test keys stand for (key 1 first)."""
+
+    database: bytes
+    nodeids: tuple[str, ...]
 
 
 def insert_staged_results(
-    conn: sqlite3.Connection, staging: bytes, runs: dict[int, tuple[int, int]], test_ids: dict[str, int]
+    conn: sqlite3.Connection, staging: StagedBatch, runs: dict[int, tuple[int, int]], test_ids: dict[str, int]
 ) -> None:
     """Insert the staged rows of the runs in ``runs`` (run id -> its first and last staged rowid) in
     one statement; ``test_ids`` holds at least their tests (nodeid -> test id)."""
-    conn.deserialize(staging, name=STAGING_SCHEMA)
+    conn.deserialize(staging.database, name=STAGING_SCHEMA)
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS staged_runs (run_id INTEGER PRIMARY KEY, first INTEGER NOT NULL, "
                  "last INTEGER NOT NULL)")  # fmt: skip
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS staged_tests (nodeid TEXT PRIMARY KEY, test_id INTEGER NOT NULL) "
-                 "WITHOUT ROWID")  # fmt: skip
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS staged_test_keys (test_key INTEGER PRIMARY KEY, test_id INTEGER NOT NULL)")
     # The mapping rows belong to the transaction: a rollback takes them away with everything else.
     conn.executemany("INSERT INTO temp.staged_runs VALUES (?, ?, ?)", [(run_id, *span) for run_id, span in runs.items()])
-    conn.executemany("INSERT INTO temp.staged_tests VALUES (?, ?)", test_ids.items())
+    key_of = {nodeid: key for key, nodeid in enumerate(staging.nodeids, 1)}
+    conn.executemany("INSERT INTO temp.staged_test_keys VALUES (?, ?)",
+                     [(key_of[nodeid], test_id) for nodeid, test_id in test_ids.items()])  # fmt: skip
     conn.execute(_INSERT_STAGED)
     conn.execute("DELETE FROM temp.staged_runs")
-    conn.execute("DELETE FROM temp.staged_tests")
+    conn.execute("DELETE FROM temp.staged_test_keys")
     conn.deserialize(_EMPTY_STAGING, name=STAGING_SCHEMA)  # free the batch's copy
 
 
@@ -814,10 +828,10 @@ def _staging_database(plain: list[tuple], full: list[tuple]) -> bytes:
     staging = sqlite3.connect(":memory:")
     try:
         staging.execute(_STAGING_TABLE)
-        staging.executemany("INSERT INTO rows (rowid, nodeid, phase, outcome, duration, markers) VALUES (?, ?, ?, ?, ?, ?)",
-                            plain)  # fmt: skip
+        staging.executemany("INSERT INTO rows (rowid, test_key, phase, outcome, duration, markers) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", plain)  # fmt: skip
         staging.executemany(
-            f"INSERT INTO rows (rowid, nodeid, {', '.join(_STAGED_COLUMNS)}) "  # noqa: S608 (constant names)
+            f"INSERT INTO rows (rowid, test_key, {', '.join(_STAGED_COLUMNS)}) "  # noqa: S608 (constant names)
             f"VALUES ({', '.join('?' * (len(_STAGED_COLUMNS) + 2))})",
             full,
         )
