@@ -18,7 +18,14 @@ import msgspec
 from pydantic import ValidationError
 
 from dashboard.config import Settings
-from dashboard.ingest.decode import FastDocument, FastEntry, FastResult, decode_result, entries_of, markers_json
+from dashboard.ingest.decode import (
+    FastDocument,
+    FastEntry,
+    FastResult,
+    decode_result,
+    entries_of,
+    markers_json,
+)
 from dashboard.ingest.inbox import quarantine_entry
 from dashboard.ingest.records import Candidate, JobRecord, Rejected, RunRecord
 from dashboard.ingest.status import FAIL, PRECEDENCE
