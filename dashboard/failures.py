@@ -26,6 +26,7 @@ and test, the latest outcome), history from the partial index ``results_signatur
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 from collections import Counter, defaultdict
@@ -977,6 +978,17 @@ def _sort_key(row: dict) -> tuple:
     return (1 if row["muted"] else 0, -row["failing_now"], -row["minions_failing_count"], row["signature"])
 
 
+async def _no_search() -> None:
+    return None
+
+
+async def _summary_rows(db) -> tuple[dict[str, dict], dict[int, set[int]], list[dict]]:
+    """(open signatures, tests passed on a re-run, one verdict row per open signature)."""
+    open_sigs = await _open_signatures(db)
+    rerun_passes = await passed_on_rerun(db)
+    return open_sigs, rerun_passes, await _verdict_rows(db, open_sigs, rerun_passes, await active_mutes(db))
+
+
 async def open_failures(
     db,
     *,
@@ -999,11 +1011,13 @@ async def open_failures(
     if verdict and verdict not in VERDICTS:
         raise InputError(f"Unknown verdict {verdict!r}; one of: {', '.join(VERDICTS)}.")
     after = decode_cursor(cursor, (int, int, int, str))
-    wanted = await search_signatures(db, q) if q else None
-    open_sigs = await _open_signatures(db)
-    rerun_passes = await passed_on_rerun(db)
-    mutes = await active_mutes(db)
-    rows = await _verdict_rows(db, open_sigs, rerun_passes, mutes)
+    if q:
+        _words(q)  # a search without a word is refused before any query
+    # The search, the summaries and the sick hosts read apart from each other: each on its own
+    # reader connection, at once. (PostgreSQL, 10,000 minions, a word in all 103,352 failures: the
+    # GIN index yields every match and the newest 1,000 are kept, 45-60 ms of server time.)
+    wanted, (open_sigs, rerun_passes, rows), sick = await asyncio.gather(
+        search_signatures(db, q) if q else _no_search(), _summary_rows(db), sick_hosts(db))
     summary = {
         "signatures": len(rows),
         "failing_now": sum(1 for row in rows if not row["muted"]),
@@ -1036,7 +1050,7 @@ async def open_failures(
         "failures": page,
         "next": encode_cursor(*_sort_key(page[-1])) if more and page else None,
         "summary": summary,
-        "sick_hosts": await sick_hosts(db),
+        "sick_hosts": sick,
     }
 
 
