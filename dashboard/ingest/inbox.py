@@ -230,35 +230,50 @@ def archive_file(settings: Settings, candidate: Candidate, duplicate: bool, made
         log.error("cannot archive %s/%s: %s", candidate.dir_name, candidate.name, err)
 
 
-def archive_files(settings: Settings, moves: list[tuple[Candidate, bool]]) -> None:
-    """:func:`archive_file` for a batch's (candidate, duplicate) pairs: each archive directory is
-    opened once, and a file whose name is free there moves with one rename between the two
+class ArchiveDirs:
+    """The archive directories a pass moves files into, each made and opened once per pass (thread-safe)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._fds: dict[str, int | None] = {}  # inbox directory name -> its archive directory
+        self._lock = threading.Lock()
+
+    def fd(self, dir_name: str) -> int | None:
+        """The archive directory of inbox directory ``dir_name``, opened; None when it cannot be."""
+        with self._lock:
+            if dir_name not in self._fds:
+                self._fds[dir_name] = _open_archive_dir(self.settings, dir_name)
+            return self._fds[dir_name]
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            if fd is not None:
+                os.close(fd)
+
+
+def archive_files(settings: Settings, moves: list[tuple[Candidate, bool]], dirs: ArchiveDirs) -> None:
+    """:func:`archive_file` for a batch's (candidate, duplicate) pairs: a file whose name is free in
+    its archive directory (held open in ``dirs``) moves with one rename between the two
     descriptors (no path built per file). Anything else goes the general way."""
     if settings.archive_mode == "delete":
         for candidate, duplicate in moves:
             archive_file(settings, candidate, duplicate)
         return
     made: set[Path] = set()
-    targets: dict[str, int | None] = {}  # inbox directory -> its archive directory, opened
-    try:
-        for candidate, duplicate in moves:
-            if candidate.dir_name not in targets:
-                targets[candidate.dir_name] = _open_archive_dir(settings, candidate.dir_name)
-            target_fd = targets[candidate.dir_name]
-            name = candidate.name
-            if duplicate or target_fd is None or _exists(name, target_fd):
-                archive_file(settings, candidate, duplicate, made)
-                continue
-            try:
-                os.rename(name, name, src_dir_fd=candidate.inbox_dir.fd, dst_dir_fd=target_fd)
-            except FileNotFoundError:
-                pass  # already moved (another ingester did it)
-            except OSError:
-                archive_file(settings, candidate, duplicate, made)  # another filesystem, a race: the general way
-    finally:
-        for fd in targets.values():
-            if fd is not None:
-                os.close(fd)
+    for candidate, duplicate in moves:
+        target_fd = dirs.fd(candidate.dir_name)
+        name = candidate.name
+        if duplicate or target_fd is None or _exists(name, target_fd):
+            archive_file(settings, candidate, duplicate, made)
+            continue
+        try:
+            os.rename(name, name, src_dir_fd=candidate.inbox_dir.fd, dst_dir_fd=target_fd)
+        except FileNotFoundError:
+            pass  # already moved (another ingester did it)
+        except OSError:
+            archive_file(settings, candidate, duplicate, made)  # another filesystem, a race: the general way
 
 
 def _open_archive_dir(settings: Settings, dir_name: str) -> int | None:
@@ -277,4 +292,3 @@ def _exists(name: str, dir_fd: int) -> bool:
     except FileNotFoundError:
         return False
     return True
-

@@ -15,7 +15,7 @@ from weakref import WeakKeyDictionary
 from dashboard.config import Settings
 from dashboard.db import Database
 from dashboard.dialect import transient_errors
-from dashboard.ingest.inbox import archive_files, quarantine_entry, scan_inbox, take_quarantined
+from dashboard.ingest.inbox import ArchiveDirs, archive_files, quarantine_entry, scan_inbox, take_quarantined
 from dashboard.ingest.records import Candidate, InboxDir, IngestReport, JobRecord, RunRecord
 from dashboard.ingest.store import IdCache, write_quarantine_notices, write_records
 from dashboard.ingest.validate import Preparer, prepare_chunk, sort_out
@@ -113,8 +113,9 @@ def _count(records: list, outcomes: list[str], report: IngestReport) -> None:
             report.manifests += 1
 
 
-def _archive(settings: Settings, records: list, outcomes: list[str]) -> None:
-    archive_files(settings, [(record.candidate, outcome == "duplicate") for record, outcome in zip(records, outcomes, strict=True)])
+def _archive(settings: Settings, records: list, outcomes: list[str], dirs: ArchiveDirs) -> None:
+    moves = [(record.candidate, outcome == "duplicate") for record, outcome in zip(records, outcomes, strict=True)]
+    archive_files(settings, moves, dirs)
 
 
 class _FileWork:
@@ -127,6 +128,7 @@ class _FileWork:
 
     def __init__(self) -> None:
         self.opened: list[InboxDir] = []
+        self._archive_dirs: ArchiveDirs | None = None
         self._busy = 0
         self._closing = False
         self._lock = threading.Lock()
@@ -154,9 +156,19 @@ class _FileWork:
         if close:
             self._close()
 
+    def archive_dirs(self, settings: Settings) -> ArchiveDirs:
+        """The pass's archive directories (closed with its other descriptors)."""
+        with self._lock:
+            if self._archive_dirs is None:
+                self._archive_dirs = ArchiveDirs(settings)
+            return self._archive_dirs
+
     def _close(self) -> None:
         with self._lock:
             opened, self.opened = self.opened, []
+            archive_dirs, self._archive_dirs = self._archive_dirs, None
+        if archive_dirs is not None:
+            archive_dirs.close()
         for inbox_dir in opened:
             try:
                 os.close(inbox_dir.fd)
@@ -189,7 +201,7 @@ async def _store(
         return
     _crash_hook(settings)
     _count(records, outcomes, report)
-    archiving.append(work.run(_archive, settings, records, outcomes))
+    archiving.append(work.run(_archive, settings, records, outcomes, work.archive_dirs(settings)))
 
 
 async def _handle_failure(settings: Settings, work: _FileWork, record, err: BaseException, report: IngestReport) -> None:

@@ -121,6 +121,22 @@ def test_an_archived_file_of_the_same_name_is_never_overwritten(settings):
     assert kept.name.startswith("20261128070000000001.json.") and kept.read_bytes() == json.dumps(doc).encode()
 
 
+def test_a_pass_of_many_batches_leaves_no_descriptor_open(settings):
+    # Inbox and archive directories are held by descriptor during a pass (several batches, the
+    # validation worker): all of them are closed when it ends.
+    def drop_many(first: int) -> None:
+        for index in range(first, first + 240):
+            drop_doc(settings.inbox, make_doc(f"web-{index % 6}", f"2026112807{index:010d}"))
+
+    drop_many(0)
+    assert ingest(settings).ingested == 240  # the worker (and its pipes) started: part of the baseline
+    before = sorted(os.listdir("/proc/self/fd"))
+    drop_many(1000)
+    assert ingest(settings).ingested == 240
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert len(list((settings.archive / "web-0").iterdir())) == 80
+
+
 def test_temporary_names_are_left_alone(settings):
     upload = settings.inbox / "web-1" / ".20261128070000000001.json.x9f.part"
     upload.parent.mkdir(parents=True)
