@@ -24,6 +24,7 @@ import json
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,11 @@ class KeyStore:
 
 def verify(document: dict[str, Any], public_key: rsa.RSAPublicKey) -> str | None:
     """Check ``document['signature']`` with ``public_key``; None when valid, else why not."""
-    signature = document.get("signature")
+    return verify_payload(document.get("signature"), lambda: canonical_bytes(document), public_key)
+
+
+def verify_payload(signature: Any, payload: Callable[[], bytes], public_key: rsa.RSAPublicKey) -> str | None:
+    """Check ``signature`` over the signed bytes ``payload()`` gives; None when valid, else why not."""
     if not isinstance(signature, dict):
         return "signature is not an object"
     if signature.get("alg") != ALGORITHM:
@@ -104,13 +109,13 @@ def verify(document: dict[str, Any], public_key: rsa.RSAPublicKey) -> str | None
         return "signature value is not a base64 string"
     try:
         raw = base64.b64decode(value, validate=True)
-        payload = canonical_bytes(document)
+        signed_bytes = payload()
     except (binascii.Error, ValueError, UnicodeEncodeError, RecursionError, TypeError):
         return "signature value or document cannot be decoded"
     try:
         public_key.verify(
             raw,
-            payload,
+            signed_bytes,
             padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH),
             hashes.SHA256(),
         )

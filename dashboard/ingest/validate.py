@@ -24,7 +24,9 @@ from dashboard.ingest.decode import (
     FastResult,
     decode_result,
     entries_of,
+    is_signed,
     markers_json,
+    signed_payload,
 )
 from dashboard.ingest.inbox import quarantine_entry
 from dashboard.ingest.records import Candidate, JobRecord, Rejected, RunRecord
@@ -40,7 +42,7 @@ from dashboard.models import (
     id_problem,
 )
 from dashboard.signatures import Signature, failure_signature
-from dashboard.signing import KeyStore, check_document
+from dashboard.signing import KeyStore, check_document, verify_payload
 
 log = logging.getLogger(__name__)
 
@@ -205,11 +207,11 @@ def _pytest_record(
     )
 
 
-def _fast_record(doc: FastDocument, grains: dict[str, Any], candidate: Candidate) -> RunRecord:
-    """A document :func:`decode_result` accepted (unsigned, a pytest result) as its record."""
+def _fast_record(doc: FastDocument, grains: dict[str, Any], candidate: Candidate, *, signed: bool) -> RunRecord:
+    """A document :func:`decode_result` accepted (a pytest result) as its record."""
     result = doc.result
     return _pytest_record(candidate, doc, result, counts=msgspec.structs.asdict(result.counts), tests=result.tests,
-                          grains=grains, source="distmon", signed=False)  # fmt: skip
+                          grains=grains, source="distmon", signed=signed)  # fmt: skip
 
 
 def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signed: bool) -> RunRecord:
@@ -285,14 +287,16 @@ class Preparer:
         raw = _read(candidate, cap)
         if candidate.kind == "job":
             return self._prepare_job(candidate, stem, _decode_json(raw))
+        # Fast path: msgspec decodes and checks the common document in one pass (decode.py);
+        # anything it does not accept is decided, and its reason worded, by pydantic below.
+        fast = decode_result(raw)
+        if fast is not None:
+            doc, grains = fast
+            _check_names(doc, candidate, stem)
+            signed = self._fast_authenticity(doc, raw, candidate)
+            if signed is not None:
+                return _fast_record(doc, grains, candidate, signed=signed)
         if not settings.require_signature:
-            # Fast path: msgspec decodes and checks the common document in one pass (decode.py);
-            # anything it does not accept is decided, and its reason worded, by pydantic below.
-            fast = decode_result(raw)
-            if fast is not None:
-                doc, grains = fast
-                _check_names(doc, candidate, stem)
-                return _fast_record(doc, grains, candidate)
             doc = self._validate_json(raw)
             if doc.signature is not None:
                 doc = None  # verify on the exact object json.loads builds, then validate that
@@ -319,6 +323,17 @@ class Preparer:
         if doc.signature is not None and not signed:
             log.warning("storing %s/%s as unsigned: its signature could not be verified", doc.minion_id, doc.jid)
         return _run_record(doc, candidate, source="distmon", signed=signed)
+
+    def _fast_authenticity(self, doc: FastDocument, raw: bytes, candidate: Candidate) -> bool | None:
+        """Signed (True) or unsigned (False) and storable as such; None when the slow path must
+        decide (a signature that does not verify here, no key, an unsigned file that must be)."""
+        if not is_signed(doc):
+            return None if self.settings.require_signature else False
+        key = self.keys.public_key(candidate.dir_name)
+        if key is None:
+            return None
+        signature, payload = signed_payload(raw)
+        return True if verify_payload(signature, lambda: payload, key) is None else None
 
     @staticmethod
     def _validate_json(raw: bytes) -> ResultDocument:

@@ -124,3 +124,22 @@ def test_ingest_without_required_signatures_marks_only_verified_runs_signed(tmp_
         {"jid": "20261128080000000013", "signed": 0},
     ]
     assert "schema" in quarantined(settings)["web-1/20261128080000000014.json"]
+
+
+@pytest.mark.parametrize("require", [True, False])
+def test_signed_files_verify_on_the_fast_path(tmp_path, keys, pubkeys_dir, monkeypatch, require):
+    # The returner signs by default, so the common file is a signed one: it must not need the slow
+    # path (json.loads, canonical_bytes, pydantic) to be verified and stored.
+    from dashboard.ingest import validate
+
+    def slow_path(*args, **kwargs):
+        raise AssertionError("a well-signed file went the slow way")
+
+    monkeypatch.setattr(validate, "check_document", slow_path)
+    settings = make_settings(tmp_path, pubkeys_dir=pubkeys_dir, require_signature=require)
+    doc = make_doc(jid="20261128080000000021")
+    doc["result"]["tests"][0]["duration"] = 4.3e-05  # written 4.3e-05 by Python: the canonical text
+    drop_doc(settings.inbox, sign_document(doc, keys["web-1"]))
+
+    assert ingest(settings).ingested == 1
+    assert rows(settings, "SELECT jid, signed FROM runs") == [{"jid": "20261128080000000021", "signed": 1}]

@@ -17,9 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from dashboard.ingest.decode import decode_result
+from dashboard.ingest.decode import decode_result, is_signed, signed_payload
 from dashboard.ingest.validate import _fast_record, _run_record
 from dashboard.models import MAX_MESSAGE_CHARS, MAX_NODEID_CHARS, MAX_TEXT_CHARS, ResultDocument
+from dashboard.signing import canonical_bytes
 from tests.functional.ingest_support import make_doc, test_entry
 
 CANDIDATE = object()  # the records only carry it
@@ -40,7 +41,7 @@ def _decide(raw: bytes):
     if fast is None:
         return None, models
     assert models is not None, f"the fast path accepted what the models refuse: {raw[:300]!r}"
-    record = _fast_record(*fast, CANDIDATE)
+    record = _fast_record(*fast, CANDIDATE, signed=False)
     assert record == models
     return record, models
 
@@ -110,7 +111,6 @@ def test_valid_variants_are_accepted_with_the_models_values(mutate):
         pytest.param(lambda d: d.update(grains=["not", "a", "dict"]), id="grains-list"),
         pytest.param(lambda d: d.update(grains={"big": "x" * 300_000}), id="grains-too-big"),
         pytest.param(lambda d: d.update(result={"whatever": 1}, fun="test.ping"), id="not-a-pytest-result"),
-        pytest.param(lambda d: d.update(signature={"alg": "ed25519", "value": "AAAA"}), id="signed"),
     ],
 )
 def test_everything_else_goes_the_slow_way(mutate):
@@ -133,6 +133,27 @@ def test_everything_else_goes_the_slow_way(mutate):
 )
 def test_malformed_bytes_go_the_slow_way(raw):
     assert decode_result(raw) is None
+
+
+@pytest.mark.parametrize(
+    "number", [0.25, 4.3e-05, 1.5e-07, 1e16, 123456789012345678.0, -2.5e-300, 3.0, 2**70, 0], ids=lambda value: repr(value)
+)
+def test_the_signed_bytes_are_the_canonical_form_python_writes(number):
+    doc = make_doc(grains={"b": "é😀", "a": [1, {"z": None, "y": True}], "ctl": "\x1f\u2028", "n": number})
+    doc["result"]["tests"][0]["duration"] = abs(number) if abs(number) < 1e9 else 0.5
+    doc["signature"] = {"alg": "rsa-pss-sha256", "value": "AAAA"}
+    raw = json.dumps(doc).encode()
+    fast = decode_result(raw)
+    assert fast is not None and is_signed(fast[0])
+    signature, payload = signed_payload(raw)
+    assert signature == doc["signature"]
+    assert payload == canonical_bytes(json.loads(raw))
+
+
+def test_a_float_written_otherwise_gives_other_bytes_so_the_slow_path_decides():
+    # Not Python's own text for 0.00001: the fast bytes differ, the signature cannot verify on them.
+    raw = _raw(make_doc()).replace(b'"duration": 1.5', b'"duration": 1.5E0')
+    assert signed_payload(raw)[1] != canonical_bytes(json.loads(raw))
 
 
 json_values = st.recursive(
