@@ -16,6 +16,9 @@ median ratio is reported.
 failing tests of 50, each with a traceback (failure signatures, the search index), against the
 bare load of the same rows (>= 0.5x) and against the same entries as xfailed (<= 1.1x: what the
 failures cost, signatures included).
+
+``ingest_rate_signed`` (informational): the ``ingest_rate`` documents signed as the returner signs
+them by default, verified against the minions' keys, against the bare load of the same rows.
 """
 
 from __future__ import annotations
@@ -113,9 +116,9 @@ def write_inbox(inbox: Path, docs: list[dict]) -> None:
         (directory / f"{doc['jid']}.json").write_text(json.dumps(doc))
 
 
-def time_ingest(work: Path, docs: list[dict], database: str | Path | None = None) -> float:
+def time_ingest(work: Path, docs: list[dict], database: str | Path | None = None, **overrides: Any) -> float:
     """Seconds for one ingest_pending pass over ``docs`` into a fresh database: ``database`` (a
-    PostgreSQL URL) or, by default, a new SQLite file under ``work``."""
+    PostgreSQL URL) or, by default, a new SQLite file under ``work``; ``overrides``: other Settings."""
     from dashboard.config import Settings
     from dashboard.db import Database
     from dashboard.ingest import ingest_pending
@@ -125,8 +128,9 @@ def time_ingest(work: Path, docs: list[dict], database: str | Path | None = None
     work.mkdir(parents=True)
     inbox = work / "inbox"
     write_inbox(inbox, docs)
+    fields = {"require_signature": False, **overrides}
     settings = Settings(db_path=database or work / "distmon.sqlite", inbox=inbox, archive=work / "archive",
-                        quarantine=work / "quarantine", require_signature=False, ingest=False)
+                        quarantine=work / "quarantine", ingest=False, **fields)
 
     async def once() -> float:
         db = Database(settings.db_path)
@@ -254,6 +258,40 @@ def _failure_figures(root: Path, files: int, rounds: int) -> list[Figure]:
     ]
 
 
+def _signed_figure(root: Path, files: int, rounds: int) -> Figure:
+    """ingest_rate_signed: the documents of ingest_rate signed as the returner signs them (its
+    default), each minion with its own 2048-bit RSA key like Salt's, verified against the keys
+    directory (DISTMON_PUBKEYS_DIR; DISTMON_REQUIRE_SIGNATURE on); informational."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from dashboard.signing import sign_document
+
+    keys_dir = root / "pubkeys"
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    keys: dict[str, Any] = {}
+    docs = []
+    for doc in make_documents(files):
+        minion = doc["minion_id"]
+        if minion not in keys:
+            keys[minion] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            (keys_dir / minion).write_bytes(keys[minion].public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+        docs.append(sign_document(doc, keys[minion]))
+    rows = bare_rows(docs)
+    results = files * TESTS
+    ingest_times, bare_times = [], []
+    for round_index in range(rounds):
+        ingest_times.append(time_ingest(root / "signed", docs, pubkeys_dir=keys_dir, require_signature=True))
+        bare_times.append(time_bare(root / "bare", rows))
+        say(f"signed round {round_index + 1}: ingest_pending {ingest_times[-1]:.2f} s, bare {bare_times[-1]:.2f} s")
+    rate, bare_rate = median_pair([results / s for s in ingest_times], [results / s for s in bare_times])
+    return Figure("ingest_rate_signed", rate, "results/s", bare_rate, "-",
+                  note=f"the ingest_rate documents signed per minion (RSA-PSS, 2048-bit keys), verified with "
+                       f"DISTMON_REQUIRE_SIGNATURE on; median-ratio pair of {rounds} alternating rounds",
+                  extra={"ingest_seconds": ingest_times, "bare_seconds": bare_times, "results": results})
+
+
 def run(quick: bool = False) -> list[Figure]:
     files = FILES // 4 if quick else FILES
     docs = make_documents(files)
@@ -277,6 +315,7 @@ def run(quick: bool = False) -> list[Figure]:
             say(f"ingest round {round_index + 1}: ingest_pending {ingest_times[-1]:.2f} s, "
                 f"bare executemany {bare_times[-1]:.2f} s for {results} results")
         failure_figures = _failure_figures(root, files, 1 if quick else FAILURES_ROUNDS)
+        signed_figure = _signed_figure(root, files, 1 if quick else FAILURES_ROUNDS)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     # Rates: the pair whose ratio (ingest rate / bare rate) is the median one.
@@ -287,4 +326,5 @@ def run(quick: bool = False) -> list[Figure]:
                     f"of the same rows; the median-ratio pair of {len(ingest_times)} alternating rounds",
                extra={"ingest_seconds": ingest_times, "bare_seconds": bare_times, "results": results}),
         *failure_figures,
+        signed_figure,
     ]

@@ -38,6 +38,8 @@ ingest_rate_failures        the same with 10 of 50 tests failing, each     the s
                             with a traceback (signatures, search index)
 signature_cost              s of that pass                                 s of the same entries as xfailed (no    ``<=1.1x``
                                                                            failures, signatures, search rows)
+ingest_rate_signed          results/s of the ingest_rate documents signed  the same bare load                      ``-``
+                            per minion (RSA-PSS) and verified on ingest
 result_latency_p95          p95 s from a file's final rename in the inbox  the ingester's scan interval, s         ``<=1s``
                             to its run in ``/api/runs`` (50 samples)
 result_latency_p50          p50 of the same samples                        the same                                ``-``
@@ -104,7 +106,7 @@ SECTIONS = ("pytestrun", "ingest", "postgres", "dashboard", "pipeline", "fanout"
 EXPECTED = {
     "pytestrun": [("pytestrun_overhead", "s", "<=1.05x+0.1s"), ("pytestrun_overhead_1000", "s", "<=1.05x+0.1s")],
     "ingest": [("ingest_rate", "results/s", ">=50000&>=0.6x"), ("ingest_rate_failures", "results/s", ">=0.5x"),
-               ("signature_cost", "s", "<=1.1x")],
+               ("signature_cost", "s", "<=1.1x"), ("ingest_rate_signed", "results/s", "-")],
     "postgres": [("ingest_rate_pg", "results/s", ">=0.5x"), ("two_ingesters_pg", "runs", ">=1x&<=1x")],
     "dashboard": [("result_latency_p95", "s", "<=1s"), ("page_p95_all", "ms", "<=100ms"),
                   ("page10k_p95_all", "ms", "<=100ms"),
