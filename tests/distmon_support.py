@@ -1,10 +1,19 @@
-"""Shared pieces of the distmon tests: result documents, pytestrun returns, loader dunders, login files."""
+"""Shared pieces of the distmon tests: result documents, pytestrun returns, loader dunders, login files,
+a dashboard virtualenv another account can run."""
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import subprocess
+import sys
+import sysconfig
 import time
 import uuid
+from pathlib import Path
+
+import pytest
 
 from tests.loader_support import fake_config_option, load_utils
 from tools.storage_host import free_port
@@ -73,3 +82,22 @@ def execution_module_dunders(opts: dict, pillar: dict | None = None, context: di
         "__utils__": load_utils(),
         "__context__": {} if context is None else context,
     }
+
+
+def dashboard_venv_for(user: str, venv: Path) -> Path:
+    """Make ``venv`` a virtualenv ``user`` can run with this checkout's packages (a .pth file to ours).
+
+    Ours may live where only root can go (/root/.pyenv): the virtualenv is made by the machine's
+    Python of the same version. Skips the test when there is none ``user`` may run.
+    """
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    group = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+    runnable = [candidate for candidate in (f"/usr/bin/{version}", f"/usr/local/bin/{version}")
+                if Path(candidate).exists() and subprocess.run([candidate, "-c", "pass"], user=user, group=group,
+                                                               extra_groups=[], capture_output=True).returncode == 0]
+    if not runnable:
+        pytest.skip(f"no {version} that {user} can run")
+    subprocess.run([runnable[0], "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site_packages,) = venv.glob("lib/python3.*/site-packages")
+    (site_packages / "checkout-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return venv

@@ -14,6 +14,7 @@ root's crontab and web-1's schedule are left as found.
 from __future__ import annotations
 
 import json
+import pwd
 import re
 import shlex
 import stat
@@ -25,6 +26,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, wait_for
+from tests.distmon_support import dashboard_venv_for
 
 pytestmark = pytest.mark.integration
 
@@ -405,13 +407,15 @@ def test_host_state_in_test_mode_plans_everything_and_changes_nothing(salt_cli, 
         "archive_dir": str(tmp_path / "lib" / "archive"),
         "quarantine_dir": str(tmp_path / "lib" / "quarantine"),
         "authorized_keys_file": str(tmp_path / "authorized_keys"),
-        "dashboard": {"app_dir": str(tmp_path / "app"), "venv": str(tmp_path / "venv")},
+        "dashboard": {"app_dir": str(tmp_path / "app"), "venv": str(tmp_path / "venv"),
+                      "admin_command": str(tmp_path / "bin" / "distmon-admin")},
     }}}
     dry = apply(salt_cli, salt_minion, "distmon.host", pillar, test=True)
     assert not failed_states(dry), failed_states(dry)
     for name in ("distmon-chroot", "distmon-inbox", "distmon-sshd-match", "distmon-authorized-keys",
-                 "distmon-dashboard-code", "distmon-dashboard-venv", "distmon-db-dir"):
+                 "distmon-dashboard-code", "distmon-dashboard-venv", "distmon-db-dir", "distmon-admin-command"):
         assert state_id(dry, name)["result"] is None, (name, state_id(dry, name))
+    assert state_id(dry, "distmon-admin-command")["name"] == str(tmp_path / "bin" / "distmon-admin")
     assert list(tmp_path.iterdir()) == []
     # No systemd here (grains init != systemd): no unit, no service in the plan.
     assert not any("distmon-dashboard-service" in key for key in dry)
@@ -488,6 +492,47 @@ def test_host_state_renders_into_a_scratch_root_that_sshd_accepts(salt_cli, salt
     gone = apply(salt_cli, salt_minion, "distmon.host.clean", pillar)
     assert not failed_states(gone), failed_states(gone)
     assert not (scratch / "var/lib/distmon/archive").exists() and not chroot.exists()
+
+
+def test_host_state_installs_distmon_admin_which_runs_the_cli_as_the_service_account(
+        salt_cli, salt_minion, dashboard_served, storage_host, harness_root):
+    # The store's directory, the settings file and the command, applied for real into a scratch
+    # root; the virtualenv is a stand-in (the state's pip install is not what is tested here).
+    scratch = harness_root / f"admin-state-{uuid.uuid4().hex[:6]}"
+    scratch.mkdir(mode=0o755)
+    account = storage_host.user
+    pillar = {"distmon": {"storage": {"root": str(scratch), "sftp_user": account}}}
+    for state in ("distmon-db-dir", "distmon-dashboard-env", "distmon-admin-command"):
+        ret = salt_cli.run("state.sls_id", state, "distmon.host", f"pillar={json.dumps(pillar)}",
+                           minion_tgt=salt_minion.id, _timeout=120)
+        assert isinstance(ret.data, dict) and not failed_states(ret.data), ret
+
+    command = scratch / "usr/local/bin/distmon-admin"
+    info = command.stat()
+    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o755, 0)
+    text = command.read_text()
+    for line in (f"user={account}", f"venv={scratch}/opt/distmon/venv", f"app_dir={scratch}/opt/distmon",
+                 f"env_file={scratch}/etc/distmon/dashboard.env"):
+        assert line in text.splitlines(), line
+
+    (scratch / "opt/distmon").mkdir(parents=True, mode=0o755)
+    (scratch / "opt/distmon/dashboard").symlink_to(REPO_ROOT / "dashboard", target_is_directory=True)
+    dashboard_venv_for(account, scratch / "opt/distmon/venv")
+    # As root, as an admin types it: the store is made by the service's account, not root.
+    listing = subprocess.run([str(command), "user", "list"], capture_output=True, text=True, timeout=120,
+                             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.split() == ["USERNAME", "STATUS", "ADMIN", "CREATED"]
+    made = {path.name: path.owner() for path in (scratch / "var/lib/distmon").iterdir()}
+    assert "distmon.sqlite" in made and set(made.values()) == {account}, made
+    nobody = pwd.getpwnam("nobody")
+    refused = subprocess.run([str(command), "user", "list"], capture_output=True, text=True, timeout=120,
+                             user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[])
+    assert refused.returncode != 0 and "run it as root or as" in refused.stderr, refused
+
+    cleaned = apply(salt_cli, salt_minion, "distmon.host.clean", pillar)
+    assert not failed_states(cleaned), failed_states(cleaned)
+    assert not command.exists()
 
 
 def test_top_file_gives_each_role_its_state(salt_cli, salt_minion):

@@ -1,7 +1,7 @@
 {#-
 distmon.host.clean: removes what distmon.host installed: the dashboard service and its
-unit (systemd hosts), its code, virtualenv and settings file, the sshd drop-in (then `sshd -t` and a
-reload), the authorized_keys file and the SFTP account. The packages stay (sshd
+unit (systemd hosts), its code, virtualenv, settings file and admin command (distmon-admin),
+the sshd drop-in (then `sshd -t` and a reload), the authorized_keys file and the SFTP account. The packages stay (sshd
 serves more than distmon). The database, archive, quarantine, inbox and chroot hold
 the fleet's results: they go only with `distmon:clean:data: true`.
 Honours `distmon:storage:root` like distmon.host (a scratch root: no account, sshd or service).
@@ -9,7 +9,7 @@ Honours `distmon:storage:root` like distmon.host (a scratch root: no account, ss
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import distmon with context %}
 {%- from tplroot ~ "/host/paths.jinja" import storage, dashboard, root, scratch, chroot,
-    authorized_keys_file, sshd_config, db_path, env_file, app_dir, venv, systemd with context %}
+    authorized_keys_file, sshd_config, db_path, env_file, app_dir, venv, admin_command, systemd with context %}
 {%- set unit = '/etc/systemd/system/' ~ dashboard.service ~ '.service' %}
 
 {%- if systemd %}
@@ -33,7 +33,7 @@ distmon-clean-systemd-reload:
 {%- endif %}
 
 {%- set removed = [('dashboard-venv', venv), ('dashboard-app', app_dir), ('authorized-keys', authorized_keys_file),
-                   ('dashboard-env', env_file)] %}
+                   ('dashboard-env', env_file), ('admin-command', admin_command)] %}
 {%- if distmon.clean.data %}
 {%-   do removed.extend([('db-dir', db_path.rsplit('/', 1)[0]), ('archive-dir', root ~ storage.archive_dir),
                          ('quarantine-dir', root ~ storage.quarantine_dir), ('chroot', chroot)]) %}

@@ -20,7 +20,11 @@ distmon.host: the storage host the minions upload their results to.
   `python -m dashboard` by itself, so an admin's CLI acts on the service's store);
 - the dashboard (with its ingester) in its own virtualenv, run by a systemd
   unit where systemd runs. It moves ingested files out of the inbox, so it runs
-  as the account that owns the inbox.
+  as the account that owns the inbox;
+- the admin CLI `distmon-admin` (`distmon:storage:dashboard:admin_command`, default
+  /usr/local/bin/distmon-admin): `python -m dashboard` from that virtualenv with the settings
+  file, run as that account (root is dropped to it: a root-owned -wal/-shm file beside the
+  database would lock the service out).
 
 `distmon:storage:root` prefixes every path (a scratch root for trials: then
 no package, account, sshd check or reload and no service are touched).
@@ -29,7 +33,7 @@ distmon.host.clean removes what this installs.
 -#}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/host/paths.jinja" import storage, dashboard, root, scratch, chroot, inbox,
-    authorized_keys_file, sshd_config, db_path, env_file, app_dir, venv, owner, systemd with context %}
+    authorized_keys_file, sshd_config, db_path, env_file, app_dir, venv, admin_command, owner, systemd with context %}
 
 {%- if not scratch %}
 
@@ -190,6 +194,21 @@ distmon-dashboard-venv:
 {%-   if not scratch %}
       - pkg: distmon-host-packages
 {%-   endif %}
+
+distmon-admin-command:
+  file.managed:
+    - name: {{ admin_command | json }}
+    - source: salt://{{ tplroot }}/files/distmon-admin.sh.jinja
+    - template: jinja
+    - context:
+        user: {{ owner | json }}
+        venv: {{ venv | json }}
+        app_dir: {{ app_dir | json }}
+        env_file: {{ env_file | json }}
+    - user: root
+    - group: root
+    - mode: '0755'
+    - makedirs: True
 {%-   if systemd %}
 
 distmon-dashboard-unit:
