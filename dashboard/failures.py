@@ -42,6 +42,7 @@ from dashboard.dialect import (
     analyze,
     dialect_of,
     grain_profile_sql,
+    insert_many,
     insert_returning,
     per_key_sql,
 )
@@ -129,7 +130,7 @@ class FailureBatch:
 
     def flush(self) -> None:
         if self.signatures:
-            self.conn.executemany(_UPSERT_SIGNATURE, [(sig, *values) for sig, values in self.signatures.items()])
+            insert_many(self.conn, _UPSERT_SIGNATURE, [(sig, *values) for sig, values in self.signatures.items()])
         # PostgreSQL searches through a GIN index on results itself (migration 5): nothing to copy.
         for chunk in _chunks(self.runs_with_failures if dialect_of(self.conn) != POSTGRES else []):
             marks = ",".join("?" * len(chunk))
@@ -216,14 +217,15 @@ class SignatureUpkeep:
             conn.executemany("DELETE FROM signature_minions WHERE signature = ? AND minion_id = ?", gone)
         moved = [(signature, *counts) for signature, counts in totals.items() if any(counts)]
         if moved:
-            conn.executemany(_UPSERT_SIGNATURE_TOTALS, moved)
+            insert_many(conn, _UPSERT_SIGNATURE_TOTALS, moved)
             conn.executemany("DELETE FROM signature_totals WHERE signature = ? AND pairs <= 0",
                              [(row[0],) for row in moved])
         for table, (keys, column) in _DELTA_TABLES.items():
             rows = [(*key, delta) for key, delta in self.deltas[table].items() if delta]
             if not rows:
                 continue
-            conn.executemany(
+            insert_many(
+                conn,
                 f"INSERT INTO {table} ({keys[0]}, {keys[1]}, {column}) VALUES (?, ?, ?) ON CONFLICT ({keys[0]}, "
                 f"{keys[1]}) DO UPDATE SET {column} = {table}.{column} + excluded.{column}",
                 rows,

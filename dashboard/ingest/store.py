@@ -8,7 +8,8 @@ minion and test file: the fleet matrix), ``test_totals`` (per test across minion
 dashboard/failures.py ``signatures`` and the ``failure_text`` search index.
 :func:`rebuild_fleet_summaries` refills the fleet summaries from test_status (the seeder).
 The same code serves SQLite and PostgreSQL (dashboard/dialect.py translates; results go in by
-:func:`dashboard.dialect.insert_results`, COPY on PostgreSQL). Several ingesters may share one
+:func:`dashboard.dialect.start_insert_results`: on PostgreSQL a COPY that runs on while the
+summaries are folded; the summaries by multi-row statements, :func:`dashboard.dialect.insert_many`). Several ingesters may share one
 PostgreSQL store: each transaction holds the writer lock, (minion, jid) is unique and a run is
 inserted with ``ON CONFLICT DO NOTHING``, and the id caches only hold ids, which never change.
 """
@@ -17,11 +18,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from dashboard.db import STAGING_SCHEMA
-from dashboard.dialect import dialect_of, insert_many_returning, insert_results
+from dashboard.dialect import dialect_of, insert_many, insert_many_returning, start_insert_results, store_rows
 from dashboard.failures import FailureBatch, SignatureUpkeep, reprofile_minion
 from dashboard.ingest.records import JobRecord, RunRecord, utc_now
 from dashboard.ingest.status import FAIL, PASS, PRECEDENCE, fold_status
@@ -69,18 +70,6 @@ STATUS_COLUMNS = (
     "minion_id", "test_id", "last_run_id", "last_outcome", "last_started_at", "runs", "fails", "flips",
     "first_fail_at", "last_pass_at", "total_duration", "last_code_hash", "code_flips", "last_signature",
 )  # fmt: skip
-INSERT_STATUS = (
-    f"INSERT INTO test_status ({', '.join(STATUS_COLUMNS)}) "  # noqa: S608 (constant columns)
-    f"VALUES ({', '.join('?' for _ in STATUS_COLUMNS)})"
-)
-# Existing rows are updated in place, not REPLACEd: a REPLACE deletes and re-inserts the row in
-# the table and both its indexes, which cost more than inserting the results themselves.
-_UPDATE_STATUS = (
-    "UPDATE test_status SET last_run_id = ?, last_outcome = ?, last_started_at = ?, runs = ?, fails = ?, "
-    "flips = ?, first_fail_at = ?, last_pass_at = ?, total_duration = ?, last_code_hash = ?, code_flips = ?, "
-    "last_signature = ? "
-    "WHERE minion_id = ? AND test_id = ?"
-)
 _INSERT_RUN = """
     INSERT INTO runs (minion_id, jid, fun, source, status, exitcode, passed, failed, skipped, xfailed,
                       xpassed, errors, started_at, finished_at, duration, returned_at, ingested_at,
@@ -281,14 +270,15 @@ def fleet_contributions(conn: Any, minion_ids: list[int]) -> dict[FleetCountKey,
     scopes: dict[int, list[tuple[str, str]]] = {}
     for chunk in _chunks(sorted(minion_ids), SQL_CHUNK):
         marks = ",".join("?" * len(chunk))
-        for minion_id, status, tests, failing, passing in conn.execute(
-            f"SELECT id, last_status, tests, failing, passing FROM minions WHERE id IN ({marks})", chunk  # noqa: S608
+        # One statement for both (a round trip each on PostgreSQL): a minion's row once per grain.
+        for minion_id, status, tests, failing, passing, grain, value in conn.execute(
+            f"SELECT m.id, m.last_status, m.tests, m.failing, m.passing, g.grain, g.value FROM minions m "  # noqa: S608
+            f"LEFT JOIN minion_grains g ON g.minion_id = m.id WHERE m.id IN ({marks})",
+            chunk,
         ).fetchall():
             minions[minion_id] = (status or "", int(failing_minion(status, failing)), tests, failing, passing)
-        for minion_id, grain, value in conn.execute(
-            f"SELECT minion_id, grain, value FROM minion_grains WHERE minion_id IN ({marks})", chunk  # noqa: S608
-        ).fetchall():
-            scopes.setdefault(minion_id, []).append((grain, value))
+            if grain is not None:
+                scopes.setdefault(minion_id, []).append((grain, value))
     sums: dict[FleetCountKey, list[int]] = {}
     for minion_id, (status, flag, tests, failing, passing) in minions.items():
         for grain, value in (("", ""), *scopes.get(minion_id, ())):
@@ -329,7 +319,8 @@ def add_fleet_counts(conn: Any, changes: list[tuple]) -> None:
     """Add (grain, value, status, failing_minion, minions, tests, failing, passing) rows to fleet_counts."""
     if not changes:
         return
-    conn.executemany(
+    insert_many(
+        conn,
         "INSERT INTO fleet_counts (grain, value, status, failing_minion, minions, tests, failing, passing) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (grain, value, status, failing_minion) DO UPDATE SET "
         "minions = fleet_counts.minions + excluded.minions, tests = fleet_counts.tests + excluded.tests, "
@@ -366,6 +357,7 @@ class _Batch:
         self.changes: list[outbox.TestChange] = []
         # Results wait here and go in with one bulk insert (COPY on PostgreSQL): (started_at, rows).
         self.pending_results: list[tuple[str, list[tuple]]] = []
+        self.results_sent: Callable[[], None] | None = None  # waits for the sent rows (send_results)
         # Staged results (see stage_results): the batch's staging database, run id -> its rowid span there.
         self.staging: StagedBatch | None = None
         self.staged_runs: dict[int, tuple[int, int]] = {}
@@ -388,32 +380,79 @@ class _Batch:
         self.ids.minions[name] = minion_id
         return minion_id
 
+    _MINION_STATE = (
+        "SELECT m.id, m.first_seen, m.last_seen, m.last_run_id, r.started_at, m.runs, m.expected_interval, m.grains, "
+        "m.grain_profile FROM minions m LEFT JOIN runs r ON r.id = m.last_run_id WHERE m.id IN ({marks})"
+    )
+
     def minion_state(self, minion_id: int) -> dict:
         state = self.minions.get(minion_id)
         if state is None:
-            row = self.conn.execute(
-                "SELECT m.first_seen, m.last_seen, m.last_run_id, r.started_at, m.runs, m.expected_interval, m.grains, "
-                "m.grain_profile FROM minions m LEFT JOIN runs r ON r.id = m.last_run_id WHERE m.id = ?",
-                (minion_id,),
-            ).fetchone()
-            state = {
-                "first_seen": row[0],
-                "last_seen": row[1],
-                "last_run_id": row[2],
-                "last_started": row[3],
-                "stored_runs": row[4],
-                "expected_interval": row[5],
-                "stored_grains": row[6],
-                "profile": row[7],
-                "runs": 0,
-                "grains": None,
-                "status": None,
-                "tests": 0,
-                "failing": 0,
-                "passing": 0,
-            }
-            self.minions[minion_id] = state
+            self.load_minions([minion_id])
+            state = self.minions[minion_id]
         return state
+
+    def load_minions(self, minion_ids: list[int]) -> None:
+        """Read the stored state of these minions (those not read yet), one statement per 500."""
+        wanted = sorted({minion_id for minion_id in minion_ids if minion_id not in self.minions})
+        for chunk in _chunks(wanted, SQL_CHUNK):
+            for row in self.conn.execute(self._MINION_STATE.format(marks=",".join("?" * len(chunk))), chunk).fetchall():
+                self.minions[row[0]] = {
+                    "first_seen": row[1],
+                    "last_seen": row[2],
+                    "last_run_id": row[3],
+                    "last_started": row[4],
+                    "stored_runs": row[5],
+                    "expected_interval": row[6],
+                    "stored_grains": row[7],
+                    "profile": row[8],
+                    "runs": 0,
+                    "grains": None,
+                    "status": None,
+                    "tests": 0,
+                    "failing": 0,
+                    "passing": 0,
+                }
+
+    def prefetch(self, records: list[RunRecord], run_ids: list[int | None]) -> None:
+        """Before folding a batch: its new tests' ids, and the minions' and test_status rows its
+        runs fold into, in a few statements for the whole batch instead of two per minion (on
+        PostgreSQL each one a round trip)."""
+        tests_of: dict[int, set[int]] = {}
+        for record, run_id in zip(records, run_ids, strict=True):
+            if run_id is None:
+                continue
+            minion_id = self.minion_id(record.minion, record.returned_at)
+            tests = tests_of.setdefault(minion_id, set())
+            if record.per_test:
+                ids = self.test_ids(record)
+                tests.update(ids[nodeid] for nodeid in record.per_test)
+        self.load_minions(list(tests_of))
+        wanted = {(minion_id, test_id) for minion_id, test_ids in tests_of.items() for test_id in test_ids
+                  if (minion_id, test_id) not in self.status}  # fmt: skip
+        for key in wanted:
+            self.status[key] = None
+        all_tests = sorted({test_id for _minion_id, test_id in wanted})
+        for minions in _chunks(sorted({minion_id for minion_id, _test_id in wanted}), SQL_CHUNK):
+            for tests in _chunks(all_tests, SQL_CHUNK):
+                rows = self.conn.execute(
+                    f"SELECT {', '.join(STATUS_COLUMNS)} FROM test_status "  # noqa: S608 (constant columns)
+                    f"WHERE minion_id IN ({','.join('?' * len(minions))}) AND test_id IN ({','.join('?' * len(tests))})",
+                    [*minions, *tests],
+                ).fetchall()
+                for row in rows:
+                    if (row[0], row[1]) in wanted:  # not another minion's test of this batch
+                        self._loaded(row)
+
+    def _loaded(self, row: Any) -> None:
+        stored = dict(zip(STATUS_COLUMNS, row, strict=True))
+        key = (row[0], row[1])
+        self.status[key] = stored
+        self.stored.add(key)
+        self.baseline[key] = (
+            stored["runs"], stored["fails"], stored["flips"], stored["code_flips"], stored["total_duration"],
+            _verdict(stored["last_outcome"]), stored["last_signature"],
+        )  # fmt: skip
 
     # tests --------------------------------------------------------------------------------
     def test_ids(self, record: RunRecord) -> dict[str, int]:
@@ -421,7 +460,8 @@ class _Batch:
         if not known.keys() >= record.per_test.keys():
             missing = [nodeid for nodeid in record.per_test if nodeid not in known]
             before = self.conn.total_changes
-            self.conn.executemany(
+            insert_many(
+                self.conn,
                 "INSERT INTO tests (nodeid, file, line) VALUES (?, ?, ?) ON CONFLICT (nodeid) DO NOTHING",
                 [
                     (nodeid, record.per_test[nodeid][2] or nodeid.split("::", 1)[0], record.per_test[nodeid][3])
@@ -450,25 +490,23 @@ class _Batch:
                 f"WHERE minion_id = ? AND test_id IN ({marks})",
                 [minion_id, *chunk],
             ):
-                stored = dict(zip(STATUS_COLUMNS, row, strict=True))
-                key = (minion_id, row[1])
-                self.status[key] = stored
-                self.stored.add(key)
-                self.baseline[key] = (
-                    stored["runs"], stored["fails"], stored["flips"], stored["code_flips"], stored["total_duration"],
-                    _verdict(stored["last_outcome"]), stored["last_signature"],
-                )
+                self._loaded(row)
 
-    def recompute_status(self, minion_id: int, test_id: int) -> dict | None:
-        """Rebuild a test_status row from the full history (for out-of-order arrivals)."""
-        self.flush_results()  # the history includes this batch's runs
+    def recompute_status(self, minion_id: int, test_id: int, run_id: int) -> dict | None:
+        """Rebuild a test_status row from the history up to run ``run_id`` (for out-of-order arrivals).
+
+        Every result of this batch is in by now, the runs still to fold too: those have higher ids
+        (they are inserted in folding order, after every stored run) and are left out here, or the
+        fold would count them twice.
+        """
+        self.flush_results()
         row: dict | None = None
         current: list | None = None
         history = self.conn.execute(
             "SELECT r.id, r.started_at, res.outcome, res.duration, r.code_hash, res.signature FROM results res "
-            "JOIN runs r ON r.id = res.run_id WHERE res.test_id = ? AND r.minion_id = ? "
+            "JOIN runs r ON r.id = res.run_id WHERE res.test_id = ? AND r.minion_id = ? AND r.id <= ? "
             "ORDER BY r.started_at, r.id",
-            (test_id, minion_id),
+            (test_id, minion_id, run_id),
         )
         for run_id, started_at, outcome, duration, code_hash, signature in history:
             if current and current[0] == run_id:
@@ -502,8 +540,21 @@ class _Batch:
         inserted = {(minion_id, jid): run_id for minion_id, jid, run_id in insert_many_returning(self.conn, _INSERT_RUN, rows)}
         return [inserted.pop((row[0], row[1]), None) for row in rows]
 
+    def add_results(self, record: RunRecord, run_id: int | None) -> None:
+        """Queue the result rows of one new run (its row is in, by :meth:`insert_runs`) for :meth:`send_results`."""
+        if run_id is None or not record.per_test:
+            return
+        ids = self.test_ids(record)
+        if record.staged:
+            self._stage(record.staged, run_id, record.per_test, ids)
+        else:
+            self.pending_results.append((record.started_at, [
+                (run_id, ids[nodeid], when, outcome, duration, message, longrepr, stdout, stderr, markers, sig)
+                for nodeid, when, outcome, duration, message, longrepr, stdout, stderr, markers, sig in record.rows
+            ]))  # fmt: skip
+
     def add_run(self, record: RunRecord, run_id: int | None) -> str:
-        """Store one run's results and summaries (its row is in, by :meth:`insert_runs`): 'ingested' or 'duplicate'."""
+        """Fold one run into the summaries (its results queued by :meth:`add_results`): 'ingested' or 'duplicate'."""
         if run_id is None:
             return "duplicate"
         minion_id = self.minion_id(record.minion, record.returned_at)
@@ -511,13 +562,6 @@ class _Batch:
         self._add_to_job(record)
         if record.per_test:
             ids = self.test_ids(record)
-            if record.staged:
-                self._stage(record.staged, run_id, record.per_test, ids)
-            else:
-                self.pending_results.append((record.started_at, [
-                    (run_id, ids[nodeid], when, outcome, duration, message, longrepr, stdout, stderr, markers, sig)
-                    for nodeid, when, outcome, duration, message, longrepr, stdout, stderr, markers, sig in record.rows
-                ]))  # fmt: skip
             self.results += record.result_count
             if record.signature_parts:
                 self.failures.add_run(run_id, record.started_at, record.signature_parts, record.rows)
@@ -565,7 +609,7 @@ class _Batch:
                 last_started = row["last_started_at"]
                 if started_at < last_started or (started_at == last_started and run_id < row["last_run_id"]):
                     # An older run arrived after a newer one: rebuild from history (its results are in).
-                    row = status[key] = self.recompute_status(minion_id, tid)
+                    row = status[key] = self.recompute_status(minion_id, tid, run_id)
                 else:
                     fold_status(row, minion_id, tid, run_id, started_at, outcome, duration, code_hash,
                                 signature_of(nodeid))  # fmt: skip
@@ -614,10 +658,19 @@ class _Batch:
         for nodeid in tests.keys() - self.staged_tests.keys():
             self.staged_tests[nodeid] = ids[nodeid]
 
-    def flush_results(self) -> None:
+    def send_results(self) -> None:
+        """Insert the queued result rows; on PostgreSQL the COPY runs on while this thread folds
+        the summaries (see dashboard.dialect.start_insert_results), until :meth:`flush_results`."""
         if self.pending_results:
-            insert_results(self.conn, self.pending_results)
+            self.results_sent = start_insert_results(self.conn, self.pending_results)
             self.pending_results = []
+
+    def flush_results(self) -> None:
+        """Every queued or sent result row is in (before anything reads results or the transaction ends)."""
+        self.send_results()
+        if self.results_sent is not None:
+            sent, self.results_sent = self.results_sent, None
+            sent()
         if self.staged_runs:
             insert_staged_results(self.conn, self.staging, self.staged_runs, self.staged_tests)
             self.staged_runs, self.staged_tests = {}, {}
@@ -625,7 +678,6 @@ class _Batch:
 
     def flush(self) -> None:
         conn = self.conn
-        self.flush_results()
         updates, inserts = [], []
         totals: dict[int, list] = {}
         files: dict[tuple[int, str], list] = {}
@@ -635,13 +687,7 @@ class _Batch:
             row = self.status[key]
             verdict = _verdict(row["last_outcome"])
             if key in self.stored:
-                updates.append(
-                    (
-                        row["last_run_id"], row["last_outcome"], row["last_started_at"], row["runs"], row["fails"],
-                        row["flips"], row["first_fail_at"], row["last_pass_at"], row["total_duration"],
-                        row["last_code_hash"], row["code_flips"], row["last_signature"], key[0], key[1],
-                    )
-                )  # fmt: skip
+                updates.append(tuple(row[c] for c in STATUS_COLUMNS))
                 runs, fails, flips, code_flips, duration, was, signature = self.baseline[key]
                 new = 0
             else:
@@ -684,12 +730,11 @@ class _Batch:
                 state["tests"] += new
                 state["failing"] += failing
                 state["passing"] += passing
-        if updates:
-            conn.executemany(_UPDATE_STATUS, updates)
-        if inserts:
-            conn.executemany(INSERT_STATUS, inserts)
+        self.flush_results()  # (on PostgreSQL the COPY went on while the loops above ran)
+        store_rows(conn, "test_status", STATUS_COLUMNS, ("minion_id", "test_id"), inserts, updates)
         if totals:
-            conn.executemany(
+            insert_many(
+                conn,
                 _UPSERT_TEST_TOTALS,
                 [
                     (test_id, t[0], t[1], t[2], t[3], t[4], t[5], t[5] / t[1] if t[1] > 0 else None, t[6], t[7], t[8])
@@ -697,50 +742,60 @@ class _Batch:
                 ],
             )
         if files:
-            conn.executemany(_UPSERT_FILE_STATUS, [(m, f, *cell) for (m, f), cell in files.items()])
+            insert_many(conn, _UPSERT_FILE_STATUS, [(m, f, *cell) for (m, f), cell in files.items()])
         upkeep.apply(conn)
         fleet_counts = FleetCountsDelta(conn, list(self.minions))
-        for minion_id, state in self.minions.items():
-            self._flush_minion(minion_id, state)
+        self._flush_minions()
         fleet_counts.apply()
         if self.jobs:
-            conn.executemany(_UPSERT_JOB_TOTALS, [(jid, *job) for jid, job in self.jobs.items()])
-        conn.executemany(
+            insert_many(conn, _UPSERT_JOB_TOTALS, [(jid, *job) for jid, job in self.jobs.items()])
+        insert_many(
+            conn,
             "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
             [(name, value) for name, value in (("runs", self.runs), ("results", self.results), ("tests", self.new_tests)) if value],
         )
         self.failures.flush()
         outbox.record_changes(conn, self.changes, self.now)
 
-    def _flush_minion(self, minion_id: int, state: dict) -> None:
+    def _flush_minions(self) -> None:
+        """Every touched minion's row, in two statements whatever the number of minions (on
+        PostgreSQL one round trip each), then the rare rewrites of its grains and profile."""
         conn = self.conn
-        late = late_after(state["first_seen"], state["last_seen"], (state["stored_runs"] or 0) + state["runs"],
-                          state["expected_interval"])  # fmt: skip
-        counts = (state["tests"], state["failing"], state["passing"])
-        if state["grains"] is None:
-            conn.execute(
+        counted, moved = [], []
+        for minion_id, state in self.minions.items():
+            late = late_after(state["first_seen"], state["last_seen"], (state["stored_runs"] or 0) + state["runs"],
+                              state["expected_interval"])  # fmt: skip
+            values = (state["runs"], state["first_seen"], state["last_seen"], late, state["tests"], state["failing"],
+                      state["passing"])  # fmt: skip
+            if state["grains"] is None:
+                counted.append((*values, minion_id))
+            else:
+                moved.append((*values, state["last_run_id"], state["status"], state["grains"], minion_id))
+        if counted:
+            conn.executemany(
                 "UPDATE minions SET runs = runs + ?, first_seen = ?, last_seen = ?, late_after = ?, tests = tests + ?, "
                 "failing = failing + ?, passing = passing + ? WHERE id = ?",
-                (state["runs"], state["first_seen"], state["last_seen"], late, *counts, minion_id),
+                counted,
             )
-            if state["profile"] is None:
-                state["profile"] = reprofile_minion(conn, minion_id, None)
-            return
-        conn.execute(
-            "UPDATE minions SET runs = runs + ?, first_seen = ?, last_seen = ?, late_after = ?, tests = tests + ?, "
-            "failing = failing + ?, passing = passing + ?, last_run_id = ?, last_status = ?, grains = ? WHERE id = ?",
-            (state["runs"], state["first_seen"], state["last_seen"], late, *counts, state["last_run_id"],
-             state["status"], state["grains"], minion_id),
-        )  # fmt: skip
-        if state["grains"] != state["stored_grains"]:
-            # Grains rarely change: rewrite this minion's rows only when they did.
-            conn.execute("DELETE FROM minion_grains WHERE minion_id = ?", (minion_id,))
+        if moved:
             conn.executemany(
-                "INSERT INTO minion_grains (grain, value, minion_id) VALUES (?, ?, ?)",
-                [(grain, value, minion_id) for grain, value in sorted(grain_values(state["grains"]))],
+                "UPDATE minions SET runs = runs + ?, first_seen = ?, last_seen = ?, late_after = ?, tests = tests + ?, "
+                "failing = failing + ?, passing = passing + ?, last_run_id = ?, last_status = ?, grains = ? "
+                "WHERE id = ?",
+                moved,
             )
-        if state["grains"] != state["stored_grains"] or state["profile"] is None:
-            state["profile"] = reprofile_minion(conn, minion_id, state["profile"])
+        for minion_id, state in self.minions.items():
+            grains_changed = state["grains"] is not None and state["grains"] != state["stored_grains"]
+            if grains_changed:
+                # Grains rarely change: rewrite this minion's rows only when they did.
+                conn.execute("DELETE FROM minion_grains WHERE minion_id = ?", (minion_id,))
+                insert_many(
+                    conn,
+                    "INSERT INTO minion_grains (grain, value, minion_id) VALUES (?, ?, ?)",
+                    [(grain, value, minion_id) for grain, value in sorted(grain_values(state["grains"]))],
+                )
+            if grains_changed or state["profile"] is None:
+                state["profile"] = reprofile_minion(conn, minion_id, state["profile"])
 
 
 # -- staged results (SQLite with the validation worker) -------------------------------------------
@@ -874,8 +929,14 @@ def write_records(conn: sqlite3.Connection, records: list[RunRecord | JobRecord]
     outcomes: dict[int, str] = {}
     # Oldest first per minion, so "latest" summaries are built in order within a batch.
     order = sorted(range(len(records)), key=lambda i: _sort_key(records[i]))
-    # Every run row first, in one round trip (PostgreSQL pipelines them): ids in that order.
-    run_ids = iter(batch.insert_runs([records[i] for i in order if isinstance(records[i], RunRecord)]))
+    # Every run row first, in one statement: ids in that order.
+    runs = [records[i] for i in order if isinstance(records[i], RunRecord)]
+    inserted = batch.insert_runs(runs)
+    batch.prefetch(runs, inserted)
+    for run, run_id in zip(runs, inserted, strict=True):
+        batch.add_results(run, run_id)
+    batch.send_results()  # on PostgreSQL the server loads them while the loop below folds the summaries
+    run_ids = iter(inserted)
     for index in order:
         record = records[index]
         if isinstance(record, JobRecord):

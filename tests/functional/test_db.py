@@ -10,9 +10,17 @@ from datetime import timedelta
 import pytest
 
 from dashboard.db import Database, QueryTimeout, connect_sync, run_transaction
+from dashboard.dialect import (
+    DATABASE_ERRORS,
+    insert_many,
+    insert_many_returning,
+    start_insert_results,
+    store_rows,
+)
 from dashboard.ingest import ingest_pending
 from dashboard.migrations import MIGRATIONS, current_version
 from dashboard.retention import parse_age, prune
+from tests.db_backend import database_location
 from tests.functional.ingest_support import (
     counters,
     drop_doc,
@@ -247,3 +255,58 @@ def test_prune_deletes_old_runs_and_keeps_summaries_consistent(tmp_path):
     # Only the test that still ran on web-1 inside the window keeps a status row.
     status = rows(settings, "SELECT m.name, t.nodeid FROM test_status s JOIN minions m ON m.id = s.minion_id JOIN tests t ON t.id = s.test_id")
     assert status == [{"name": "web-1", "nodeid": "t.py::test_always"}]
+
+
+def test_bulk_writes_store_what_one_statement_per_row_would(tmp_path):
+    # dashboard.dialect's bulk writes (multi-row statements on PostgreSQL, chunked under its
+    # 65,535 parameters; executemany on SQLite), on whichever engine this pass runs.
+    conn = connect_sync(database_location(tmp_path))
+    upsert = ("INSERT INTO counters (name, value) VALUES (?, ?) "
+              "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value")
+    many = [(f"n{i:05d}", i) for i in range(40_000)]  # 80,000 parameters: two statements on PostgreSQL
+    try:
+        run_transaction(conn, insert_many, upsert, many)
+        run_transaction(conn, insert_many, upsert, [("n00001", 10), ("fresh", 7)])
+        returned = run_transaction(conn, insert_many_returning,
+                                   "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING "
+                                   "RETURNING name, value",
+                                   [("n00002", 99), ("new-a", 1), ("new-b", 2), ("new-a", 3)])
+        run_transaction(conn, store_rows, "counters", ("name", "value"), ("name",), [("stored", 5)],
+                        [("n00003", -3), ("fresh", 70)])
+        values = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+    finally:
+        conn.close()
+    assert sorted(returned) == [("new-a", 1), ("new-b", 2)]  # a key already stored or twice in the rows: once
+    assert len(values) == 40_000 + 4
+    assert (values["n00000"], values["n00001"], values["n00002"], values["n39999"]) == (0, 11, 2, 39_999)
+    assert (values["fresh"], values["n00003"], values["stored"], values["new-a"]) == (70, -3, 5, 1)
+
+
+def test_results_sent_ahead_are_in_once_waited_for_and_their_error_surfaces_there(tmp_path):
+    conn = connect_sync(database_location(tmp_path))
+
+    def store_run(conn):
+        minion = conn.execute("INSERT INTO minions (name, first_seen, last_seen) VALUES ('m', 't', 't') "
+                              "RETURNING id").fetchone()[0]
+        run = conn.execute("INSERT INTO runs (minion_id, jid, fun, source, status, started_at, returned_at, "
+                           "ingested_at) VALUES (?, 'j1', 'f', 'distmon', 'passed', '2026-05-01T00:00:00Z', 't', 't') "
+                           "RETURNING id", (minion,)).fetchone()[0]
+        test = conn.execute("INSERT INTO tests (nodeid, file) VALUES ('t.py::a', 't.py') RETURNING id").fetchone()[0]
+        return run, test
+
+    def send_and_wait(conn, result_rows):
+        done = start_insert_results(conn, [("2026-05-01T00:00:00Z", result_rows)])
+        conn.execute("INSERT INTO counters (name, value) VALUES ('sent', 1)")  # waits for the COPY on PostgreSQL
+        done()
+        return conn.execute("SELECT count(*) FROM results").fetchone()[0]
+
+    try:
+        run, test = run_transaction(conn, store_run)
+        row = (run, test, "call", "passed", 0.5, None, None, None, None, "[]", None)
+        assert run_transaction(conn, send_and_wait, [row, row]) == 2
+        with pytest.raises(DATABASE_ERRORS):  # a result of no run: the foreign key refuses it
+            run_transaction(conn, send_and_wait, [(run + 1000, test, *row[2:])])
+        assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM counters WHERE name = 'sent'").fetchone()[0] == 1
+    finally:
+        conn.close()

@@ -375,6 +375,29 @@ def test_an_older_run_arriving_late_does_not_overwrite_the_latest(settings):
     assert minion["started_at"] == "2026-11-28T07:03:00.000000Z"
 
 
+def test_a_late_run_and_a_newer_one_in_one_pass_count_each_run_once(settings):
+    outcomes = ["passed", "failed", "passed", "failed", "failed", "passed"]
+
+    def arrive(settings, groups: list[list[int]]) -> dict:
+        for group in groups:  # one ingest pass (one transaction) per group
+            for index in group:
+                drop_doc(settings.inbox, make_doc(
+                    "web-1", f"202611280700000000{index:02d}", [test_entry("tests/test_f.py::test_flaky", outcomes[index])],
+                    started_at=f"2026-11-28T07:{index:02d}:00Z"))
+            ingest(settings)
+        [row] = rows(settings, "SELECT * FROM test_status")
+        return row
+
+    # 1 and 2 arrive after 3 in one transaction with 4 and 5: 1 is rebuilt from the history up to
+    # itself (the batch's later runs are stored by then, not yet folded), then 2, 4, 5 fold on top.
+    late = arrive(settings, [[0, 3], [1, 2, 4, 5]])
+    expected = arrive(make_settings(Path(settings.inbox).parent / "in-order"), [[index] for index in range(6)])
+    for column in ("last_outcome", "last_started_at", "runs", "fails", "flips", "first_fail_at", "last_pass_at",
+                   "total_duration"):
+        assert late[column] == expected[column], column
+    assert late["runs"] == 6
+
+
 # -- bad input (issue 8) ----------------------------------------------------------------------
 
 GOOD_JID = "20261128070000000001"
