@@ -21,7 +21,6 @@ from dashboard.config import Settings
 from dashboard.ingest.decode import (
     FastDocument,
     FastEntry,
-    FastResult,
     decode_result,
     entries_of,
     is_signed,
@@ -174,9 +173,11 @@ def _without_nul(value: Any) -> Any:
 
 
 def _pytest_record(
-    candidate: Candidate, doc: ResultDocument | FastDocument, result: PytestResult | FastResult, *,
-    counts: dict[str, int], tests: list[FastEntry], grains: dict[str, Any], source: str, signed: bool,
+    candidate: Candidate, doc: ResultDocument | FastDocument, *, counts: dict[str, int], tests: list[FastEntry],
+    grains: dict[str, Any], source: str, signed: bool,
 ) -> RunRecord:
+    """The record of a pytest result, from either path (their documents share attribute names)."""
+    result = doc.result
     rows, per_test, test_signatures, signature_parts = _flatten(tests)
     return RunRecord(
         candidate=candidate,
@@ -209,15 +210,15 @@ def _pytest_record(
 
 def _fast_record(doc: FastDocument, grains: dict[str, Any], candidate: Candidate, *, signed: bool) -> RunRecord:
     """A document :func:`decode_result` accepted (a pytest result) as its record."""
-    result = doc.result
-    return _pytest_record(candidate, doc, result, counts=msgspec.structs.asdict(result.counts), tests=result.tests,
-                          grains=grains, source="distmon", signed=signed)  # fmt: skip
+    counts = msgspec.structs.asdict(doc.result.counts)
+    return _pytest_record(candidate, doc, counts=counts, tests=doc.result.tests, grains=grains, source="distmon",
+                          signed=signed)  # fmt: skip
 
 
 def _run_record(doc: ResultDocument, candidate: Candidate, *, source: str, signed: bool) -> RunRecord:
     result = doc.result
     if isinstance(result, PytestResult):
-        return _pytest_record(candidate, doc, result, counts=result.counts.model_dump(), tests=entries_of(result.tests),
+        return _pytest_record(candidate, doc, counts=result.counts.model_dump(), tests=entries_of(result.tests),
                               grains=doc.grains, source=source, signed=signed)  # fmt: skip
     # Another function's return (the returner's all_jobs option): a run without tests.
     return RunRecord(
