@@ -340,11 +340,12 @@ class _Batch:
     def __init__(self, conn: sqlite3.Connection, ids: IdCache):
         self.conn = conn
         self.ids = ids
-        self.status: dict[tuple[int, int], dict | None] = {}
-        self.dirty: set[tuple[int, int]] = set()
-        self.stored: set[tuple[int, int]] = set()  # keys that have a row in the database
+        # minion id -> test id -> its test_status row (None until folded: not stored yet). Every row
+        # here is folded by the batch (they are loaded for its runs' tests) and written by flush.
+        # Keyed per minion, not by (minion, test): no key tuple to build per result on the hot path.
+        self.status: dict[int, dict[int, dict | None]] = {}
         # The stored row's (runs, fails, flips, code_flips, total_duration, verdict, signature) before this
-        # batch folded into it: the summaries change by the difference.
+        # batch folded into it, for rows that have one in the database: the summaries change by the difference.
         self.baseline: dict[tuple[int, int], tuple] = {}
         self.minions: dict[int, dict] = {}
         self.jobs: dict[str, list] = {}  # jid -> its runs' totals in this batch (job_totals)
@@ -428,10 +429,12 @@ class _Batch:
                 ids = self.test_ids(record)
                 tests.update(ids[nodeid] for nodeid in record.per_test)
         self.load_minions(list(tests_of))
-        wanted = {(minion_id, test_id) for minion_id, test_ids in tests_of.items() for test_id in test_ids
-                  if (minion_id, test_id) not in self.status}  # fmt: skip
-        for key in wanted:
-            self.status[key] = None
+        wanted: set[tuple[int, int]] = set()
+        for minion_id, test_ids in tests_of.items():
+            rows = self.status.setdefault(minion_id, {})
+            for test_id in test_ids - rows.keys():
+                rows[test_id] = None
+                wanted.add((minion_id, test_id))
         all_tests = sorted({test_id for _minion_id, test_id in wanted})
         for minions in _chunks(sorted({minion_id for minion_id, _test_id in wanted}), SQL_CHUNK):
             for tests in _chunks(all_tests, SQL_CHUNK):
@@ -447,8 +450,7 @@ class _Batch:
     def _loaded(self, row: Any) -> None:
         stored = dict(zip(STATUS_COLUMNS, row, strict=True))
         key = (row[0], row[1])
-        self.status[key] = stored
-        self.stored.add(key)
+        self.status[row[0]][row[1]] = stored
         self.baseline[key] = (
             stored["runs"], stored["fails"], stored["flips"], stored["code_flips"], stored["total_duration"],
             _verdict(stored["last_outcome"]), stored["last_signature"],
@@ -480,10 +482,11 @@ class _Batch:
         return known
 
     def load_status(self, minion_id: int, test_ids: list[int]) -> None:
-        wanted = [tid for tid in test_ids if (minion_id, tid) not in self.status]
+        rows = self.status.setdefault(minion_id, {})
+        wanted = [tid for tid in test_ids if tid not in rows]
         for chunk in _chunks(wanted, SQL_CHUNK):
             for tid in chunk:
-                self.status[(minion_id, tid)] = None
+                rows[tid] = None
             marks = ",".join("?" * len(chunk))
             for row in self.conn.execute(
                 f"SELECT {', '.join(STATUS_COLUMNS)} FROM test_status "  # noqa: S608 (constant columns)
@@ -589,19 +592,20 @@ class _Batch:
 
     def _update_status(self, minion_id: int, run_id: int, record: RunRecord, ids: dict[str, int]) -> None:
         per_test = record.per_test
-        self.load_status(minion_id, [ids[nodeid] for nodeid in per_test])
-        status, mark_dirty = self.status, self.dirty.add
+        test_ids = [ids[nodeid] for nodeid in per_test]
+        rows = self.status.get(minion_id)
+        if rows is None or any(tid not in rows for tid in test_ids):
+            self.load_status(minion_id, test_ids)
+            rows = self.status[minion_id]
         started_at, code_hash = record.started_at, record.code_hash
         signature_of = record.test_signatures.get
         messages: dict[str, str] | None = None
         # Per result, on the hot path: locals only, and the outbox is asked only when the streak changed.
-        for nodeid, (outcome, duration, _file, _line) in per_test.items():
-            tid = ids[nodeid]
-            key = (minion_id, tid)
-            row = status[key]
+        for tid, (nodeid, (outcome, duration, _file, _line)) in zip(test_ids, per_test.items(), strict=True):
+            row = rows[tid]
             if row is None:
                 was_failing = False
-                row = status[key] = fold_status(
+                row = rows[tid] = fold_status(
                     row, minion_id, tid, run_id, started_at, outcome, duration, code_hash, signature_of(nodeid)
                 )
             else:
@@ -609,11 +613,10 @@ class _Batch:
                 last_started = row["last_started_at"]
                 if started_at < last_started or (started_at == last_started and run_id < row["last_run_id"]):
                     # An older run arrived after a newer one: rebuild from history (its results are in).
-                    row = status[key] = self.recompute_status(minion_id, tid, run_id)
+                    row = rows[tid] = self.recompute_status(minion_id, tid, run_id)
                 else:
                     fold_status(row, minion_id, tid, run_id, started_at, outcome, duration, code_hash,
                                 signature_of(nodeid))  # fmt: skip
-            mark_dirty(key)
             if bool(row and row["first_fail_at"]) == was_failing:
                 continue
             is_failing = not was_failing
@@ -683,12 +686,12 @@ class _Batch:
         files: dict[tuple[int, str], list] = {}
         file_of = self.ids.files
         upkeep = SignatureUpkeep()  # the failures view's summaries: only statuses that changed
-        for key in self.dirty:
-            row = self.status[key]
+        for key, row in self._folded():
             verdict = _verdict(row["last_outcome"])
-            if key in self.stored:
+            baseline = self.baseline.get(key)
+            if baseline is not None:
                 updates.append(tuple(row[c] for c in STATUS_COLUMNS))
-                runs, fails, flips, code_flips, duration, was, signature = self.baseline[key]
+                runs, fails, flips, code_flips, duration, was, signature = baseline
                 new = 0
             else:
                 inserts.append(tuple(row[c] for c in STATUS_COLUMNS))
@@ -756,6 +759,13 @@ class _Batch:
         )
         self.failures.flush()
         outbox.record_changes(conn, self.changes, self.now)
+
+    def _folded(self) -> Iterator[tuple[tuple[int, int], dict]]:
+        """((minion id, test id), row) of every test_status row this batch folded."""
+        for minion_id, rows in self.status.items():
+            for test_id, row in rows.items():
+                if row is not None:  # None: recompute_status found no history (nothing to write)
+                    yield (minion_id, test_id), row
 
     def _flush_minions(self) -> None:
         """Every touched minion's row, in two statements whatever the number of minions (on

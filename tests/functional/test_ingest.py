@@ -20,7 +20,7 @@ import pytest
 
 from dashboard.config import Settings
 from dashboard.db import Database, connect_sync
-from dashboard.ingest import CRASH_AFTER_COMMIT_ENV, IngestReport, run_ingester, store
+from dashboard.ingest import BATCH_FILES, CRASH_AFTER_COMMIT_ENV, IngestReport, run_ingester, store
 from dashboard.ingest import worker as ingest_worker
 from tests.db_backend import on_postgres
 from tests.functional.ingest_support import (
@@ -210,6 +210,10 @@ def test_many_files_many_minions_in_batches(settings):
     assert all(m["last_run_id"] == m["newest"] for m in minions)
 
 
+# Files enough for a pass of several batches (validated in the worker).
+MANY = BATCH_FILES + 50
+
+
 def _drop_many(settings, count: int, prefix: str = "20261128") -> None:
     for index in range(count):
         drop_doc(settings.inbox, make_doc(f"m-{index % 7}", f"{prefix}{index:012d}", started_at=f"2026-11-28T07:{index // 60 % 60:02d}:{index % 60:02d}Z"))
@@ -217,17 +221,17 @@ def _drop_many(settings, count: int, prefix: str = "20261128") -> None:
 
 def test_big_passes_validate_in_a_worker_process_that_is_replaced_when_it_dies(settings, monkeypatch):
     assert settings.ingest_worker  # the default
-    _drop_many(settings, 150)
-    assert ingest(settings).ingested == 150
+    _drop_many(settings, MANY)
+    assert ingest(settings).ingested == MANY
     worker = ingest_worker._worker
     assert worker is not None and worker.process.poll() is None
     # The worker dies (OOM killer, a crash): the next big pass validates in-process and a new worker starts.
     worker.process.kill()
     worker.process.wait()
-    _drop_many(settings, 150, prefix="20261129")
+    _drop_many(settings, MANY, prefix="20261129")
     report = ingest(settings)
-    assert (report.ingested, report.quarantined) == (150, 0)
-    assert counters(settings)["runs"] == 300
+    assert (report.ingested, report.quarantined) == (MANY, 0)
+    assert counters(settings)["runs"] == 2 * MANY
     replacement = ingest_worker._worker
     assert replacement is not None and replacement is not worker
 
@@ -236,18 +240,18 @@ def test_big_passes_validate_in_a_worker_process_that_is_replaced_when_it_dies(s
         raise EOFError("worker went away")
 
     monkeypatch.setattr(replacement, "validate", broken)
-    _drop_many(settings, 150, prefix="20261130")
+    _drop_many(settings, MANY, prefix="20261130")
     report = ingest(settings)
-    assert (report.ingested, report.quarantined) == (150, 0)
+    assert (report.ingested, report.quarantined) == (MANY, 0)
     assert ingest_worker._worker is not replacement
     assert replacement.process.poll() is not None  # killed, not leaked
 
 
 def test_bad_files_found_by_the_worker_are_quarantined_by_this_process(settings):
-    _drop_many(settings, 120)
+    _drop_many(settings, MANY)
     drop(settings.inbox, "m-0", "20261128999999999999.json", b"{not json")
     report = ingest(settings)
-    assert (report.ingested, report.quarantined) == (120, 1)
+    assert (report.ingested, report.quarantined) == (MANY, 1)
     assert "JSON" in quarantined(settings)["m-0/20261128999999999999.json"]
 
 
@@ -256,8 +260,8 @@ def test_without_the_worker_big_passes_validate_in_process(tmp_path, monkeypatch
     # Any use of the worker fails the test: with ingest_worker off, none is started or asked.
     monkeypatch.setattr(ingest_worker, "_start_worker", lambda: pytest.fail("the worker was started"))
     monkeypatch.setattr(ingest_worker._ValidationWorker, "validate", lambda *_: pytest.fail("the worker was asked"))
-    _drop_many(settings, 130)
-    assert ingest(settings).ingested == 130
+    _drop_many(settings, MANY)
+    assert ingest(settings).ingested == MANY
 
 
 # What both ways of a big pass must store alike (ingested_at and created_at are the clock's).
