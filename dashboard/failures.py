@@ -808,30 +808,46 @@ class _PageLists:
     features: dict[int, frozenset] = field(default_factory=dict)
 
 
+async def _in_chunks(db, sql: str, keys: list) -> list[dict]:
+    """``sql`` (with ``{marks}`` for an IN list) over ``keys``, SQL_CHUNK keys a statement."""
+    rows: list[dict] = []
+    for chunk in _chunks(keys):
+        rows += await db.fetchall(sql.format(marks=_marks(chunk)), chunk)
+    return rows
+
+
 async def _page_lists(db, rows: list[dict], cap: int) -> _PageLists:
     page = _PageLists()
     signatures = [row["signature"] for row in rows]
     single = sorted({row["_summary"]["test_ids"][0] for row in rows if len(row["_summary"]["test_ids"]) == 1})
     pairs = [(t, row["signature"]) for row in rows for t in row["_summary"]["test_ids"][:SINCE_TESTS]]
-    for row in await _per_key(
-        db, "SELECT sm.signature, m.name FROM signature_minions sm JOIN minions m ON m.id = sm.minion_id "
-        "WHERE sm.signature = {key} ORDER BY sm.minion_id LIMIT ?", signatures, "text", cap
-    ):
+    # Five reads that do not depend on each other: each on its own reader, at once (on PostgreSQL
+    # five round trips in the time of the longest; on SQLite the queries run beside each other).
+    failing_names, passing_names, since, failing_profiles, passing_profiles = await asyncio.gather(
+        _per_key(db, "SELECT sm.signature, m.name FROM signature_minions sm JOIN minions m ON m.id = sm.minion_id "
+                 "WHERE sm.signature = {key} ORDER BY sm.minion_id LIMIT ?", signatures, "text", cap),
+        _per_key(db, "SELECT p.test_id, m.name FROM test_status p JOIN minions m ON m.id = p.minion_id "
+                 f"WHERE p.test_id = {{key}} AND p.last_outcome IN {_PASSING_SQL} LIMIT ?", single, "bigint", cap),
+        # The oldest open streaks of each test, in test_status_failing's order: the first with the
+        # signature is its failing-since. (Filtering by signature in SQL made both planners sort every
+        # failing pair of the signature instead.) A test shared by many signatures may need more.
+        _per_key(db, "SELECT test_id, last_signature, first_fail_at FROM test_status WHERE test_id = {key} "
+                 "AND first_fail_at IS NOT NULL ORDER BY first_fail_at LIMIT ?", sorted({t for t, _ in pairs}),
+                 "bigint", SINCE_LOOKAHEAD),
+        _in_chunks(db, "SELECT signature, profile_id, minions FROM signature_profiles WHERE signature IN ({marks})",
+                   signatures),
+        _in_chunks(db, "SELECT test_id, profile_id, passing FROM test_profiles WHERE test_id IN ({marks})", single),
+    )
+    for row in failing_names:
         page.failing_names[row["signature"]].append(row["name"])
-    for row in await _per_key(
-        db, "SELECT p.test_id, m.name FROM test_status p JOIN minions m ON m.id = p.minion_id "
-        f"WHERE p.test_id = {{key}} AND p.last_outcome IN {_PASSING_SQL} LIMIT ?", single, "bigint", cap
-    ):
+    for row in passing_names:
         page.passing_names[row["test_id"]].append(row["name"])
-    # The oldest open streaks of each test, in test_status_failing's order: the first with the
-    # signature is its failing-since. (Filtering by signature in SQL made both planners sort every
-    # failing pair of the signature instead.) A test shared by many signatures may need more.
-    for row in await _per_key(
-        db, "SELECT test_id, last_signature, first_fail_at FROM test_status WHERE test_id = {key} "
-        "AND first_fail_at IS NOT NULL ORDER BY first_fail_at LIMIT ?", sorted({t for t, _ in pairs}), "bigint",
-        SINCE_LOOKAHEAD,
-    ):
+    for row in since:
         page.since.setdefault((row["last_signature"], row["test_id"]), row["first_fail_at"])
+    for row in failing_profiles:
+        page.failing_profiles[row["signature"]][row["profile_id"]] = row["minions"]
+    for row in passing_profiles:
+        page.passing_profiles[row["test_id"]][row["profile_id"]] = row["passing"]
     for test_id, signature in pairs:
         if (signature, test_id) not in page.since:
             found = await db.fetchone(
@@ -839,16 +855,6 @@ async def _page_lists(db, rows: list[dict], cap: int) -> _PageLists:
                 (test_id, signature))
             if found and found["since"]:
                 page.since[(signature, test_id)] = found["since"]
-    for chunk in _chunks(signatures):
-        for row in await db.fetchall(
-            f"SELECT signature, profile_id, minions FROM signature_profiles WHERE signature IN ({_marks(chunk)})", chunk
-        ):
-            page.failing_profiles[row["signature"]][row["profile_id"]] = row["minions"]
-    for chunk in _chunks(single):
-        for row in await db.fetchall(
-            f"SELECT test_id, profile_id, passing FROM test_profiles WHERE test_id IN ({_marks(chunk)})", chunk
-        ):
-            page.passing_profiles[row["test_id"]][row["profile_id"]] = row["passing"]
     return page
 
 
@@ -1046,8 +1052,12 @@ async def open_failures(
         key = tuple(after)
         rows = [row for row in rows if _sort_key(row) > key]
     page, more = rows[:limit], len(rows) > limit
-    page = await _fill_rows(db, page, _tests_shared(open_sigs), ROW_LIST_CAP)
-    await _describe(db, page)
+    signatures = [row["signature"] for row in page]
+    # The per-minion lists and the signatures' own texts and notes are read at once.
+    page, info, known = await asyncio.gather(_fill_rows(db, page, _tests_shared(open_sigs), ROW_LIST_CAP),
+                                             _signature_info(db, signatures), _known_issues(db, signatures))
+    _describe(page, info, known)
+    await _code_changes(db, page)
     return {
         "failures": page,
         "next": encode_cursor(*_sort_key(page[-1])) if more and page else None,
@@ -1056,11 +1066,8 @@ async def open_failures(
     }
 
 
-async def _describe(db, page: list[dict]) -> None:
-    """Signature text, first/last runs, known issue and code-change note of the rows of a page."""
-    signatures = [row["signature"] for row in page]
-    info = await _signature_info(db, signatures)
-    known = await _known_issues(db, signatures)
+def _describe(page: list[dict], info: dict[str, dict], known: dict[str, dict]) -> None:
+    """Signature text, first/last runs and known issue of the rows of a page (then :func:`_code_changes`)."""
     for row in page:
         meta = info.get(row["signature"], {})
         for key in ("exception", "message", "location", "first_seen", "last_seen", "occurrences"):
@@ -1068,7 +1075,6 @@ async def _describe(db, page: list[dict]) -> None:
         row["first_run"], row["last_run"] = meta.get("first_run_id"), meta.get("last_run_id")
         row["known_issue"] = known.get(row["signature"])
         row.pop("_test_ids", None)
-    await _code_changes(db, page)
 
 
 def _histogram_median(histogram: list[tuple[int, int]]) -> float:
