@@ -953,7 +953,12 @@ async def _known_issues(db, signatures: list[str]) -> dict[str, dict]:
 
 async def _code_changes(db, rows: list[dict]) -> None:
     """Say, for each row, whether its first failing run came with a code_hash change on that minion."""
-    run_ids = sorted({row["first_run"] for row in rows if row.get("first_run")})
+    _note_code_changes(rows, await _first_runs(db, [row.get("first_run") for row in rows]))
+
+
+async def _first_runs(db, run_ids: Iterable[int | None]) -> dict[int, dict]:
+    """run id -> its code_hash, minion, start and the code_hash of that minion's run before it."""
+    run_ids = sorted({run_id for run_id in run_ids if run_id})
     found: dict[int, dict] = {}
     for chunk in _chunks(run_ids):
         for row in await db.fetchall(
@@ -964,6 +969,10 @@ async def _code_changes(db, rows: list[dict]) -> None:
             chunk,
         ):
             found[row["id"]] = row
+    return found
+
+
+def _note_code_changes(rows: list[dict], found: dict[int, dict]) -> None:
     for row in rows:
         first = found.get(row.get("first_run"))
         change = None
@@ -1053,11 +1062,12 @@ async def open_failures(
         rows = [row for row in rows if _sort_key(row) > key]
     page, more = rows[:limit], len(rows) > limit
     signatures = [row["signature"] for row in page]
-    # The per-minion lists and the signatures' own texts and notes are read at once.
-    page, info, known = await asyncio.gather(_fill_rows(db, page, _tests_shared(open_sigs), ROW_LIST_CAP),
-                                             _signature_info(db, signatures), _known_issues(db, signatures))
+    # The per-minion lists, and the signatures' own texts, first runs and notes, are read at once.
+    page, (info, first_runs), known = await asyncio.gather(
+        _fill_rows(db, page, _tests_shared(open_sigs), ROW_LIST_CAP), _texts_and_first_runs(db, signatures),
+        _known_issues(db, signatures))
     _describe(page, info, known)
-    await _code_changes(db, page)
+    _note_code_changes(page, first_runs)
     return {
         "failures": page,
         "next": encode_cursor(*_sort_key(page[-1])) if more and page else None,
@@ -1066,8 +1076,13 @@ async def open_failures(
     }
 
 
+async def _texts_and_first_runs(db, signatures: list[str]) -> tuple[dict[str, dict], dict[int, dict]]:
+    info = await _signature_info(db, signatures)
+    return info, await _first_runs(db, [row["first_run_id"] for row in info.values()])
+
+
 def _describe(page: list[dict], info: dict[str, dict], known: dict[str, dict]) -> None:
-    """Signature text, first/last runs and known issue of the rows of a page (then :func:`_code_changes`)."""
+    """Signature text, first/last runs and known issue of the rows of a page (then :func:`_note_code_changes`)."""
     for row in page:
         meta = info.get(row["signature"], {})
         for key in ("exception", "message", "location", "first_seen", "last_seen", "occurrences"):
