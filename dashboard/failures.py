@@ -819,7 +819,10 @@ async def _in_chunks(db, sql: str, keys: list) -> list[dict]:
 async def _page_lists(db, rows: list[dict], cap: int) -> _PageLists:
     page = _PageLists()
     signatures = [row["signature"] for row in rows]
-    single = sorted({row["_summary"]["test_ids"][0] for row in rows if len(row["_summary"]["test_ids"]) == 1})
+    # Single-test signatures whose test passes somewhere (test_totals.passing): a test failing on
+    # every minion has no passing minion or profile to list, and looking would read all its rows.
+    single = sorted({row["_summary"]["test_ids"][0] for row in rows
+                     if len(row["_summary"]["test_ids"]) == 1 and row["_summary"]["passing_by_test"][0] > 0})
     pairs = [(t, row["signature"]) for row in rows for t in row["_summary"]["test_ids"][:SINCE_TESTS]]
     # Five reads that do not depend on each other: each on its own reader, at once (on PostgreSQL
     # five round trips in the time of the longest; on SQLite the queries run beside each other).
