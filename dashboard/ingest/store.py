@@ -17,6 +17,7 @@ inserted with ``ON CONFLICT DO NOTHING``, and the id caches only hold ids, which
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -70,6 +71,7 @@ STATUS_COLUMNS = (
     "minion_id", "test_id", "last_run_id", "last_outcome", "last_started_at", "runs", "fails", "flips",
     "first_fail_at", "last_pass_at", "total_duration", "last_code_hash", "code_flips", "last_signature",
 )  # fmt: skip
+_status_values = operator.itemgetter(*STATUS_COLUMNS)  # a test_status row (dict) as its column values
 _INSERT_RUN = """
     INSERT INTO runs (minion_id, jid, fun, source, status, exitcode, passed, failed, skipped, xfailed,
                       xpassed, errors, started_at, finished_at, duration, returned_at, ingested_at,
@@ -690,11 +692,11 @@ class _Batch:
             verdict = _verdict(row["last_outcome"])
             baseline = self.baseline.get(key)
             if baseline is not None:
-                updates.append(tuple(row[c] for c in STATUS_COLUMNS))
+                updates.append(_status_values(row))
                 runs, fails, flips, code_flips, duration, was, signature = baseline
                 new = 0
             else:
-                inserts.append(tuple(row[c] for c in STATUS_COLUMNS))
+                inserts.append(_status_values(row))
                 runs = fails = flips = code_flips = duration = was = 0
                 signature = None
                 new = 1
