@@ -225,7 +225,10 @@ async def _store(
     transaction need not wait for this one's files to move (the pass awaits them all).
     """
     try:
-        outcomes = await db.write(write_records, records, state.ids, on_rollback=state.ids.clear)
+        # Every reference the batch writes is an id read or inserted in its own transaction, or of a
+        # row never deleted (minions, tests): SQLite need not look each one up again (Database.write).
+        outcomes = await db.write(write_records, records, state.ids, on_rollback=state.ids.clear,
+                                  check_foreign_keys=False)
     except Exception as err:
         if len(records) == 1:
             await _handle_failure(settings, work, records[0], err, report)

@@ -94,6 +94,29 @@ def test_write_commits_returns_and_rolls_back_on_error(tmp_path):
     assert run(scenario()) == ([{"name": "a", "value": 1}], 51, None, -1)
 
 
+def test_a_write_without_foreign_key_checks_turns_them_back_on_after(tmp_path):
+    # check_foreign_keys=False (the ingester's writes): SQLite skips the checks for that one
+    # transaction only, also when it fails; every other write is checked.
+    def dangling(conn, fail=False):
+        conn.execute("INSERT INTO results (run_id, test_id, phase, outcome, duration) "
+                     "VALUES (999999, 999999, 'call', 'passed', 0)")
+        if fail:
+            raise RuntimeError("boom")
+
+    async def scenario():
+        async with Database(tmp_path / "db.sqlite") as db:
+            with pytest.raises(RuntimeError, match="boom"):
+                await db.write(dangling, True, check_foreign_keys=False)
+            with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+                await db.write(dangling)
+            await db.write(dangling, check_foreign_keys=False)
+            with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+                await db.write(dangling)
+            return await db.fetchval("SELECT count(*) FROM results")
+
+    assert run(scenario()) == 1
+
+
 def _insert_dangling_result(conn):
     """A result of a run that does not exist, checked only at COMMIT: COMMIT itself fails."""
     conn.execute("PRAGMA defer_foreign_keys = ON")
@@ -129,9 +152,16 @@ def test_a_failing_commit_on_a_cli_connection_is_rolled_back(tmp_path):
 
 
 @pytest.mark.sqlite_only
-def test_ingest_ids_do_not_outlive_a_failed_commit(tmp_path):
+def test_ingest_ids_do_not_outlive_a_failed_commit(tmp_path, monkeypatch):
     """A minion inserted by a transaction whose COMMIT failed must not keep its (reused) id in the cache."""
     settings = make_settings(tmp_path)
+    # The trap below is a deferred foreign key: keep SQLite's checks on for the ingester's writes.
+    unchecked_write = Database.write
+
+    async def checked_write(self, fn, *args, check_foreign_keys=True, **kwargs):
+        return await unchecked_write(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(Database, "write", checked_write)
     conn = connect_sync(settings.db_path)
     # A deferred foreign key broken by one jid: that file's transaction fails at COMMIT, not before.
     conn.execute("CREATE TABLE trap (run_id INTEGER REFERENCES runs(id) DEFERRABLE INITIALLY DEFERRED)")

@@ -247,6 +247,25 @@ def test_big_passes_validate_in_a_worker_process_that_is_replaced_when_it_dies(s
     assert replacement.process.poll() is not None  # killed, not leaked
 
 
+@pytest.mark.skipif(on_postgres(), reason="SQLite skips its foreign-key checks for the ingester's writes")
+def test_a_big_pass_leaves_every_reference_valid(settings):
+    # The ingester writes without SQLite's foreign-key checks (its ids are its own): a pass of
+    # several batches with failures, duplicates and a run arriving after a newer one must leave
+    # nothing dangling, and the checks on for every other write.
+    _drop_many(settings, MANY)
+    for index in range(3):
+        drop_doc(settings.inbox, make_doc("m-1", f"2026112808{index:010d}", started_at="2026-11-28T06:00:00Z"))
+    assert ingest(settings).ingested == MANY + 3
+    _drop_many(settings, 5)  # already stored: duplicates
+    assert ingest(settings).duplicates == 5
+    conn = connect_sync(settings.db_path)
+    try:
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("SELECT count(*) FROM results WHERE signature IS NOT NULL").fetchone()[0] >= 3
+    finally:
+        conn.close()
+
+
 def test_bad_files_found_by_the_worker_are_quarantined_by_this_process(settings):
     _drop_many(settings, MANY)
     drop(settings.inbox, "m-0", "20261128999999999999.json", b"{not json")
