@@ -27,6 +27,7 @@ import yaml
 
 from tests.conftest import REPO_ROOT, wait_for
 from tests.distmon_support import dashboard_venv_for
+from tests.salt_api import SaltApiCli
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +36,13 @@ RUN_JOB = "distmon-pytestrun"
 FLUSH_JOB = "distmon-flush"
 
 
-def apply(salt_cli, minion, sls: str, pillar: dict | None = None, test: bool = False) -> dict:
+def apply(salt_api, minion, sls: str, pillar: dict | None = None, test: bool = False) -> dict:
     args = ["state.apply", sls]
     if pillar:
         args.append(f"pillar={json.dumps(pillar)}")
     if test:
         args.append("test=True")
-    ret = salt_cli.run(*args, minion_tgt=minion.id, _timeout=300)
+    ret = salt_api.run(*args, minion_tgt=minion.id, _timeout=300)
     assert isinstance(ret.data, dict), ret
     return ret.data
 
@@ -59,14 +60,14 @@ def state_id(result: dict, name: str) -> dict:
     return match
 
 
-def crontab(salt_cli, minion) -> list:
-    ret = salt_cli.run("cron.list_tab", "root", minion_tgt=minion.id)
+def crontab(salt_api, minion) -> list:
+    ret = salt_api.run("cron.list_tab", "root", minion_tgt=minion.id)
     assert ret.returncode == 0, ret
     return ret.data["crons"]
 
 
-def schedule(salt_cli, minion) -> dict:
-    ret = salt_cli.run("schedule.list", "return_yaml=False", minion_tgt=minion.id)
+def schedule(salt_api, minion) -> dict:
+    ret = salt_api.run("schedule.list", "return_yaml=False", minion_tgt=minion.id)
     assert ret.returncode == 0, ret
     return ret.data or {}
 
@@ -79,6 +80,15 @@ def inbox_runs(inbox: Path, tests_dir: str) -> set[str]:
         if doc["fun"] == "pytestrun.run" and tests_dir in json.dumps(doc["fun_args"]):
             found.add(doc["jid"])
     return found
+
+
+@pytest.fixture(scope="module")
+def salt_api(salt_master):
+    """Jobs on the minions through Salt's Python API: these tests check what the states do, not what
+    the ``salt`` CLI prints (test_show_sls_never_prints_the_private_key keeps the CLI for that)."""
+    api = SaltApiCli(salt_master, timeout=180)
+    yield api
+    api.close()
 
 
 # -- the minion side, from real pillar -------------------------------------------------------------
@@ -126,39 +136,39 @@ def formula_pillar(tmp_path_factory, storage_host) -> dict:
 
 
 @pytest.fixture(scope="module")
-def served_pillar(salt_master, salt_cli, salt_minion, formula_pillar):
+def served_pillar(salt_master, salt_api, salt_minion, formula_pillar):
     """formula_pillar in the master's pillar_roots, for web-1 only, while this module runs."""
     top = f"base:\n  {salt_minion.id}:\n    - distmon_formula_test\n"
     tree = salt_master.pillar_tree.base
     with tree.temp_file("top.sls", top), tree.temp_file("distmon_formula_test.sls", json.dumps(formula_pillar)):
-        assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=salt_minion.id).returncode == 0
+        assert salt_api.run("saltutil.refresh_pillar", "wait=True", minion_tgt=salt_minion.id).returncode == 0
         yield formula_pillar
-    salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=salt_minion.id)
+    salt_api.run("saltutil.refresh_pillar", "wait=True", minion_tgt=salt_minion.id)
 
 
 @pytest.fixture(scope="module")
-def applied(salt_cli, salt_minion, served_pillar):
+def applied(salt_api, salt_minion, served_pillar):
     """`state.apply distmon` twice for real and once in test mode; distmon.clean afterwards."""
-    crontab_before = crontab(salt_cli, salt_minion)
-    schedule_before = schedule(salt_cli, salt_minion)
+    crontab_before = crontab(salt_api, salt_minion)
+    schedule_before = schedule(salt_api, salt_minion)
     assert RUN_JOB not in schedule_before, "web-1 is expected to have no distmon schedule yet"
     try:
-        first = apply(salt_cli, salt_minion, "distmon")
+        first = apply(salt_api, salt_minion, "distmon")
         yield {
             "first": first,
-            "again": apply(salt_cli, salt_minion, "distmon"),
-            "dry": apply(salt_cli, salt_minion, "distmon", test=True),
-            "schedule": schedule(salt_cli, salt_minion),
+            "again": apply(salt_api, salt_minion, "distmon"),
+            "dry": apply(salt_api, salt_minion, "distmon", test=True),
+            "schedule": schedule(salt_api, salt_minion),
         }
     finally:
-        clean = apply(salt_cli, salt_minion, "distmon.clean")
+        clean = apply(salt_api, salt_minion, "distmon.clean")
         assert not failed_states(clean), failed_states(clean)
         distmon = served_pillar["distmon"]
         for path in (distmon["key"], distmon["known_hosts"], distmon["config_file"], distmon["tests_dir"],
                      distmon["cron"]["check_script"]):
             assert not Path(path).exists(), path
-        assert schedule(salt_cli, salt_minion) == schedule_before
-        assert crontab(salt_cli, salt_minion) == crontab_before, "root's crontab must be left as found"
+        assert schedule(salt_api, salt_minion) == schedule_before
+        assert crontab(salt_api, salt_minion) == crontab_before, "root's crontab must be left as found"
 
 
 def test_show_sls_never_prints_the_private_key(salt_cli, salt_minion, served_pillar, secret_lines):
@@ -210,9 +220,9 @@ def test_second_apply_and_test_mode_change_nothing(applied):
     assert all(value["result"] is True for value in dry.values()), failed_states(dry)
 
 
-def test_schedule_list_shows_the_runs(applied, served_pillar, salt_cli, salt_minion):
+def test_schedule_list_shows_the_runs(applied, served_pillar, salt_api, salt_minion):
     tests_dir = served_pillar["distmon"]["tests_dir"]
-    for jobs in (applied["schedule"], schedule(salt_cli, salt_minion)):
+    for jobs in (applied["schedule"], schedule(salt_api, salt_minion)):
         run, flush = jobs[RUN_JOB], jobs[FLUSH_JOB]
         assert (run["function"], run["args"], run["returner"]) == ("pytestrun.run", [tests_dir], "distmon")
         assert (run["hours"], run["splay"], run["maxrunning"], run["enabled"]) == (1, 600, 1, True)
@@ -220,16 +230,16 @@ def test_schedule_list_shows_the_runs(applied, served_pillar, salt_cli, salt_min
         assert (flush["function"], flush["minutes"], flush["maxrunning"]) == ("distmon.flush", 15, 1)
         assert flush["return_job"] is False and "returner" not in flush
     # Salt's scheduler by default: no cron line.
-    identifiers = {entry["identifier"] for entry in crontab(salt_cli, salt_minion)}
+    identifiers = {entry["identifier"] for entry in crontab(salt_api, salt_minion)}
     assert served_pillar["distmon"]["cron"]["run"]["identifier"] not in identifiers
 
 
-def test_a_scheduled_run_started_with_run_job_reaches_the_storage_host(applied, served_pillar, salt_cli,
+def test_a_scheduled_run_started_with_run_job_reaches_the_storage_host(applied, served_pillar, salt_api,
                                                                       salt_minion, storage_host):
     tests_dir = served_pillar["distmon"]["tests_dir"]
     inbox = storage_host.inbox / salt_minion.id
     before = inbox_runs(inbox, tests_dir)
-    ret = salt_cli.run("schedule.run_job", RUN_JOB, minion_tgt=salt_minion.id)
+    ret = salt_api.run("schedule.run_job", RUN_JOB, minion_tgt=salt_minion.id)
     assert ret.returncode == 0, ret
     assert wait_for(lambda: inbox_runs(inbox, tests_dir) - before, timeout=180), "no scheduled result arrived"
 
@@ -252,7 +262,7 @@ def test_the_key_stays_out_of_the_job_cache_and_the_logs(applied, salt_master, s
         assert_no_secret(log_file.read_bytes(), secret_lines, f"{daemon.id}'s log")
 
 
-def test_test_mode_on_a_fresh_minion_plans_everything_and_creates_nothing(salt_cli, salt_minion, served_pillar,
+def test_test_mode_on_a_fresh_minion_plans_everything_and_creates_nothing(salt_api, salt_minion, served_pillar,
                                                                            secret_lines, tmp_path):
     fresh = {"distmon": {
         "tests_dir": str(tmp_path / "tests"),
@@ -261,8 +271,8 @@ def test_test_mode_on_a_fresh_minion_plans_everything_and_creates_nothing(salt_c
         "known_hosts": str(tmp_path / "etc" / "known_hosts"),
         "schedule": {"name": f"distmon-pytestrun-dry-{uuid.uuid4().hex[:6]}"},
     }}
-    jobs_before = schedule(salt_cli, salt_minion)
-    dry = apply(salt_cli, salt_minion, "distmon", fresh, test=True)
+    jobs_before = schedule(salt_api, salt_minion)
+    dry = apply(salt_api, salt_minion, "distmon", fresh, test=True)
     assert not failed_states(dry), failed_states(dry)
     assert_no_secret(json.dumps(dry), secret_lines, "the test=True state.apply return")
     for name in ("distmon-private-key", "distmon-returner-config", "distmon-tests-dir"):
@@ -271,18 +281,18 @@ def test_test_mode_on_a_fresh_minion_plans_everything_and_creates_nothing(salt_c
     job = fresh["distmon"]["schedule"]["name"]
     assert state_id(dry, "distmon-schedule-run")["changes"] == {job: "added"}
     assert list(tmp_path.iterdir()) == []
-    assert schedule(salt_cli, salt_minion) == jobs_before
+    assert schedule(salt_api, salt_minion) == jobs_before
 
 
 def test_cron_mode_replaces_the_schedule_and_its_line_is_silent_unless_salt_call_fails(
-        applied, served_pillar, salt_cli, salt_minion, storage_host):
+        applied, served_pillar, salt_api, salt_minion, storage_host):
     distmon = served_pillar["distmon"]
     try:
-        cron_mode = apply(salt_cli, salt_minion, "distmon.minion", {"distmon": {"scheduler": "cron"}})
+        cron_mode = apply(salt_api, salt_minion, "distmon.minion", {"distmon": {"scheduler": "cron"}})
         assert not failed_states(cron_mode), failed_states(cron_mode)
-        jobs = schedule(salt_cli, salt_minion)
+        jobs = schedule(salt_api, salt_minion)
         assert RUN_JOB not in jobs and FLUSH_JOB not in jobs
-        crons = {entry["identifier"]: entry for entry in crontab(salt_cli, salt_minion)}
+        crons = {entry["identifier"]: entry for entry in crontab(salt_api, salt_minion)}
         run = crons[distmon["cron"]["run"]["identifier"]]
         assert (run["minute"], run["hour"]) == ("0", "*")
         assert crons[distmon["cron"]["flush"]["identifier"]]["minute"] == "*/15"
@@ -302,27 +312,27 @@ def test_cron_mode_replaces_the_schedule_and_its_line_is_silent_unless_salt_call
         assert loud.returncode != 0
         assert re.search(r"distmon-cron: .* failed \(exit \d+\)", loud.stdout), loud
         assert "/nonexistent/python3 does not exist" in loud.stdout
-        python = salt_cli.run("grains.get", "pythonexecutable", minion_tgt=salt_minion.id).data
+        python = salt_api.run("grains.get", "pythonexecutable", minion_tgt=salt_minion.id).data
         assert shlex.split(line)[0] == python, "the check script runs with Salt's own Python"
     finally:
-        back = apply(salt_cli, salt_minion, "distmon.minion")
+        back = apply(salt_api, salt_minion, "distmon.minion")
     assert not failed_states(back), failed_states(back)
-    assert RUN_JOB in schedule(salt_cli, salt_minion)
-    identifiers = {entry["identifier"] for entry in crontab(salt_cli, salt_minion)}
+    assert RUN_JOB in schedule(salt_api, salt_minion)
+    identifiers = {entry["identifier"] for entry in crontab(salt_api, salt_minion)}
     assert distmon["cron"]["run"]["identifier"] not in identifiers
 
 
-def test_an_unknown_scheduler_fails_with_a_message(salt_cli, salt_minion):
-    ret = salt_cli.run("state.sls_id", "distmon-scheduler-invalid", "distmon.minion",
+def test_an_unknown_scheduler_fails_with_a_message(salt_api, salt_minion):
+    ret = salt_api.run("state.sls_id", "distmon-scheduler-invalid", "distmon.minion",
                        'pillar={"distmon": {"scheduler": "crontab"}}', "test=True", minion_tgt=salt_minion.id)
     (result,) = ret.data.values()
     assert result["result"] is False
     assert result["name"] == "distmon:scheduler must be salt, cron or none, not crontab"
 
 
-def test_init_applies_the_state_of_each_role(salt_cli, salt_minion):
+def test_init_applies_the_state_of_each_role(salt_api, salt_minion):
     def included(pillar: dict) -> set[str]:
-        ret = salt_cli.run("state.show_sls", "distmon", f"pillar={json.dumps(pillar)}", minion_tgt=salt_minion.id)
+        ret = salt_api.run("state.show_sls", "distmon", f"pillar={json.dumps(pillar)}", minion_tgt=salt_minion.id)
         assert isinstance(ret.data, dict), ret
         return {value["__sls__"] for value in ret.data.values()}
 
@@ -338,23 +348,23 @@ FAMILIES = {  # os_family: sshd service, nologin shell, host packages, cron pack
 }
 
 
-def test_os_family_maps_choose_names_and_paths(salt_cli, salt_minion):
-    real = salt_cli.run("grains.item", "os_family", "init", minion_tgt=salt_minion.id).data
+def test_os_family_maps_choose_names_and_paths(salt_api, salt_minion):
+    real = salt_api.run("grains.item", "os_family", "init", minion_tgt=salt_minion.id).data
     both_roles = json.dumps({"distmon": {"roles": ["distmon-host", "distmon-minion"], "scheduler": "cron"}})
     rendered = {}
     try:
         for family in FAMILIES:
             # A systemd host of that family, as far as rendering goes (show_sls runs nothing).
             grains = json.dumps({"os_family": family, "init": "systemd"})
-            assert salt_cli.run("grains.setvals", grains, minion_tgt=salt_minion.id).returncode == 0
-            ret = salt_cli.run("state.show_sls", "distmon", f"pillar={both_roles}", minion_tgt=salt_minion.id)
+            assert salt_api.run("grains.setvals", grains, minion_tgt=salt_minion.id).returncode == 0
+            ret = salt_api.run("state.show_sls", "distmon", f"pillar={both_roles}", minion_tgt=salt_minion.id)
             assert isinstance(ret.data, dict), ret
             rendered[family] = ret.data
     finally:
         for grain in ("os_family", "init"):
-            salt_cli.run("grains.delkey", grain, "force=True", minion_tgt=salt_minion.id)
-        salt_cli.run("saltutil.refresh_grains", minion_tgt=salt_minion.id)
-    assert salt_cli.run("grains.item", "os_family", "init", minion_tgt=salt_minion.id).data == real
+            salt_api.run("grains.delkey", grain, "force=True", minion_tgt=salt_minion.id)
+        salt_api.run("saltutil.refresh_grains", minion_tgt=salt_minion.id)
+    assert salt_api.run("grains.item", "os_family", "init", minion_tgt=salt_minion.id).data == real
 
     def args(state: dict) -> dict:
         (items,) = [value for key, value in state.items() if not key.startswith("__")]
@@ -395,7 +405,7 @@ def dashboard_served(file_roots_dir, salt_run_cli):
     salt_run_cli.run("fileserver.clear_file_list_cache")
 
 
-def test_host_state_in_test_mode_plans_everything_and_changes_nothing(salt_cli, salt_minion, dashboard_served,
+def test_host_state_in_test_mode_plans_everything_and_changes_nothing(salt_api, salt_minion, dashboard_served,
                                                                       keypair, tmp_path):
     _, public_key = keypair
     sshd_dropin = tmp_path / "sshd_config.d" / "distmon.conf"
@@ -410,7 +420,7 @@ def test_host_state_in_test_mode_plans_everything_and_changes_nothing(salt_cli, 
         "dashboard": {"app_dir": str(tmp_path / "app"), "venv": str(tmp_path / "venv"),
                       "admin_command": str(tmp_path / "bin" / "distmon-admin")},
     }}}
-    dry = apply(salt_cli, salt_minion, "distmon.host", pillar, test=True)
+    dry = apply(salt_api, salt_minion, "distmon.host", pillar, test=True)
     assert not failed_states(dry), failed_states(dry)
     for name in ("distmon-chroot", "distmon-inbox", "distmon-sshd-match", "distmon-authorized-keys",
                  "distmon-dashboard-code", "distmon-dashboard-venv", "distmon-db-dir", "distmon-admin-command"):
@@ -421,7 +431,7 @@ def test_host_state_in_test_mode_plans_everything_and_changes_nothing(salt_cli, 
     assert not any("distmon-dashboard-service" in key for key in dry)
 
 
-def test_host_state_renders_into_a_scratch_root_that_sshd_accepts(salt_cli, salt_minion, keypair,
+def test_host_state_renders_into_a_scratch_root_that_sshd_accepts(salt_api, salt_minion, keypair,
                                                                    harness_root):
     _, public_key = keypair
     # sshd's ChrootDirectory rules need root-owned parents: the harness root has them, /tmp does not.
@@ -431,7 +441,7 @@ def test_host_state_renders_into_a_scratch_root_that_sshd_accepts(salt_cli, salt
         "root": str(scratch), "manage_user": False, "authorized_keys": [public_key],
         "dashboard": {"enabled": False},
     }}}
-    first = apply(salt_cli, salt_minion, "distmon.host", pillar)
+    first = apply(salt_api, salt_minion, "distmon.host", pillar)
     assert not failed_states(first), failed_states(first)
     assert not any("sshd-check" in key or "sshd-reload" in key or "user" in key.split("_|-")[0]
                    for key in first)
@@ -455,7 +465,7 @@ def test_host_state_renders_into_a_scratch_root_that_sshd_accepts(salt_cli, salt
     assert f"ChrootDirectory {chroot}" in text
     assert "ForceCommand internal-sftp" in text
 
-    again = apply(salt_cli, salt_minion, "distmon.host", pillar)
+    again = apply(salt_api, salt_minion, "distmon.host", pillar)
     assert changed_states(again) == {}
 
     # A real sshd reads the drop-in through Include, as Debian's sshd_config does. Global
@@ -483,19 +493,19 @@ def test_host_state_renders_into_a_scratch_root_that_sshd_accepts(salt_cli, salt
     assert other["x11forwarding"] == "yes"
 
     # distmon.host.clean takes the drop-in and keys away; the results' data only when asked.
-    kept = apply(salt_cli, salt_minion, "distmon.host.clean", pillar)
+    kept = apply(salt_api, salt_minion, "distmon.host.clean", pillar)
     assert not failed_states(kept), failed_states(kept)
     assert not dropin.exists() and not (scratch / "etc/ssh/distmon_authorized_keys").exists()
     assert not (scratch / "etc/distmon/dashboard.env").exists()
     assert (scratch / "var/lib/distmon/archive").is_dir() and (chroot / "inbox").is_dir()
     pillar["distmon"]["clean"] = {"data": True}
-    gone = apply(salt_cli, salt_minion, "distmon.host.clean", pillar)
+    gone = apply(salt_api, salt_minion, "distmon.host.clean", pillar)
     assert not failed_states(gone), failed_states(gone)
     assert not (scratch / "var/lib/distmon/archive").exists() and not chroot.exists()
 
 
 def test_host_state_installs_distmon_admin_which_runs_the_cli_as_the_service_account(
-        salt_cli, salt_minion, dashboard_served, storage_host, harness_root):
+        salt_api, salt_minion, dashboard_served, storage_host, harness_root):
     # The store's directory, the settings file and the command, applied for real into a scratch
     # root; the virtualenv is a stand-in (the state's pip install is not what is tested here).
     scratch = harness_root / f"admin-state-{uuid.uuid4().hex[:6]}"
@@ -503,7 +513,7 @@ def test_host_state_installs_distmon_admin_which_runs_the_cli_as_the_service_acc
     account = storage_host.user
     pillar = {"distmon": {"storage": {"root": str(scratch), "sftp_user": account}}}
     for state in ("distmon-db-dir", "distmon-dashboard-env", "distmon-admin-command"):
-        ret = salt_cli.run("state.sls_id", state, "distmon.host", f"pillar={json.dumps(pillar)}",
+        ret = salt_api.run("state.sls_id", state, "distmon.host", f"pillar={json.dumps(pillar)}",
                            minion_tgt=salt_minion.id, _timeout=120)
         assert isinstance(ret.data, dict) and not failed_states(ret.data), ret
 
@@ -530,21 +540,21 @@ def test_host_state_installs_distmon_admin_which_runs_the_cli_as_the_service_acc
                              user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[])
     assert refused.returncode != 0 and "run it as root or as" in refused.stderr, refused
 
-    cleaned = apply(salt_cli, salt_minion, "distmon.host.clean", pillar)
+    cleaned = apply(salt_api, salt_minion, "distmon.host.clean", pillar)
     assert not failed_states(cleaned), failed_states(cleaned)
     assert not command.exists()
 
 
-def test_top_file_gives_each_role_its_state(salt_cli, salt_minion):
-    had_roles = salt_cli.run("grains.get", "roles", minion_tgt=salt_minion.id).data
+def test_top_file_gives_each_role_its_state(salt_api, salt_minion):
+    had_roles = salt_api.run("grains.get", "roles", minion_tgt=salt_minion.id).data
     assert not had_roles, "the harness minion is expected to have no roles grain"
-    ret = salt_cli.run("grains.append", "roles", "distmon-minion", minion_tgt=salt_minion.id)
+    ret = salt_api.run("grains.append", "roles", "distmon-minion", minion_tgt=salt_minion.id)
     assert ret.returncode == 0, ret
     try:
-        top = salt_cli.run("state.show_top", minion_tgt=salt_minion.id)
+        top = salt_api.run("state.show_top", minion_tgt=salt_minion.id)
         assert top.data == {"base": ["distmon.minion"]}, top
     finally:
-        salt_cli.run("grains.delkey", "roles", "force=True", minion_tgt=salt_minion.id)
+        salt_api.run("grains.delkey", "roles", "force=True", minion_tgt=salt_minion.id)
 
 
 def _keys(tree: dict, prefix: str = "") -> set[str]:
