@@ -337,7 +337,7 @@ def connect_postgres(url: str, *, dict_rows: bool = False, statement_timeout_ms:
 # -- results: bulk insert, partitions -----------------------------------------------------------
 
 RESULT_COLUMNS = ("run_id", "test_id", "phase", "outcome", "duration", "message", "longrepr", "stdout", "stderr",
-                  "markers", "signature")
+                  "markers", "signature", "text_id")
 _INSERT_RESULT = (
     f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) "  # noqa: S608 (constant columns)
     f"VALUES ({', '.join('?' for _ in RESULT_COLUMNS)})"

@@ -2,8 +2,9 @@
 
 Write side (runs on the ingester's writer connection, inside its transaction):
 
-- :class:`FailureBatch` keeps the ``signatures`` table (first/last run, occurrences) and the
-  ``failure_text`` full-text index for every failed/errored result of a batch. The signatures
+- :class:`FailureBatch` keeps the ``signatures`` table (first/last run, occurrences) for every
+  failed/errored result of a batch, and finds or makes the ids of their distinct texts
+  (``failure_texts``, searched by full text: dashboard/failure_texts.py). The signatures
   themselves are computed earlier, while the file is validated (dashboard/signatures.py), and
   ``test_status.last_signature`` is folded by the ingester with the rest of ``test_status``.
 - :func:`backfill_chunk` gives results stored before migration 5 their signatures, a chunk of
@@ -11,7 +12,8 @@ Write side (runs on the ingester's writer connection, inside its transaction):
 
 Read side (async, over :class:`dashboard.db.Database`): :func:`open_failures` (the ``/failures``
 page and ``GET /api/failures``), :func:`get_signature`, :func:`run_changes` / :func:`job_changes`
-(new / fixed / still failing), :func:`sick_hosts`, :func:`search_run_ids` (FTS).
+(new / fixed / still failing), :func:`sick_hosts`, :func:`search_signatures` and
+:func:`search_run_ids` (full text, over the distinct failure texts).
 
 For other features (webhooks): :func:`signature_changes` says which signatures opened or closed
 with a batch of runs, :func:`is_muted` whether a failure is muted. Both take a plain
@@ -46,6 +48,7 @@ from dashboard.dialect import (
     insert_returning,
     per_key_sql,
 )
+from dashboard.failure_texts import SEARCH_DOCUMENT_SQL, store_texts, text_digest
 from dashboard.migrations import SIGNATURE_SUMMARIES, statements_for
 from dashboard.models import INT64_MAX, format_timestamp
 from dashboard.queries import (
@@ -73,7 +76,9 @@ ROW_LIST_CAP = 20  # in each row of /failures and GET /api/failures (the page sh
 SINCE_TESTS = 20  # a signature over more tests reads its failing-since over all its rows
 SINCE_LOOKAHEAD = 5  # oldest failing streaks of a test read to find each signature's oldest
 HISTORY_LIMIT = 100
-FTS_MATCH_LIMIT = 1000  # newest matching failures a text search looks at
+FTS_TEXT_LIMIT = 1000  # newest matching failure texts a text search looks at
+FTS_MATCH_LIMIT = 1000  # newest failures with those texts a search of runs looks at
+FTS_WALK_LIMIT = 20 * FTS_MATCH_LIMIT  # newest failures walked for them before reading per text
 BACKFILL_CHUNK_IDS = 20_000
 PREVIOUS_RUN_LOOKBACK = 500  # runs of one minion searched for the previous run of the same paths
 STREAK_LOOKBACK = 100  # runs of one minion searched back for the start of a failing streak
@@ -110,11 +115,14 @@ class FailureBatch:
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
         self.signatures: dict[str, list] = {}
-        self.runs_with_failures: list[int] = []
+        # digest -> failure_texts.id, read or made in this transaction (never kept longer: prune
+        # deletes texts no result points at, dashboard/failure_texts.py).
+        self.text_ids: dict[bytes, int] = {}
 
-    def add_run(self, run_id: int, started_at: str, parts: dict[str, tuple[str, str, str]], rows: list[tuple]) -> None:
-        """Note a stored run's failures; ``rows`` are the ingester's result rows (signature last)."""
-        occurrences = Counter(row[-1] for row in rows if row[-1])
+    def add_run(self, run_id: int, started_at: str, parts: dict[str, tuple[str, str, str]],
+                signatures: Iterable[str | None]) -> None:
+        """Note a stored run's failures: the signature of each of its result rows (None: not failing)."""
+        occurrences = Counter(signature for signature in signatures if signature)
         for signature, count in occurrences.items():
             seen = self.signatures.get(signature)
             if seen is None:
@@ -126,22 +134,21 @@ class FailureBatch:
             if (started_at, run_id) > (seen[5], seen[6]):
                 seen[5], seen[6] = started_at, run_id
             seen[7] += count
-        self.runs_with_failures.append(run_id)
+
+    def text_ids_of(self, rows: Iterable[tuple]) -> dict[bytes, int]:
+        """digest -> text id, holding at least the texts of the failing ``rows`` (the ingester's
+        result rows: message, longrepr at 4 and 5, signature and text digest last); the batch's
+        new texts are inserted, the others read, each once per transaction."""
+        known = self.text_ids
+        texts = {row[10]: (row[9], row[4], row[5]) for row in rows if row[10] is not None and row[10] not in known}
+        if texts:
+            store_texts(self.conn, texts, known)
+        return known
 
     def flush(self) -> None:
         if self.signatures:
             insert_many(self.conn, _UPSERT_SIGNATURE, [(sig, *values) for sig, values in self.signatures.items()])
-        # PostgreSQL searches through a GIN index on results itself (migration 5): nothing to copy.
-        for chunk in _chunks(self.runs_with_failures if dialect_of(self.conn) != POSTGRES else []):
-            marks = ",".join("?" * len(chunk))
-            # Read back through the results_run index: the rows were inserted moments ago.
-            self.conn.execute(
-                f"INSERT INTO failure_text (rowid, message, longrepr) SELECT id, message, longrepr FROM results "
-                f"WHERE run_id IN ({marks}) AND signature IS NOT NULL",
-                chunk,
-            )
         self.signatures.clear()
-        self.runs_with_failures.clear()
 
 
 # -- write side: the signature summaries (migration 8) -------------------------------------------
@@ -282,17 +289,6 @@ def rebuild_signature_summaries(conn) -> None:
         conn.execute(statement)
 
 
-def remove_from_search(conn: sqlite3.Connection, run_ids_sql: str, params: Iterable = ()) -> None:
-    """Drop the failures of the runs selected by ``run_ids_sql`` from the FTS index (before deleting them)."""
-    if dialect_of(conn) == POSTGRES:
-        return  # the GIN index follows the rows
-    conn.execute(
-        "INSERT INTO failure_text (failure_text, rowid, message, longrepr) "
-        f"SELECT 'delete', id, message, longrepr FROM results WHERE run_id IN ({run_ids_sql}) AND signature IS NOT NULL",
-        tuple(params),
-    )
-
-
 def backfill_pending(conn: sqlite3.Connection) -> int:
     """The highest result id still waiting for a signature (0: the backfill is done)."""
     row = conn.execute("SELECT pending_upto FROM signature_backfill WHERE id = 1").fetchone()
@@ -303,8 +299,9 @@ def backfill_chunk(conn: sqlite3.Connection, chunk_ids: int = BACKFILL_CHUNK_IDS
     """Give signatures to the failed results among the next ``chunk_ids`` result ids (newest first).
 
     Runs in the caller's transaction; returns the result ids still pending after it (0 = done).
-    Each failed result gets its signature, its FTS entry and its share of the ``signatures``
-    table; a ``test_status`` row whose latest run is among them gets ``last_signature``.
+    Each failed result gets its signature, its text (``text_id``: dashboard/failure_texts.py) and
+    its share of the ``signatures`` table; a ``test_status`` row whose latest run is among them
+    gets ``last_signature``.
     """
     upto = backfill_pending(conn)
     if upto <= 0:
@@ -318,29 +315,28 @@ def backfill_chunk(conn: sqlite3.Connection, chunk_ids: int = BACKFILL_CHUNK_IDS
     ).fetchall()
     if rows:
         batch = FailureBatch(conn)
-        updates, status = [], {}
+        updates, status, texts = [], {}, {}
         by_run: dict[int, tuple[str, dict, list]] = {}
         for result_id, run_id, test_id, outcome, message, longrepr, nodeid, file, started_at, minion_id in rows:
             sig = failure_signature(nodeid, message, longrepr, file)
-            updates.append((sig.signature, result_id))
-            _, parts, run_rows = by_run.setdefault(run_id, (started_at, {}, []))
+            digest = text_digest(sig.signature, message, longrepr)
+            texts.setdefault(digest, (sig.signature, message, longrepr))
+            updates.append((sig.signature, digest, result_id))
+            _, parts, run_signatures = by_run.setdefault(run_id, (started_at, {}, []))
             parts.setdefault(sig.signature, (sig.exception, sig.message, sig.location))
-            run_rows.append((sig.signature,))
+            run_signatures.append(sig.signature)
             # failed outranks error as a test's outcome in a run (the ingester's precedence).
             key = (minion_id, test_id, run_id)
             if key not in status or outcome == "failed":
                 status[key] = sig.signature
-        conn.executemany("UPDATE results SET signature = ? WHERE id = ?", updates)
-        for run_id, (started_at, parts, run_rows) in by_run.items():
-            batch.add_run(run_id, started_at, parts, run_rows)
+        store_texts(conn, texts, batch.text_ids)
+        conn.executemany("UPDATE results SET signature = ?, text_id = ? WHERE id = ?",
+                         [(signature, batch.text_ids[digest], result_id) for signature, digest, result_id in updates])
+        for run_id, (started_at, parts, run_signatures) in by_run.items():
+            batch.add_run(run_id, started_at, parts, run_signatures)
         batch.signatures and conn.executemany(
             _UPSERT_SIGNATURE, [(sig, *values) for sig, values in batch.signatures.items()]
         )
-        if dialect_of(conn) != POSTGRES:
-            conn.executemany(
-                "INSERT INTO failure_text (rowid, message, longrepr) SELECT id, message, longrepr FROM results WHERE id = ?",
-                [(result_id,) for _, result_id in updates],
-            )
         _backfill_status(conn, status)
     conn.execute("UPDATE signature_backfill SET pending_upto = ? WHERE id = 1", (low,))
     return low
@@ -517,36 +513,94 @@ def fts_query(text: str) -> str:
     return " ".join(f'"{word}"' + ("*" if prefix else "") for word, prefix in _words(text))
 
 
-# The newest failures matching a search: FTS5 on SQLite, the GIN-indexed tsvector on PostgreSQL.
-_MATCHES_SQLITE = "SELECT rowid AS id FROM failure_text WHERE failure_text MATCH ? ORDER BY rowid DESC LIMIT ?"
-_MATCHES_POSTGRES = (
-    "SELECT id FROM results WHERE signature IS NOT NULL AND to_tsvector('simple', coalesce(message, '') || ' ' || "
-    "coalesce(longrepr, '')) @@ to_tsquery('simple', ?) ORDER BY id DESC LIMIT ?"
+# A search reads the newest FTS_TEXT_LIMIT matching texts (dashboard/failure_texts.py): FTS5 on
+# SQLite, the GIN index on the texts' words on PostgreSQL (the same expression as the index's).
+_MATCHING_TEXTS_SQLITE = (
+    "SELECT id, signature FROM failure_texts WHERE id IN (SELECT rowid FROM failure_text_search "
+    "WHERE failure_text_search MATCH ? ORDER BY rowid DESC LIMIT ?)"
 )
+_MATCHING_TEXTS_POSTGRES = (
+    f"SELECT id, signature FROM failure_texts WHERE {SEARCH_DOCUMENT_SQL} @@ to_tsquery('simple', ?) "
+    "ORDER BY id DESC LIMIT ?"
+)
+_NON_ALNUM = re.compile(r"[\W_]+")
 
 
-def _matches(db, q: str) -> tuple[str, tuple]:
+def _tsquery(q: str) -> str:
+    """A search as a PostgreSQL tsquery over :data:`SEARCH_DOCUMENT_SQL`: every word; a word the
+    index holds as several (``test_case``) as those words in a row, as FTS5 reads a phrase."""
+    terms = []
+    for word, prefix in _words(q):
+        parts = [part for part in _NON_ALNUM.split(word) if part]
+        if parts:
+            terms.append(" <-> ".join(parts) + (":*" if prefix else ""))
+    return " & ".join(terms)
+
+
+async def _matching_texts(db, q: str) -> list[dict]:
+    """The newest :data:`FTS_TEXT_LIMIT` failure texts holding every word of ``q`` (id, signature)."""
     if getattr(db, "dialect", None) == POSTGRES:
-        terms = " & ".join(word + (":*" if prefix else "") for word, prefix in _words(q))
-        return _MATCHES_POSTGRES, (terms, FTS_MATCH_LIMIT)
-    return _MATCHES_SQLITE, (fts_query(q), FTS_MATCH_LIMIT)
+        terms = _tsquery(q)
+        if not terms:
+            return []
+        return await db.fetchall(_MATCHING_TEXTS_POSTGRES, (terms, FTS_TEXT_LIMIT))
+    return await db.fetchall(_MATCHING_TEXTS_SQLITE, (fts_query(q), FTS_TEXT_LIMIT))
 
 
 async def search_signatures(db, q: str) -> set[str]:
-    """Signatures of the newest failures whose message or traceback contain every word of ``q``."""
-    matches, params = _matches(db, q)
-    rows = await db.fetchall(
-        f"SELECT DISTINCT x.signature FROM ({matches}) f JOIN results x ON x.id = f.id WHERE x.signature IS NOT NULL",
-        params,
-    )
-    return {row["signature"] for row in rows}
+    """Signatures of the failure texts (message or traceback) that contain every word of ``q``."""
+    return {row["signature"] for row in await _matching_texts(db, q)}
+
+
+# The newest failing results with some texts, as two bounded reads: a walk of the newest
+# FTS_WALK_LIMIT failing results (index results_text_newest), enough when the texts are common;
+# when it found fewer than FTS_MATCH_LIMIT, the texts are rare among recent failures and the older
+# ones are read per text (index results_text), at most the number still wanted of each.
+_NEWEST_WALK = {
+    SQLITE: "SELECT w.run_id FROM (SELECT run_id, text_id FROM results INDEXED BY results_text_newest "
+            "WHERE text_id IS NOT NULL ORDER BY run_id DESC LIMIT ?) AS w WHERE w.text_id IN ({marks}) LIMIT ?",
+    POSTGRES: "SELECT w.run_id FROM (SELECT run_id, text_id FROM results WHERE text_id IS NOT NULL "
+              "ORDER BY run_id DESC LIMIT ?) AS w WHERE w.text_id IN ({marks}) LIMIT ?",
+}
+_WALK_END = {
+    SQLITE: "SELECT run_id FROM results INDEXED BY results_text_newest WHERE text_id IS NOT NULL "
+            "ORDER BY run_id DESC LIMIT 1 OFFSET ?",
+    POSTGRES: "SELECT run_id FROM results WHERE text_id IS NOT NULL ORDER BY run_id DESC LIMIT 1 OFFSET ?",
+}
+_OLDER_PER_TEXT = {
+    SQLITE: "SELECT run_id FROM results INDEXED BY results_text WHERE text_id = ? AND run_id <= ? "
+            "ORDER BY run_id DESC LIMIT ?",
+    POSTGRES: "SELECT x.run_id FROM (VALUES {values}) AS t (id) CROSS JOIN LATERAL (SELECT run_id FROM results "
+              "WHERE text_id = t.id AND run_id <= ? ORDER BY run_id DESC LIMIT ?) AS x",
+}
 
 
 async def search_run_ids(db, q: str) -> list[int]:
-    """Runs (newest matches first, at most :data:`FTS_MATCH_LIMIT` failures looked at) whose failures match ``q``."""
-    matches, params = _matches(db, q)
-    rows = await db.fetchall(f"SELECT DISTINCT x.run_id FROM ({matches}) f JOIN results x ON x.id = f.id", params)
-    return [row["run_id"] for row in rows]
+    """Runs whose failures match ``q``, newest first: those of the newest :data:`FTS_MATCH_LIMIT`
+    failing results whose text holds every word of ``q``."""
+    text_ids = sorted(row["id"] for row in await _matching_texts(db, q))
+    if not text_ids:
+        return []
+    dialect = POSTGRES if getattr(db, "dialect", None) == POSTGRES else SQLITE
+    marks = ",".join("?" * len(text_ids))
+    found = [row["run_id"] for row in await db.fetchall(
+        _NEWEST_WALK[dialect].format(marks=marks), (FTS_WALK_LIMIT, *text_ids, FTS_MATCH_LIMIT))]
+    wanted = FTS_MATCH_LIMIT - len(found)
+    if wanted > 0:
+        end = await db.fetchone(_WALK_END[dialect], (FTS_WALK_LIMIT - 1,))
+        if end is not None:  # failures older than the walk: read per text, the newest of each
+            older: list[int] = []
+            if dialect == POSTGRES:
+                older = [row["run_id"] for row in await db.fetchall(
+                    _OLDER_PER_TEXT[POSTGRES].format(values=",".join("(?::bigint)" for _ in text_ids)),
+                    (*text_ids, end["run_id"], wanted))]
+            else:  # one compound statement per 400 texts (SQLite allows 500 terms)
+                for chunk in _chunks(text_ids, 400):
+                    sql = " UNION ALL ".join(f"SELECT * FROM ({_OLDER_PER_TEXT[SQLITE]})" for _ in chunk)
+                    older += [row["run_id"] for row in await db.fetchall(
+                        sql, [value for text_id in chunk for value in (text_id, end["run_id"], wanted)])]
+            found += sorted(older, reverse=True)[:wanted]
+    return list(dict.fromkeys(sorted(found, reverse=True)))
 
 
 def _grain_features(grains: dict[str, Any]) -> set[tuple[str, str]]:

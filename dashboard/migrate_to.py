@@ -4,8 +4,9 @@ For the day one storage host is not enough (docs/scaling.md). The target databas
 and migrated by the same migrations as the source; it must hold no runs and no users yet. Every
 table the two schemas share is copied with ``COPY`` (parents before children, following the
 foreign keys), ids included; identity sequences are then moved past the copied ids. ``results``
-gets its partition key (the run's ``started_at``) on the way, into monthly partitions. SQLite's
-full-text index (``failure_text``) is not copied: PostgreSQL searches a GIN index on ``results``.
+gets its partition key (the run's ``started_at``) on the way, into monthly partitions. The
+distinct failure texts (``failure_texts``) are copied like any table; SQLite's full-text index of
+them (``failure_text_search``) is not: PostgreSQL's is a GIN index on ``failure_texts`` itself.
 Everything is one transaction on the target: a failure leaves it as it was.
 
 .. code-block:: bash
@@ -38,7 +39,7 @@ from dashboard.dialect import (
 )
 
 # SQLite-only objects: the FTS5 index and its shadow tables, SQLite's own tables.
-_SKIP_PREFIXES = ("sqlite_", "failure_text")
+_SKIP_PREFIXES = ("sqlite_", "failure_text_search")
 COPY_CHUNK = 5000
 
 

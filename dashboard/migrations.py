@@ -14,17 +14,21 @@ Writing one:
 - Where the engines truly differ, give a dict ``{"sqlite": sql, "postgresql": sql}``; an empty
   string means "nothing to do on this engine". A value may also be a list of statements, used
   as they are (for bodies such as ``DO $$ ... $$`` that the ``;``-splitter would cut).
+- A step of such a list may be a function of the connection, for a fill SQL cannot express on
+  that engine (migration 10: SQLite has no SHA-256); it runs in the migration's transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
 from dashboard.dialect import PG_BOOTSTRAP, POSTGRES, SQLITE, dialect_of, grain_profile_sql, render_ddl
+from dashboard.failure_texts import SEARCH_DOCUMENT_SQL, digest_sql_postgres, fill_texts_sqlite
 from dashboard.lateness import FAILING_MINION_SQL
 
-MigrationSQL = Union[str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]  # noqa: UP007
+Step = Union[str, Callable[[Any], None]]  # noqa: UP007
+MigrationSQL = Union[str, Sequence[str], Mapping[str, Union[str, Sequence[Step]]]]  # noqa: UP007
 
 # Migration 5 (triage, docs/triage.md): the parts both engines share.
 TRIAGE_TABLES = """
@@ -391,6 +395,54 @@ FLEET_COUNTS_SQL = f"""
     ) AS s GROUP BY s.grain, s.value, s.status, s.failing_minion;
 """  # noqa: S608 (constant SQL)
 
+# -- migration 10: each distinct failure text stored and indexed once (dashboard/failure_texts.py) ---
+_FAILURE_TEXTS_TABLE = (
+    "CREATE TABLE failure_texts ("
+    " id INTEGER PRIMARY KEY,"
+    " digest BLOB NOT NULL UNIQUE,"  # failure_texts.text_digest(signature, message, longrepr)
+    " signature TEXT NOT NULL,"
+    " message TEXT,"
+    " longrepr TEXT)"
+)
+# Over failing rows only: a text's results (search, prune), and failures newest first (search).
+_RESULTS_TEXT_INDEXES = (
+    "CREATE INDEX results_text ON results (text_id, run_id DESC) WHERE text_id IS NOT NULL",
+    "CREATE INDEX results_text_newest ON results (run_id DESC, text_id) WHERE text_id IS NOT NULL",
+)
+FAILURE_TEXTS: dict[str, list[Step]] = {
+    SQLITE: [
+        _FAILURE_TEXTS_TABLE,
+        "ALTER TABLE results ADD COLUMN text_id INTEGER",
+        fill_texts_sqlite,
+        *_RESULTS_TEXT_INDEXES,
+        "DROP TABLE failure_text",  # the FTS5 table of every failed result (migration 5)
+        "CREATE VIRTUAL TABLE failure_text_search USING fts5(message, longrepr, content='failure_texts', "
+        "content_rowid='id')",
+        "INSERT INTO failure_text_search (failure_text_search) VALUES ('rebuild')",
+        # The search index follows the texts (external content: FTS5 does not see the table's writes).
+        "CREATE TRIGGER failure_texts_search_insert AFTER INSERT ON failure_texts BEGIN "
+        "INSERT INTO failure_text_search (rowid, message, longrepr) VALUES (new.id, new.message, new.longrepr); END",
+        "CREATE TRIGGER failure_texts_search_delete AFTER DELETE ON failure_texts BEGIN "
+        "INSERT INTO failure_text_search (failure_text_search, rowid, message, longrepr) "
+        "VALUES ('delete', old.id, old.message, old.longrepr); END",
+    ],
+    POSTGRES: [
+        render_ddl(_FAILURE_TEXTS_TABLE, POSTGRES),
+        "ALTER TABLE results ADD COLUMN text_id BIGINT",
+        # Text ids in the order of their first failure, as the ingester would have made them.
+        "INSERT INTO failure_texts (digest, signature, message, longrepr) "  # noqa: S608 (constant SQL)
+        "SELECT digest, signature, message, longrepr FROM ("
+        f"SELECT DISTINCT ON (digest) digest, id, signature, message, longrepr FROM (SELECT {digest_sql_postgres()} "
+        "AS digest, id, signature, message, longrepr FROM results WHERE signature IS NOT NULL) AS failed "
+        "ORDER BY digest, id) AS firsts ORDER BY id",
+        "UPDATE results SET text_id = f.id FROM failure_texts f WHERE results.signature IS NOT NULL "  # noqa: S608
+        f"AND f.digest = {digest_sql_postgres('results')}",
+        *_RESULTS_TEXT_INDEXES,
+        "DROP INDEX results_failure_text",  # the GIN index over every failed result (migration 5)
+        f"CREATE INDEX failure_texts_search ON failure_texts USING GIN ({SEARCH_DOCUMENT_SQL})",
+    ],
+}
+
 # (version, sql). Append only.
 MIGRATIONS: list[tuple[int, MigrationSQL]] = [
     (
@@ -715,6 +767,12 @@ MIGRATIONS: list[tuple[int, MigrationSQL]] = [
         },
     ),
     (9, FLEET_COUNTS_TABLE + FLEET_COUNTS_SQL + JOB_TOTALS_TABLE + JOB_TOTALS_SQL),
+    (
+        10,
+        # Each distinct failure text stored and indexed for search once, not every failed result's
+        # (dashboard/failure_texts.py); the stored failures get theirs here.
+        FAILURE_TEXTS,
+    ),
 ]
 
 
@@ -732,7 +790,7 @@ def _set_version(conn: Any, version: int) -> None:
         conn.execute(f"PRAGMA user_version = {int(version)}")
 
 
-def statements_for(sql: MigrationSQL, dialect: str) -> list[str]:
+def statements_for(sql: MigrationSQL, dialect: str) -> list[Step]:
     """The statements of one migration as ``dialect`` runs them."""
     if isinstance(sql, Mapping):
         sql = sql.get(dialect, "")
@@ -767,12 +825,15 @@ def _bootstrap(conn: Any) -> None:
         conn.execute(statement)
 
 
-def _apply(conn: Any, target: int, statements: list[str]) -> None:
+def _apply(conn: Any, target: int, statements: list[Step]) -> None:
     # Re-check under the write lock: another process may have migrated.
     if current_version(conn) >= target:
         return
     for statement in statements:
-        conn.execute(statement)
+        if callable(statement):
+            statement(conn)
+        else:
+            conn.execute(statement)
     _set_version(conn, target)
 
 

@@ -14,7 +14,9 @@ What stays consistent after a prune:
   the kept window) are removed; other rows keep their lifetime counters (runs, fails, flips,
   total_duration count everything ever ingested, not only what is retained); the fleet
   summaries (``minions`` counts, ``file_status``, ``test_totals``) lose what the removed rows
-  contributed (dashboard/ingest/store.py).
+  contributed (dashboard/ingest/store.py);
+- a failure text (``failure_texts``, dashboard/failure_texts.py) no kept result points at any more
+  is deleted, and with it its entry in the search index: search only ever finds kept failures.
 
 Runs are deleted in chunks, one short write transaction each, so the app's ingester and its
 logins never wait long behind a prune. On PostgreSQL ``results`` is partitioned by month of the
@@ -30,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 
 from dashboard.db import Database
 from dashboard.dialect import POSTGRES
-from dashboard.failures import remove_from_search
+from dashboard.failure_texts import drop_unreferenced_texts, texts_of_runs
 from dashboard.ingest.store import (
     FleetCountsDelta,
     forget_pruned_status,
@@ -74,9 +76,9 @@ def _prune_chunk(conn: sqlite3.Connection, cutoff: str) -> int:
     ).fetchall()
     fleet_counts = FleetCountsDelta(conn, [minion_id for minion_id, _count in per_minion])
     jids = [row[0] for row in conn.execute("SELECT DISTINCT jid FROM runs WHERE id IN (SELECT id FROM prune_runs)")]
-    # The failure search index (external content) must forget the rows before they go.
-    remove_from_search(conn, "SELECT id FROM prune_runs")
+    texts = texts_of_runs(conn, "SELECT id FROM prune_runs")
     conn.execute("DELETE FROM results WHERE run_id IN (SELECT id FROM prune_runs)")
+    drop_unreferenced_texts(conn, texts)  # and with them their search entries
     forget_pruned_status(conn, "SELECT id FROM prune_runs")  # the fleet summaries, before the rows go
     conn.execute("DELETE FROM test_status WHERE last_run_id IN (SELECT id FROM prune_runs)")
     conn.execute("DELETE FROM runs WHERE id IN (SELECT id FROM prune_runs)")
@@ -115,6 +117,7 @@ def _drop_expired_partitions(conn, cutoff: str) -> int:
     """PostgreSQL: drop each monthly ``results`` partition wholly older than ``cutoff``; returns
     how many results went with them (the runs themselves are deleted afterwards as usual)."""
     dropped = 0
+    texts: set[int] = set()  # the failure texts of the dropped rows: deleted when nothing else points at them
     partitions = conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "WHERE i.inhparent = 'results'::regclass AND c.relname ~ '^results_p[0-9]{4}_[0-9]{2}$' ORDER BY c.relname"
@@ -125,8 +128,11 @@ def _drop_expired_partitions(conn, cutoff: str) -> int:
             break
         # The name comes from pg_class and matched the pattern above: safe to splice in.
         count = conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]  # noqa: S608
+        texts.update(row[0] for row in conn.execute(
+            f'SELECT DISTINCT text_id FROM "{name}" WHERE text_id IS NOT NULL'))  # noqa: S608
         conn.execute(f'DROP TABLE "{name}"')
         dropped += count
+    drop_unreferenced_texts(conn, texts)
     _decrement_counters(conn, {"results": dropped})
     return dropped
 

@@ -173,7 +173,7 @@ def seed(
                     result_rows.append((
                         started_at, run_id, test_id, "setup" if outcome == "error" else "call", outcome, duration,
                         "assert 503 == 200" if failing else None, longreprs[t_index] if failing else None,
-                        "captured output\n" if failing else None, None, "[]", None,
+                        "captured output\n" if failing else None, None, "[]", None, None,
                     ))  # fmt: skip
                     key = (minion_id, test_id)
                     status[key] = fold_status(

@@ -5,7 +5,8 @@ jobs, and the summaries maintained with them: ``minions`` (newest run, counts of
 passing tests, when it turns late), ``test_status`` (per minion and test), ``file_status`` (per
 minion and test file: the fleet matrix), ``test_totals`` (per test across minions),
 ``minion_grains`` (the newest run's grains, for grouping), ``counters``, and through
-dashboard/failures.py ``signatures`` and the ``failure_text`` search index.
+dashboard/failures.py ``signatures`` and the distinct failure texts (``failure_texts``, which the
+search indexes: dashboard/failure_texts.py).
 :func:`rebuild_fleet_summaries` refills the fleet summaries from test_status (the seeder).
 The same code serves SQLite and PostgreSQL (dashboard/dialect.py translates; results go in by
 :func:`dashboard.dialect.start_insert_results`: on PostgreSQL a COPY that runs on while the
@@ -550,12 +551,16 @@ class _Batch:
         if run_id is None or not record.per_test:
             return
         ids = self.test_ids(record)
+        # A failing row's text id: the batch's few distinct texts looked up (or made) once.
+        texts = self.failures.text_ids_of(record.rows) if record.signature_parts else {}
         if record.staged:
             self._stage(record.staged, run_id, record.per_test, ids)
         else:
             self.pending_results.append((record.started_at, [
-                (run_id, ids[nodeid], when, outcome, duration, message, longrepr, stdout, stderr, markers, sig)
-                for nodeid, when, outcome, duration, message, longrepr, stdout, stderr, markers, sig in record.rows
+                (run_id, ids[nodeid], when, outcome, duration, message, longrepr, stdout, stderr, markers, sig,
+                 texts[digest] if digest else None)
+                for nodeid, when, outcome, duration, message, longrepr, stdout, stderr, markers, sig, digest
+                in record.rows
             ]))  # fmt: skip
 
     def add_run(self, record: RunRecord, run_id: int | None) -> str:
@@ -569,7 +574,8 @@ class _Batch:
             ids = self.test_ids(record)
             self.results += record.result_count
             if record.signature_parts:
-                self.failures.add_run(run_id, record.started_at, record.signature_parts, record.rows)
+                self.failures.add_run(run_id, record.started_at, record.signature_parts,
+                                      [row[9] for row in record.rows])
             self._update_status(minion_id, run_id, record, ids)
         self._update_minion(minion_id, run_id, record)
         return "ingested"
@@ -677,7 +683,8 @@ class _Batch:
             sent, self.results_sent = self.results_sent, None
             sent()
         if self.staged_runs:
-            insert_staged_results(self.conn, self.staging, self.staged_runs, self.staged_tests)
+            insert_staged_results(self.conn, self.staging, self.staged_runs, self.staged_tests,
+                                  self.failures.text_ids)
             self.staged_runs, self.staged_tests = {}, {}
             self.staging = None
 
@@ -819,13 +826,15 @@ class _Batch:
 _STAGED_COLUMNS = ("phase", "outcome", "duration", "message", "longrepr", "stdout", "stderr", "markers", "signature")
 # A run's rows are a range of the staging table's rowids (numbered from 1 in document order), so
 # no per-row run key is bound; a row names its test by a small key, the position of its node id
-# in the batch's list (StagedBatch), not by the text: less to copy, an integer join.
-_STAGING_TABLE = f"CREATE TABLE rows (test_key INTEGER NOT NULL, {', '.join(_STAGED_COLUMNS)})"
+# in the batch's list (StagedBatch), not by the text: less to copy, an integer join. A failing
+# row names its failure text the same way (the position of its digest; NULL for other rows).
+_STAGING_TABLE = f"CREATE TABLE rows (test_key INTEGER NOT NULL, text_key INTEGER, {', '.join(_STAGED_COLUMNS)})"
 _INSERT_STAGED = (
-    f"INSERT INTO results (run_id, test_id, {', '.join(_STAGED_COLUMNS)}) "  # noqa: S608 (constant names)
-    f"SELECT r.run_id, t.test_id, {', '.join('s.' + c for c in _STAGED_COLUMNS)} "
+    f"INSERT INTO results (run_id, test_id, {', '.join(_STAGED_COLUMNS)}, text_id) "  # noqa: S608 (constant names)
+    f"SELECT r.run_id, t.test_id, {', '.join('s.' + c for c in _STAGED_COLUMNS)}, x.text_id "
     f"FROM temp.staged_runs r CROSS JOIN {STAGING_SCHEMA}.rows s ON s.rowid BETWEEN r.first AND r.last "
-    f"CROSS JOIN temp.staged_test_keys t ON t.test_key = s.test_key ORDER BY r.run_id, s.rowid"  # ids as without staging
+    f"CROSS JOIN temp.staged_test_keys t ON t.test_key = s.test_key "
+    f"LEFT JOIN temp.staged_text_keys x ON x.text_key = s.text_key ORDER BY r.run_id, s.rowid"  # ids as without staging
 )
 
 
@@ -837,57 +846,74 @@ def stage_results(outcomes: list) -> None:
     if not runs:
         return
     # Binding a value costs far more than SQLite's insert of it: a row without text or signature
-    # (most passes) binds its 6 values, the others all 11. Explicit rowids keep each run's rows
+    # (most passes) binds its 6 values, the others all 12. Explicit rowids keep each run's rows
     # in document order in one rowid range.
     plain: list[tuple] = []
     full: list[tuple] = []
     add_plain, add_full = plain.append, full.append
     keys: dict[str, int] = {}
+    text_keys: dict[bytes, int] = {}
     rowid = 0
     spans = []
     for record in runs:
         first = rowid + 1
         for row in record.rows:
             rowid += 1
-            nodeid, phase, outcome, duration, message, longrepr, stdout, stderr, markers, signature = row
+            nodeid, phase, outcome, duration, message, longrepr, stdout, stderr, markers, signature, digest = row
             key = keys.get(nodeid)
             if key is None:
                 key = keys[nodeid] = len(keys) + 1
             if message is None and longrepr is None and stdout is None and stderr is None and signature is None:
                 add_plain((rowid, key, phase, outcome, duration, markers))
-            else:
-                add_full((rowid, key, phase, outcome, duration, message, longrepr, stdout, stderr, markers, signature))
+                continue
+            text_key = None
+            if digest is not None:
+                text_key = text_keys.get(digest)
+                if text_key is None:
+                    text_key = text_keys[digest] = len(text_keys) + 1
+            add_full((rowid, key, text_key, phase, outcome, duration, message, longrepr, stdout, stderr, markers,
+                      signature))  # fmt: skip
         spans.append((first, rowid - first + 1))
         record.rows = [row for row in record.rows if row[2] in FAIL]  # a signature is only on these
-    batch = StagedBatch(_staging_database(plain, full), tuple(keys))
+    batch = StagedBatch(_staging_database(plain, full), tuple(keys), tuple(text_keys))
     for record, (first, count) in zip(runs, spans, strict=True):
         record.staged = (batch, first, count)
 
 
 class StagedBatch(NamedTuple):
-    """A batch's staged result rows: the serialized database, and the node ids its test keys stand for (key 1 first)."""
+    """A batch's staged result rows: the serialized database, and the node ids and failure text
+    digests its test and text keys stand for (key 1 first)."""
 
     database: bytes
     nodeids: tuple[str, ...]
+    text_digests: tuple[bytes, ...] = ()
 
 
 def insert_staged_results(
-    conn: sqlite3.Connection, staging: StagedBatch, runs: dict[int, tuple[int, int]], test_ids: dict[str, int]
+    conn: sqlite3.Connection, staging: StagedBatch, runs: dict[int, tuple[int, int]], test_ids: dict[str, int],
+    text_ids: dict[bytes, int] | None = None,
 ) -> None:
     """Insert the staged rows of the runs in ``runs`` (run id -> its first and last staged rowid) in
-    one statement; ``test_ids`` holds at least their tests (nodeid -> test id)."""
+    one statement; ``test_ids`` holds at least their tests (nodeid -> test id), ``text_ids`` at
+    least their failure texts (digest -> text id)."""
     conn.deserialize(staging.database, name=STAGING_SCHEMA)
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS staged_runs (run_id INTEGER PRIMARY KEY, first INTEGER NOT NULL, "
                  "last INTEGER NOT NULL)")  # fmt: skip
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS staged_test_keys (test_key INTEGER PRIMARY KEY, test_id INTEGER NOT NULL)")
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS staged_text_keys (text_key INTEGER PRIMARY KEY, text_id INTEGER NOT NULL)")
     # The mapping rows belong to the transaction: a rollback takes them away with everything else.
     conn.executemany("INSERT INTO temp.staged_runs VALUES (?, ?, ?)", [(run_id, *span) for run_id, span in runs.items()])
     key_of = {nodeid: key for key, nodeid in enumerate(staging.nodeids, 1)}
     conn.executemany("INSERT INTO temp.staged_test_keys VALUES (?, ?)",
                      [(key_of[nodeid], test_id) for nodeid, test_id in test_ids.items()])  # fmt: skip
+    text_ids = text_ids or {}
+    conn.executemany("INSERT INTO temp.staged_text_keys VALUES (?, ?)",
+                     [(key, text_ids[digest]) for key, digest in enumerate(staging.text_digests, 1)
+                      if digest in text_ids])  # fmt: skip
     conn.execute(_INSERT_STAGED)
     conn.execute("DELETE FROM temp.staged_runs")
     conn.execute("DELETE FROM temp.staged_test_keys")
+    conn.execute("DELETE FROM temp.staged_text_keys")
     conn.deserialize(_EMPTY_STAGING, name=STAGING_SCHEMA)  # free the batch's copy
 
 
@@ -898,8 +924,8 @@ def _staging_database(plain: list[tuple], full: list[tuple]) -> bytes:
         staging.executemany("INSERT INTO rows (rowid, test_key, phase, outcome, duration, markers) "
                             "VALUES (?, ?, ?, ?, ?, ?)", plain)  # fmt: skip
         staging.executemany(
-            f"INSERT INTO rows (rowid, test_key, {', '.join(_STAGED_COLUMNS)}) "  # noqa: S608 (constant names)
-            f"VALUES ({', '.join('?' * (len(_STAGED_COLUMNS) + 2))})",
+            f"INSERT INTO rows (rowid, test_key, text_key, {', '.join(_STAGED_COLUMNS)}) "  # noqa: S608 (constant names)
+            f"VALUES ({', '.join('?' * (len(_STAGED_COLUMNS) + 3))})",
             full,
         )
         staging.commit()

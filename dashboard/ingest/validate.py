@@ -12,12 +12,13 @@ import json
 import logging
 import os
 import stat
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from pydantic import ValidationError
 
 from dashboard.config import Settings
+from dashboard.failure_texts import text_digest
 from dashboard.ingest.decode import (
     FastDocument,
     FastEntry,
@@ -99,30 +100,40 @@ def _junit_sources(settings: Settings) -> frozenset[str]:
 
 
 # The same test failing the same way, on many minions and run after run, is the common case of a
-# fleet: its signature (tens of microseconds of regular expressions) is computed once. The keys
-# hold the texts, so only failures of at most 8 KiB of text are kept: 2,048 of them, <= 16 MiB.
+# fleet: its signature (tens of microseconds of regular expressions) and its text's digest
+# (dashboard/failure_texts.py) are computed once. The keys hold the texts, so only failures of at
+# most 8 KiB of text are kept: 2,048 of them, <= 16 MiB.
 _CACHED_SIGNATURE_CHARS = 8192
 
 
-@functools.lru_cache(maxsize=2048)
-def _cached_signature(nodeid: str, message: str | None, longrepr: str | None, file: str | None) -> Signature:
-    return failure_signature(nodeid, message, longrepr, file)
+class _Failure(NamedTuple):
+    signature: Signature
+    text_digest: bytes
 
 
-def _signature(nodeid: str, message: str | None, longrepr: str | None, file: str | None) -> Signature:
+def _failure(nodeid: str, message: str | None, longrepr: str | None, file: str | None) -> _Failure:
+    sig = failure_signature(nodeid, message, longrepr, file)
+    return _Failure(sig, text_digest(sig.signature, message, longrepr))
+
+
+_cached_failure = functools.lru_cache(maxsize=2048)(_failure)
+
+
+def _signature(nodeid: str, message: str | None, longrepr: str | None, file: str | None) -> _Failure:
     if len(message or "") + len(longrepr or "") <= _CACHED_SIGNATURE_CHARS:
-        return _cached_signature(nodeid, message, longrepr, file)
-    return failure_signature(nodeid, message, longrepr, file)
+        return _cached_failure(nodeid, message, longrepr, file)
+    return _failure(nodeid, message, longrepr, file)
 
 
 def _flatten(
     tests: list[FastEntry],
 ) -> tuple[list[tuple], dict[str, tuple], dict[str, str], dict[str, tuple[str, str, str]]]:
-    """Result rows (signature last), per test (worst outcome, duration, file, line), and signatures.
+    """Result rows (signature and text digest last), per test (worst outcome, duration, file, line),
+    and signatures.
 
-    Failure signatures are computed here, in the validation worker when there is one: the
-    writer only stores them. Per result on the hot path: locals, attribute reads, and markers
-    as JSON once per distinct list.
+    Failure signatures and text digests are computed here, in the validation worker when there is
+    one: the writer only stores them. Per result on the hot path: locals, attribute reads, and
+    markers as JSON once per distinct list.
     """
     rows = []
     append = rows.append
@@ -132,13 +143,13 @@ def _flatten(
     for t in tests:
         nodeid, outcome, duration, message, longrepr = t.nodeid, t.outcome, t.duration, t.message, t.longrepr
         markers = t.markers
-        signature = None
+        signature = digest = None
         if outcome in FAIL:
-            sig = _signature(nodeid, message, longrepr, t.file)
+            sig, digest = _signature(nodeid, message, longrepr, t.file)
             signature = sig.signature
             signature_parts.setdefault(signature, (sig.exception, sig.message, sig.location))
         append((nodeid, t.when, outcome, duration, message, longrepr, t.stdout, t.stderr,
-                markers_json(markers) if markers else "[]", signature))  # fmt: skip
+                markers_json(markers) if markers else "[]", signature, digest))  # fmt: skip
         seen = per_test.get(nodeid)
         if seen is None:
             per_test[nodeid] = (outcome, duration, t.file, t.line)

@@ -332,7 +332,7 @@ def test_results_sent_ahead_are_in_once_waited_for_and_their_error_surfaces_ther
 
     try:
         run, test = run_transaction(conn, store_run)
-        row = (run, test, "call", "passed", 0.5, None, None, None, None, "[]", None)
+        row = (run, test, "call", "passed", 0.5, None, None, None, None, "[]", None, None)
         assert run_transaction(conn, send_and_wait, [row, row]) == 2
         with pytest.raises(DATABASE_ERRORS):  # a result of no run: the foreign key refuses it
             run_transaction(conn, send_and_wait, [(run + 1000, test, *row[2:])])

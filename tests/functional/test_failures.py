@@ -438,8 +438,8 @@ def _forget_signatures(path) -> dict[int, str]:
     try:
         before = {row[0]: row[1] for row in conn.execute("SELECT id, signature FROM results WHERE signature IS NOT NULL")}
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO failure_text (failure_text) VALUES ('delete-all')")
-        conn.execute("UPDATE results SET signature = NULL")
+        conn.execute("UPDATE results SET signature = NULL, text_id = NULL")
+        conn.execute("DELETE FROM failure_texts")
         conn.execute("UPDATE test_status SET last_signature = NULL")
         conn.execute("DELETE FROM signatures")
         conn.execute("UPDATE signature_backfill SET pending_upto = (SELECT MAX(id) FROM results)")
@@ -449,7 +449,7 @@ def _forget_signatures(path) -> dict[int, str]:
         conn.close()
 
 
-@pytest.mark.sqlite_only  # reads SQLite's FTS5 table directly
+@pytest.mark.sqlite_only  # rewinds the SQLite file by hand
 async def test_backfill_gives_results_stored_before_signatures_the_same_signatures(tmp_path, make_app):
     async with make_app(tmp_path) as app:
         await seed_fleet(app, jobs=3)
@@ -463,7 +463,10 @@ async def test_backfill_gives_results_stored_before_signatures_the_same_signatur
         after = {row[0]: row[1] for row in conn.execute("SELECT id, signature FROM results WHERE signature IS NOT NULL")}
         assert after == before
         assert failures.backfill_pending(conn) == 0
-        assert conn.execute("SELECT count(*) FROM failure_text WHERE failure_text MATCH 'talking'").fetchone()[0] == 6
+        # Each failure points at its text again: one per distinct text (the timeouts name their minion).
+        assert conn.execute("SELECT count(*) FROM results WHERE signature IS NOT NULL AND text_id IS NULL"
+                            ).fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM failure_texts WHERE message LIKE '%talking%'").fetchone()[0] == 2
     finally:
         conn.close()
     async with make_app(tmp_path) as app:
@@ -482,15 +485,17 @@ async def test_backfill_gives_results_stored_before_signatures_the_same_signatur
         assert len((await failures.open_failures(app.db))["failures"]) == len(expected_page)
 
 
-@pytest.mark.sqlite_only  # reads SQLite's FTS5 table directly
-async def test_pruning_old_runs_drops_their_failures_from_the_search_index(tmp_path, make_app):
+async def test_pruning_old_runs_drops_their_failure_texts_and_search_finds_them_no_more(tmp_path, make_app):
     async with make_app(tmp_path) as app:
         await seed_fleet(app, jobs=1)
         from dashboard.retention import prune
 
-        assert await app.db.fetchval("SELECT count(*) FROM failure_text WHERE failure_text MATCH 'talking'") == 2
+        assert await app.db.fetchval("SELECT count(*) FROM failure_texts WHERE message LIKE '%talking%'") == 2
+        assert len(await failures.search_run_ids(app.db, "talking")) == 2
         await prune(app.db, timedelta(days=1))
-        assert await app.db.fetchval("SELECT count(*) FROM failure_text WHERE failure_text MATCH 'talking'") == 0
+        assert await app.db.fetchval("SELECT count(*) FROM failure_texts") == 0  # no result points at them
+        assert await failures.search_run_ids(app.db, "talking") == []
+        assert await failures.search_signatures(app.db, "talking") == set()
 
 
 async def test_fleet_page_flags_sick_hosts_and_leaves_muted_failures_out_of_failing_now(tmp_path, make_app):

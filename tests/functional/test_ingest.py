@@ -292,7 +292,8 @@ _STORED_QUERIES = (
     "SELECT * FROM file_status ORDER BY minion_id, file",
     "SELECT * FROM signatures ORDER BY signature",
     "SELECT * FROM signature_minions ORDER BY signature, minion_id",
-    "SELECT rowid, message, longrepr FROM failure_text ORDER BY rowid",
+    "SELECT * FROM failure_texts ORDER BY id",
+    "SELECT rowid, message, longrepr FROM failure_text_search ORDER BY rowid",
     "SELECT kind, jid, minion, nodeid, run_id, detail, signature FROM outbox_events ORDER BY id",
     "SELECT name, value FROM counters ORDER BY name",
 )
