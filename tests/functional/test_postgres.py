@@ -99,7 +99,9 @@ def test_prune_drops_the_partitions_of_old_months_and_keeps_the_summaries_consis
     now = datetime.now(UTC)
     starts = [now - timedelta(days=200), now - timedelta(days=170), now - timedelta(hours=1)]
     for index, started in enumerate(starts):
-        drop_doc(settings.inbox, make_doc("web-1", f"2026112807000000090{index}",
+        # The oldest run fails its own way: its failure text goes with its partition.
+        tests = [test_entry("tests/test_a.py::test_two", "failed", message="only long ago")] if index == 0 else None
+        drop_doc(settings.inbox, make_doc("web-1", f"2026112807000000090{index}", tests,
                                           started_at=started.strftime("%Y-%m-%dT%H:%M:%SZ")))
     from tests.functional.ingest_support import ingest
 
@@ -114,8 +116,10 @@ def test_prune_drops_the_partitions_of_old_months_and_keeps_the_summaries_consis
         async with Database(url) as db:
             return await prune(db, timedelta(days=90))
 
+    assert _value(url, "SELECT count(*) FROM failure_texts") == 2
     assert asyncio.run(run()) == 2
     assert _value(url, partitions_sql, (old_month,)) == 0  # dropped whole, not emptied row by row
+    assert _value(url, "SELECT message FROM failure_texts") == "failed: reason"  # the newest run points at it
     assert _value(url, partitions_sql, ("results_p" + starts[2].strftime("%Y_%m"),)) == 1
     assert _value(url, "SELECT count(*) FROM results") == 2
     assert _value(url, "SELECT value FROM counters WHERE name = 'results'") == 2
@@ -154,7 +158,8 @@ async def test_migrate_to_copies_a_sqlite_store_and_the_pages_show_the_same(tmp_
     sqlite_path = tmp_path / "source.sqlite"
     source_settings = make_app_settings(tmp_path / "source", db=str(sqlite_path))
     app = create_app(source_settings)
-    pages = ("/api/runs", "/api/fleet", "/api/flaky", "/api/slowest")
+    # Searches too: the failure texts come along and PostgreSQL indexes them itself.
+    pages = ("/api/runs", "/api/fleet", "/api/flaky", "/api/slowest", "/api/runs?q=flaky", "/api/failures?q=broken")
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
             client = AppClient(app, source_settings, http)
@@ -162,6 +167,7 @@ async def test_migrate_to_copies_a_sqlite_store_and_the_pages_show_the_same(tmp_
             assert (await client.register(*ADMIN)).status_code == 303
             assert (await client.login(*ADMIN)).status_code == 303
             before = {page: (await http.get(page)).json() for page in pages}
+            assert before["/api/runs?q=flaky"]["runs"] and before["/api/failures?q=broken"]["failures"]
             run_id = before["/api/runs"]["runs"][0]["id"]
             before_run = (await http.get(f"/api/runs/{run_id}")).json()
 
@@ -174,7 +180,8 @@ async def test_migrate_to_copies_a_sqlite_store_and_the_pages_show_the_same(tmp_
 
     source = connect_sync(sqlite_path)
     try:
-        for table in ("minions", "tests", "runs", "results", "test_status", "jobs", "counters", "users", "signatures"):
+        for table in ("minions", "tests", "runs", "results", "test_status", "jobs", "counters", "users", "signatures",
+                      "failure_texts"):
             assert _value(url, f"SELECT count(*) FROM {table}") == source.execute(  # noqa: S608
                 f"SELECT count(*) FROM {table}").fetchone()[0], table  # noqa: S608
     finally:
