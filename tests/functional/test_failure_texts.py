@@ -15,7 +15,15 @@ from dashboard.failure_texts import text_digest
 from dashboard.migrations import MIGRATIONS, _apply, _bootstrap, current_version, migrate, statements_for
 from dashboard.signatures import failure_signature
 from tests.db_backend import on_postgres, server
-from tests.functional.ingest_support import drop_doc, ingest, make_doc, make_settings, prune_store, rows, test_entry
+from tests.functional.ingest_support import (
+    drop_doc,
+    ingest,
+    make_doc,
+    make_settings,
+    prune_store,
+    rows,
+    test_entry,
+)
 
 TRACEBACK = (
     "def test_health():\n>       assert response.status == 200\nE       assert 503 == 200\n"
