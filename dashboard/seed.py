@@ -216,8 +216,10 @@ def seed(
         move_sequences(conn)  # PostgreSQL: the runs were inserted with their ids
         rebuild_fleet_summaries(conn)
         rebuild_signature_summaries(conn)  # grain profiles; the signature backfill fills the rest
-        # Seeded rows carry no failure signatures: the backfill gives them theirs (at the app's
-        # start, or `python -m dashboard backfill-signatures`), as for results older than signatures.
+        # Seeded rows carry no failure signatures nor texts: the backfill gives them theirs (at the
+        # app's start, or `python -m dashboard backfill-signatures`), as for results older than
+        # signatures; a fleet's few distinct texts are made once each there (70 for 103,352
+        # failures at 10,000 minions x 500 tests), each failure only gets their id.
         conn.execute("UPDATE signature_backfill SET pending_upto = (SELECT MAX(id) FROM results) WHERE id = 1")
         return results, len(jobs)
 
