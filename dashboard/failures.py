@@ -78,7 +78,7 @@ SINCE_LOOKAHEAD = 5  # oldest failing streaks of a test read to find each signat
 HISTORY_LIMIT = 100
 FTS_TEXT_LIMIT = 1000  # newest matching failure texts a text search looks at
 FTS_MATCH_LIMIT = 1000  # newest failures with those texts a search of runs looks at
-FTS_WALK_LIMIT = 20 * FTS_MATCH_LIMIT  # newest failures walked for them before reading per text
+FTS_WALK_LIMIT = 5 * FTS_MATCH_LIMIT  # newest failures walked for them before reading per text
 BACKFILL_CHUNK_IDS = 20_000
 PREVIOUS_RUN_LOOKBACK = 500  # runs of one minion searched for the previous run of the same paths
 STREAK_LOOKBACK = 100  # runs of one minion searched back for the start of a failing streak
@@ -385,6 +385,10 @@ def backfill_all(conn: sqlite3.Connection, chunk_ids: int = BACKFILL_CHUNK_IDS) 
         # too (a plan by "no row has one" read 100,000 rows for the fleet page's sick hosts).
         analyze(conn, "results")
         analyze(conn, "test_status")
+        if dialect_of(conn) == POSTGRES:
+            # Every failed row was rewritten: until a vacuum marks their pages all-visible again,
+            # each index-only read of them (the search's walk of the newest failures) visits the heap.
+            conn.execute("VACUUM results")
     return chunks
 
 
@@ -562,11 +566,6 @@ _NEWEST_WALK = {
     POSTGRES: "SELECT w.run_id FROM (SELECT run_id, text_id FROM results WHERE text_id IS NOT NULL "
               "ORDER BY run_id DESC LIMIT ?) AS w WHERE w.text_id IN ({marks}) LIMIT ?",
 }
-_WALK_END = {
-    SQLITE: "SELECT run_id FROM results INDEXED BY results_text_newest WHERE text_id IS NOT NULL "
-            "ORDER BY run_id DESC LIMIT 1 OFFSET ?",
-    POSTGRES: "SELECT run_id FROM results WHERE text_id IS NOT NULL ORDER BY run_id DESC LIMIT 1 OFFSET ?",
-}
 _OLDER_PER_TEXT = {
     SQLITE: "SELECT run_id FROM results INDEXED BY results_text WHERE text_id = ? AND run_id <= ? "
             "ORDER BY run_id DESC LIMIT ?",
@@ -587,19 +586,20 @@ async def search_run_ids(db, q: str) -> list[int]:
         _NEWEST_WALK[dialect].format(marks=marks), (FTS_WALK_LIMIT, *text_ids, FTS_MATCH_LIMIT))]
     wanted = FTS_MATCH_LIMIT - len(found)
     if wanted > 0:
-        end = await db.fetchone(_WALK_END[dialect], (FTS_WALK_LIMIT - 1,))
-        if end is not None:  # failures older than the walk: read per text, the newest of each
-            older: list[int] = []
-            if dialect == POSTGRES:
-                older = [row["run_id"] for row in await db.fetchall(
-                    _OLDER_PER_TEXT[POSTGRES].format(values=",".join("(?::bigint)" for _ in text_ids)),
-                    (*text_ids, end["run_id"], wanted))]
-            else:  # one compound statement per 400 texts (SQLite allows 500 terms)
-                for chunk in _chunks(text_ids, 400):
-                    sql = " UNION ALL ".join(f"SELECT * FROM ({_OLDER_PER_TEXT[SQLITE]})" for _ in chunk)
-                    older += [row["run_id"] for row in await db.fetchall(
-                        sql, [value for text_id in chunk for value in (text_id, end["run_id"], wanted)])]
-            found += sorted(older, reverse=True)[:wanted]
+        # The walk found every match among the failures it read (fewer than wanted): the others are
+        # older than its last match (the same run included: it may hold more than one).
+        below = min(found, default=INT64_MAX)
+        older: list[int] = []
+        if dialect == POSTGRES:
+            older = [row["run_id"] for row in await db.fetchall(
+                _OLDER_PER_TEXT[POSTGRES].format(values=",".join("(?::bigint)" for _ in text_ids)),
+                (*text_ids, below, wanted))]
+        else:  # one compound statement per 400 texts (SQLite allows 500 terms)
+            for chunk in _chunks(text_ids, 400):
+                sql = " UNION ALL ".join(f"SELECT * FROM ({_OLDER_PER_TEXT[SQLITE]})" for _ in chunk)
+                older += [row["run_id"] for row in await db.fetchall(
+                    sql, [value for text_id in chunk for value in (text_id, below, wanted)])]
+        found += sorted(older, reverse=True)[:wanted]
     return list(dict.fromkeys(sorted(found, reverse=True)))
 
 
