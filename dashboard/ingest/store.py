@@ -831,11 +831,14 @@ _STAGED_COLUMNS = ("phase", "outcome", "duration", "message", "longrepr", "stdou
 _STAGING_TABLE = f"CREATE TABLE rows (test_key INTEGER NOT NULL, text_key INTEGER, {', '.join(_STAGED_COLUMNS)})"
 _INSERT_STAGED = (
     f"INSERT INTO results (run_id, test_id, {', '.join(_STAGED_COLUMNS)}, text_id) "  # noqa: S608 (constant names)
-    f"SELECT r.run_id, t.test_id, {', '.join('s.' + c for c in _STAGED_COLUMNS)}, x.text_id "
+    f"SELECT r.run_id, t.test_id, {', '.join('s.' + c for c in _STAGED_COLUMNS)}, {{text_id}} "
     f"FROM temp.staged_runs r CROSS JOIN {STAGING_SCHEMA}.rows s ON s.rowid BETWEEN r.first AND r.last "
-    f"CROSS JOIN temp.staged_test_keys t ON t.test_key = s.test_key "
-    f"LEFT JOIN temp.staged_text_keys x ON x.text_key = s.text_key ORDER BY r.run_id, s.rowid"  # ids as without staging
+    f"CROSS JOIN temp.staged_test_keys t ON t.test_key = s.test_key ORDER BY r.run_id, s.rowid"  # ids as without staging
 )
+# A text id is looked up for a failing row only (a batch without failures looks up nothing).
+_INSERT_STAGED_TEXTS = _INSERT_STAGED.format(text_id="CASE WHEN s.text_key IS NOT NULL THEN (SELECT x.text_id FROM "
+                                             "temp.staged_text_keys x WHERE x.text_key = s.text_key) END")
+_INSERT_STAGED = _INSERT_STAGED.format(text_id="NULL")
 
 
 def stage_results(outcomes: list) -> None:
@@ -910,7 +913,7 @@ def insert_staged_results(
     conn.executemany("INSERT INTO temp.staged_text_keys VALUES (?, ?)",
                      [(key, text_ids[digest]) for key, digest in enumerate(staging.text_digests, 1)
                       if digest in text_ids])  # fmt: skip
-    conn.execute(_INSERT_STAGED)
+    conn.execute(_INSERT_STAGED_TEXTS if staging.text_digests else _INSERT_STAGED)
     conn.execute("DELETE FROM temp.staged_runs")
     conn.execute("DELETE FROM temp.staged_test_keys")
     conn.execute("DELETE FROM temp.staged_text_keys")
