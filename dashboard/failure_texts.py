@@ -14,9 +14,10 @@ stored on PostgreSQL. So:
   ``results_text_newest`` (run, text) walks failures newest first.
 - The full-text index covers the texts only: SQLite an FTS5 table ``failure_text_search`` with
   ``failure_texts`` as its external content, kept by triggers; PostgreSQL a GIN index on the
-  expression :data:`SEARCH_DOCUMENT_SQL`, where every run of characters that are not letters or
-  digits becomes a space first, so ``response.status`` and ``test_case`` are two words each, as
-  SQLite's unicode61 tokenizer reads them.
+  stored column ``failure_texts.search`` (:data:`SEARCH_DOCUMENT_SQL`: every run of characters
+  that are not letters or digits becomes a space first, so ``response.status`` and ``test_case``
+  are two words each, as SQLite's unicode61 tokenizer reads them). Stored, not an index
+  expression: a search of a few texts reads them instead of recomputing each one's words.
 
 Who writes what: the ingester computes each failing row's digest where it computes the signature
 (dashboard/ingest/validate.py, in the validation worker when there is one); the writer looks up or
@@ -59,7 +60,7 @@ def digest_sql_postgres(table: str = "") -> str:
             "from 1 for 16)")
 
 
-# What PostgreSQL indexes of a text (the index's expression: queries must repeat it exactly).
+# What PostgreSQL indexes of a text (failure_texts.search, a stored generated column).
 SEARCH_DOCUMENT_SQL = (
     "to_tsvector('simple', regexp_replace(coalesce(message, '') || ' ' || coalesce(longrepr, ''), "
     "'[^[:alnum:]]+', ' ', 'g'))"

@@ -48,7 +48,7 @@ from dashboard.dialect import (
     insert_returning,
     per_key_sql,
 )
-from dashboard.failure_texts import SEARCH_DOCUMENT_SQL, store_texts, text_digest
+from dashboard.failure_texts import store_texts, text_digest
 from dashboard.migrations import SIGNATURE_SUMMARIES, statements_for
 from dashboard.models import INT64_MAX, format_timestamp
 from dashboard.queries import (
@@ -518,20 +518,19 @@ def fts_query(text: str) -> str:
 
 
 # A search reads the newest FTS_TEXT_LIMIT matching texts (dashboard/failure_texts.py): FTS5 on
-# SQLite, the GIN index on the texts' words on PostgreSQL (the same expression as the index's).
+# SQLite, on PostgreSQL the texts' stored words (failure_texts.search, GIN-indexed).
 _MATCHING_TEXTS_SQLITE = (
     "SELECT id, signature FROM failure_texts WHERE id IN (SELECT rowid FROM failure_text_search "
     "WHERE failure_text_search MATCH ? ORDER BY rowid DESC LIMIT ?)"
 )
 _MATCHING_TEXTS_POSTGRES = (
-    f"SELECT id, signature FROM failure_texts WHERE {SEARCH_DOCUMENT_SQL} @@ to_tsquery('simple', ?) "
-    "ORDER BY id DESC LIMIT ?"
+    "SELECT id, signature FROM failure_texts WHERE search @@ to_tsquery('simple', ?) ORDER BY id DESC LIMIT ?"
 )
 _NON_ALNUM = re.compile(r"[\W_]+")
 
 
 def _tsquery(q: str) -> str:
-    """A search as a PostgreSQL tsquery over :data:`SEARCH_DOCUMENT_SQL`: every word; a word the
+    """A search as a PostgreSQL tsquery over ``failure_texts.search``: every word; a word the
     index holds as several (``test_case``) as those words in a row, as FTS5 reads a phrase."""
     terms = []
     for word, prefix in _words(q):

@@ -6,7 +6,7 @@ table the two schemas share is copied with ``COPY`` (parents before children, fo
 foreign keys), ids included; identity sequences are then moved past the copied ids. ``results``
 gets its partition key (the run's ``started_at``) on the way, into monthly partitions. The
 distinct failure texts (``failure_texts``) are copied like any table; SQLite's full-text index of
-them (``failure_text_search``) is not: PostgreSQL's is a GIN index on ``failure_texts`` itself.
+them (``failure_text_search``) is not: PostgreSQL keeps their words in a generated column.
 Everything is one transaction on the target: a failure leaves it as it was.
 
 .. code-block:: bash
@@ -75,7 +75,7 @@ def _columns(conn: Any, table: str, postgres: bool) -> list[str]:
     if postgres:
         rows = conn.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name = ? ORDER BY ordinal_position",
+            "AND table_name = ? AND is_generated = 'NEVER' ORDER BY ordinal_position",  # (failure_texts.search)
             (table,),
         ).fetchall()
         return [row[0] for row in rows]

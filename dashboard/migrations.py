@@ -428,6 +428,8 @@ FAILURE_TEXTS: dict[str, list[Step]] = {
     ],
     POSTGRES: [
         render_ddl(_FAILURE_TEXTS_TABLE, POSTGRES),
+        # The words of a text, kept with it: a search reads them, never recomputes them.
+        f"ALTER TABLE failure_texts ADD COLUMN search tsvector GENERATED ALWAYS AS ({SEARCH_DOCUMENT_SQL}) STORED",
         "ALTER TABLE results ADD COLUMN text_id BIGINT",
         # Text ids in the order of their first failure, as the ingester would have made them.
         "INSERT INTO failure_texts (digest, signature, message, longrepr) "  # noqa: S608 (constant SQL)
@@ -439,7 +441,7 @@ FAILURE_TEXTS: dict[str, list[Step]] = {
         f"AND f.digest = {digest_sql_postgres('results')}",
         *_RESULTS_TEXT_INDEXES,
         "DROP INDEX results_failure_text",  # the GIN index over every failed result (migration 5)
-        f"CREATE INDEX failure_texts_search ON failure_texts USING GIN ({SEARCH_DOCUMENT_SQL})",
+        "CREATE INDEX failure_texts_search ON failure_texts USING GIN (search)",
     ],
 }
 
