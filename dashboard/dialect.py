@@ -91,6 +91,17 @@ def redact(location: str | Path) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", str(location))
 
 
+# -- IN lists -------------------------------------------------------------------------------------
+
+SQL_CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
+
+
+def chunks(items: Sequence, size: int = SQL_CHUNK) -> Iterator[Sequence]:
+    """``items`` in slices of ``size``: one statement per slice of an IN (...) list."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 # -- placeholders and statements ---------------------------------------------------------------
 
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?(\d*)|%")

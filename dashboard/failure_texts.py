@@ -33,9 +33,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dashboard.dialect import insert_many_returning
-
-SQL_CHUNK = 500
+from dashboard.dialect import chunks, insert_many_returning
 
 
 def text_digest(signature: str, message: str | None, longrepr: str | None) -> bytes:
@@ -92,7 +90,7 @@ def store_texts(conn: Any, texts: Mapping[bytes, tuple[str, str | None, str | No
     texts (on SQLite a trigger adds each to the search index).
     """
     wanted = [digest for digest in texts if digest not in known]
-    for chunk in _chunks(wanted):
+    for chunk in chunks(wanted):
         known.update((bytes(digest), text_id) for digest, text_id in conn.execute(
             f"SELECT digest, id FROM failure_texts WHERE digest IN ({','.join('?' * len(chunk))})",  # noqa: S608
             chunk,
@@ -119,15 +117,10 @@ def drop_unreferenced_texts(conn: Any, text_ids: Iterable[int]) -> int:
     """Delete those of ``text_ids`` no result points at any more (after a prune): the search index
     keeps only the texts of stored failures. Returns how many went."""
     gone = 0
-    for chunk in _chunks(sorted(set(text_ids))):
+    for chunk in chunks(sorted(set(text_ids))):
         gone += conn.execute(
             f"DELETE FROM failure_texts WHERE id IN ({','.join('?' * len(chunk))}) "  # noqa: S608
             "AND NOT EXISTS (SELECT 1 FROM results x WHERE x.text_id = failure_texts.id)",
             chunk,
         ).rowcount
     return gone
-
-
-def _chunks(items: list, size: int = SQL_CHUNK) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

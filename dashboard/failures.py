@@ -40,8 +40,10 @@ from typing import Any, TypeVar
 from dashboard.db import run_transaction
 from dashboard.dialect import (
     POSTGRES,
+    SQL_CHUNK,
     SQLITE,
     analyze,
+    chunks,
     dialect_of,
     grain_profile_sql,
     insert_many,
@@ -64,7 +66,6 @@ from dashboard.triage import MuteSet, active_mutes, load_mutes
 
 VERDICTS = ("everywhere", "some-minions", "flaky")
 PASSING = ("passed", "xpassed", "xfailed")
-SQL_CHUNK = 500
 # A minion failing at least this many signatures that do not fail everywhere (and at least
 # twice the fleet's median) is a sick host: the machine, not the tests.
 SICK_HOST_MIN_SIGNATURES = 3
@@ -99,11 +100,6 @@ _UPSERT_SIGNATURE = """
                     ELSE signatures.last_seen END,
         occurrences = signatures.occurrences + excluded.occurrences
 """
-
-
-def _chunks(items: list, size: int = SQL_CHUNK) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 # -- write side ------------------------------------------------------------------------------
@@ -349,13 +345,13 @@ def _backfill_status(conn: sqlite3.Connection, status: dict[tuple[int, int, int]
     for (minion_id, test_id, run_id), sig in status.items():
         by_minion[minion_id][test_id] = (run_id, sig)
     profiles = {}
-    for chunk in _chunks(sorted(by_minion)):
+    for chunk in chunks(sorted(by_minion)):
         profiles.update(conn.execute(
             f"SELECT id, grain_profile FROM minions WHERE id IN ({','.join('?' * len(chunk))})", chunk
         ).fetchall())
     updates, upkeep = [], SignatureUpkeep()
     for minion_id, wanted in by_minion.items():
-        for chunk in _chunks(sorted(wanted)):
+        for chunk in chunks(sorted(wanted)):
             for test_id, last_run_id, outcome, signature, code_flips in conn.execute(
                 "SELECT test_id, last_run_id, last_outcome, last_signature, code_flips FROM test_status "
                 f"WHERE minion_id = ? AND test_id IN ({','.join('?' * len(chunk))})",
@@ -376,11 +372,11 @@ def backfill_all(conn: sqlite3.Connection, chunk_ids: int = BACKFILL_CHUNK_IDS) 
 
     Returns the number of chunks run. The CLI's ``backfill-signatures`` and the benchmarks use it.
     """
-    chunks = 0
+    done = 0
     while backfill_pending(conn) > 0:
         run_transaction(conn, backfill_chunk, chunk_ids)
-        chunks += 1
-    if chunks:
+        done += 1
+    if done:
         # The signatures' partial indexes were empty when last analyzed; test_status.last_signature
         # too (a plan by "no row has one" read 100,000 rows for the fleet page's sick hosts).
         analyze(conn, "results")
@@ -389,19 +385,19 @@ def backfill_all(conn: sqlite3.Connection, chunk_ids: int = BACKFILL_CHUNK_IDS) 
             # Every failed row was rewritten: until a vacuum marks their pages all-visible again,
             # each index-only read of them (the search's walk of the newest failures) visits the heap.
             conn.execute("VACUUM results")
-    return chunks
+    return done
 
 
 async def backfill_in_background(db, chunk_ids: int = BACKFILL_CHUNK_IDS) -> int:
     """The app's start-up backfill: one short write transaction per chunk, so ingest goes on between them."""
-    chunks = 0
+    done = 0
     while await db.fetchval("SELECT pending_upto FROM signature_backfill WHERE id = 1", default=0) > 0:
         await db.write(backfill_chunk, chunk_ids)
-        chunks += 1
-    if chunks and getattr(db, "dialect", None) == POSTGRES:
+        done += 1
+    if done and getattr(db, "dialect", None) == POSTGRES:
         await db.write(analyze, "results")
         await db.write(analyze, "test_status")
-    return chunks
+    return done
 
 
 # -- for other features: what opened/closed, what is muted ------------------------------------
@@ -594,7 +590,7 @@ async def search_run_ids(db, q: str) -> list[int]:
                 _OLDER_PER_TEXT[POSTGRES].format(values=",".join("(?::bigint)" for _ in text_ids)),
                 (*text_ids, below, wanted))]
         else:  # one compound statement per 400 texts (SQLite allows 500 terms)
-            for chunk in _chunks(text_ids, 400):
+            for chunk in chunks(text_ids, 400):
                 sql = " UNION ALL ".join(f"SELECT * FROM ({_OLDER_PER_TEXT[SQLITE]})" for _ in chunk)
                 older += [row["run_id"] for row in await db.fetchall(
                     sql, [value for text_id in chunk for value in (text_id, below, wanted)])]
@@ -681,7 +677,7 @@ async def passed_on_rerun(db, now: datetime | None = None) -> dict[int, set[int]
     reruns = [row["id"] for row in await db.fetchall(
         "SELECT id FROM runs WHERE rerun_of IS NOT NULL AND started_at >= ? LIMIT 100000", (since,))]
     found: dict[int, set[int]] = defaultdict(set)
-    for chunk in _chunks(reruns):
+    for chunk in chunks(reruns):
         for row in await db.fetchall(
             "SELECT DISTINCT ok.test_id, rr.minion_id FROM runs rr "
             "JOIN runs orig ON orig.minion_id = rr.minion_id AND orig.jid = rr.rerun_of "
@@ -711,7 +707,7 @@ async def _open_signatures(db, only: list[str] | None = None) -> dict[str, dict]
             "JOIN tests t ON t.id = st.test_id LEFT JOIN test_totals tt ON tt.test_id = st.test_id LIMIT 1000000")
     else:
         rows = []
-        for chunk in _chunks(only):
+        for chunk in chunks(only):
             rows += await db.fetchall(
                 "SELECT signature, minions, pairs, code_flip_pairs FROM signature_totals "
                 f"WHERE pairs > 0 AND signature IN ({_marks(chunk)})", chunk)
@@ -801,7 +797,7 @@ async def _verdict_rows(db, open_sigs: dict[str, dict], rerun_passes: dict[int, 
 
 async def _names(db, minion_ids: Iterable[int]) -> list[str]:
     names = []
-    for chunk in _chunks(sorted(minion_ids)):
+    for chunk in chunks(sorted(minion_ids)):
         names += [row["name"] for row in await db.fetchall(
             f"SELECT name FROM minions WHERE id IN ({_marks(chunk)})", chunk)]
     return sorted(names)
@@ -809,7 +805,7 @@ async def _names(db, minion_ids: Iterable[int]) -> list[str]:
 
 async def _profile_features(db, profile_ids: set[int], cache: dict[int, frozenset]) -> None:
     wanted = sorted(p for p in profile_ids if p is not None and p not in cache)
-    for chunk in _chunks(wanted):
+    for chunk in chunks(wanted):
         for row in await db.fetchall(f"SELECT id, grains FROM grain_profiles WHERE id IN ({_marks(chunk)})", chunk):
             grains = loads(row["grains"], {})
             cache[row["id"]] = frozenset(_grain_features(grains if isinstance(grains, dict) else {}))
@@ -842,7 +838,7 @@ async def _per_key(db, part: str, keys: list, key_type: str, *params: Any) -> li
     per 100 keys (dialect.per_key_sql): one round trip, not one per key."""
     rows: list[dict] = []
     postgres = getattr(db, "dialect", None) == POSTGRES
-    for chunk in _chunks(keys, 100):
+    for chunk in chunks(keys, 100):
         sql = per_key_sql(POSTGRES if postgres else SQLITE, part, len(chunk), key_type)
         values = [chunk, *params] if postgres else [value for key in chunk for value in (key, *params)]
         rows += await db.fetchall(sql, values)
@@ -864,7 +860,7 @@ class _PageLists:
 async def _in_chunks(db, sql: str, keys: list) -> list[dict]:
     """``sql`` (with ``{marks}`` for an IN list) over ``keys``, SQL_CHUNK keys a statement."""
     rows: list[dict] = []
-    for chunk in _chunks(keys):
+    for chunk in chunks(keys):
         rows += await db.fetchall(sql.format(marks=_marks(chunk)), chunk)
     return rows
 
@@ -996,7 +992,7 @@ def _tests_shared(open_sigs: dict[str, dict]) -> dict[int, set[str]]:
 
 async def _signature_info(db, signatures: list[str]) -> dict[str, dict]:
     info: dict[str, dict] = {}
-    for chunk in _chunks(signatures):
+    for chunk in chunks(signatures):
         marks = ",".join("?" * len(chunk))
         for row in await db.fetchall(
             "SELECT signature, exception, message, location, first_seen, first_run_id, last_seen, last_run_id, "
@@ -1009,7 +1005,7 @@ async def _signature_info(db, signatures: list[str]) -> dict[str, dict]:
 
 async def _known_issues(db, signatures: list[str]) -> dict[str, dict]:
     found: dict[str, dict] = {}
-    for chunk in _chunks(signatures):
+    for chunk in chunks(signatures):
         for row in await db.fetchall(
             "SELECT signature, note, url, created_by, created_at, updated_by, updated_at FROM known_issues "
             f"WHERE signature IN ({','.join('?' * len(chunk))})",
@@ -1028,7 +1024,7 @@ async def _first_runs(db, run_ids: Iterable[int | None]) -> dict[int, dict]:
     """run id -> its code_hash, minion, start and the code_hash of that minion's run before it."""
     run_ids = sorted({run_id for run_id in run_ids if run_id})
     found: dict[int, dict] = {}
-    for chunk in _chunks(run_ids):
+    for chunk in chunks(run_ids):
         for row in await db.fetchall(
             "SELECT r.id, r.code_hash, m.name AS minion, r.started_at, "
             "(SELECT p.code_hash FROM runs p WHERE p.minion_id = r.minion_id AND (p.started_at, p.id) < (r.started_at, r.id) "
@@ -1219,7 +1215,7 @@ async def sick_hosts(db) -> list[dict]:
         tests_of[row["last_signature"]].add(row["test_id"])
     # Tests some minion passes now (test_totals.passing, kept at ingest).
     passing_tests: set[int] = set()
-    for chunk in _chunks(sorted(set().union(*tests_of.values()))):
+    for chunk in chunks(sorted(set().union(*tests_of.values()))):
         passing_tests.update(row["test_id"] for row in await db.fetchall(
             f"SELECT test_id FROM test_totals WHERE test_id IN ({_marks(chunk)}) AND passing > 0", chunk))
     # A signature none of whose tests passes anywhere fails everywhere: the test's (or the code's) fault.
@@ -1253,13 +1249,13 @@ async def muted_failing_pairs(db) -> int:
     signatures = sorted({m.target for m in mutes.mutes if m.kind == "signature"})
     nodeids = sorted({m.target for m in mutes.mutes if m.kind == "test"})
     rows: list[dict] = []
-    for chunk in _chunks(signatures):
+    for chunk in chunks(signatures):
         rows += await db.fetchall(
             "SELECT ts.last_signature, t.nodeid, m.grains FROM test_status ts JOIN tests t ON t.id = ts.test_id "
             f"JOIN minions m ON m.id = ts.minion_id WHERE ts.last_signature IN ({','.join('?' * len(chunk))})",
             chunk,
         )
-    for chunk in _chunks(nodeids):
+    for chunk in chunks(nodeids):
         rows += await db.fetchall(
             "SELECT ts.last_signature, t.nodeid, m.grains FROM tests t JOIN test_status ts ON ts.test_id = t.id "
             f"JOIN minions m ON m.id = ts.minion_id WHERE t.nodeid IN ({','.join('?' * len(chunk))}) "
@@ -1320,7 +1316,7 @@ def _days_between(a: str, b: str) -> float:
 async def _signatures_sharing(db, test_ids: list[int]) -> dict[int, set[str]]:
     """test id -> the open signatures failing it, for ``test_ids``."""
     by_test: dict[int, set[str]] = defaultdict(set)
-    for chunk in _chunks(test_ids):
+    for chunk in chunks(test_ids):
         for row in await db.fetchall(
             f"SELECT signature, test_id FROM signature_tests WHERE test_id IN ({_marks(chunk)})", chunk
         ):
@@ -1414,7 +1410,7 @@ async def _latest_outcomes(db, signature: str, test_ids: list[int], limit: int, 
 async def _latest_count(db, test_ids: list[int]) -> int:
     """How many (minion, test) latest outcomes these tests have in all (test_totals)."""
     total = 0
-    for chunk in _chunks(test_ids):
+    for chunk in chunks(test_ids):
         row = await db.fetchone(f"SELECT SUM(minions) AS n FROM test_totals WHERE test_id IN ({_marks(chunk)})", chunk)
         total += (row["n"] or 0) if row else 0
     return total
@@ -1640,14 +1636,14 @@ async def job_changes(db, run_ids: list[int]) -> dict[str, Any]:
     per_run: dict[int, dict[str, int]] = {}
     totals = {"new": 0, "still_failing": 0, "fixed": 0}
     runs = []
-    for chunk in _chunks(run_ids[:SQL_CHUNK]):
+    for chunk in chunks(run_ids[:SQL_CHUNK]):
         runs += await db.fetchall(
             f"SELECT id, minion_id, paths AS paths_json, started_at FROM runs WHERE id IN ({','.join('?' * len(chunk))})",
             chunk,
         )
     # The previous run of the same paths of each, in one query (walks runs_minion_started back).
     previous: dict[int, dict | None] = {}
-    for chunk in _chunks([run["id"] for run in runs]):
+    for chunk in chunks([run["id"] for run in runs]):
         for row in await db.fetchall(
             "SELECT r.id, (SELECT p.id FROM runs p WHERE p.minion_id = r.minion_id AND "
             "(p.started_at, p.id) < (r.started_at, r.id) AND p.paths = r.paths "
@@ -1660,7 +1656,7 @@ async def job_changes(db, run_ids: list[int]) -> dict[str, Any]:
     # Only failing rows come back (a job page must not pull every result of every minion), then
     # the current outcomes of the tests that failed the time before (are they fixed?).
     verdicts: dict[int, dict[int, tuple[str]]] = defaultdict(dict)
-    for chunk in _chunks(wanted):
+    for chunk in chunks(wanted):
         for row in await db.fetchall(
             f"SELECT run_id, test_id, outcome FROM results WHERE run_id IN ({','.join('?' * len(chunk))}) "
             "AND outcome IN ('failed', 'error')",
@@ -1673,8 +1669,8 @@ async def job_changes(db, run_ids: list[int]) -> dict[str, Any]:
         if before:
             candidates.update((run["id"], t) for t in verdicts.get(before["id"], {}) if t not in verdicts[run["id"]])
     cand_runs, cand_tests = sorted({r for r, _ in candidates}), sorted({t for _, t in candidates})
-    for run_chunk in _chunks(cand_runs):
-        for test_chunk in _chunks(cand_tests):
+    for run_chunk in chunks(cand_runs):
+        for test_chunk in chunks(cand_tests):
             for row in await db.fetchall(
                 f"SELECT run_id, test_id, outcome FROM results WHERE run_id IN ({','.join('?' * len(run_chunk))}) "
                 f"AND test_id IN ({','.join('?' * len(test_chunk))})",

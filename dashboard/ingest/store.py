@@ -24,7 +24,14 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from dashboard.db import STAGING_SCHEMA
-from dashboard.dialect import dialect_of, insert_many, insert_many_returning, start_insert_results, store_rows
+from dashboard.dialect import (
+    chunks,
+    dialect_of,
+    insert_many,
+    insert_many_returning,
+    start_insert_results,
+    store_rows,
+)
 from dashboard.failures import FailureBatch, SignatureUpkeep, reprofile_minion
 from dashboard.ingest.records import JobRecord, RunRecord, utc_now
 from dashboard.ingest.status import FAIL, PASS, PRECEDENCE, fold_status
@@ -38,9 +45,6 @@ from dashboard.migrations import (
     statements_for,
 )
 from dashboard.webhooks import outbox
-
-SQL_CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
-
 
 # -- storage (runs on the writer connection, inside one transaction) ----------------------------
 
@@ -61,11 +65,6 @@ class IdCache:
         self.minions.clear()
         self.tests.clear()
         self.files.clear()
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 STATUS_COLUMNS = (
@@ -240,7 +239,7 @@ def rebuild_fleet_summaries(conn: Any) -> None:
 
 def refresh_job_totals(conn: Any, jids: list[str]) -> None:
     """Recount job_totals of these jids from their runs (after a prune deleted some of them)."""
-    for chunk in _chunks(sorted(set(jids)), SQL_CHUNK):
+    for chunk in chunks(sorted(set(jids))):
         marks = ",".join("?" * len(chunk))
         conn.execute(f"DELETE FROM job_totals WHERE jid IN ({marks})", chunk)  # noqa: S608
         conn.execute(f"INSERT INTO job_totals ({JOB_TOTALS_COLUMNS}) {JOB_TOTALS_SELECT} "  # noqa: S608
@@ -271,7 +270,7 @@ def fleet_contributions(conn: Any, minion_ids: list[int]) -> dict[FleetCountKey,
     """What these minions add to fleet_counts as stored now: key -> [minions, tests, failing, passing]."""
     minions: dict[int, tuple] = {}
     scopes: dict[int, list[tuple[str, str]]] = {}
-    for chunk in _chunks(sorted(minion_ids), SQL_CHUNK):
+    for chunk in chunks(sorted(minion_ids)):
         marks = ",".join("?" * len(chunk))
         # One statement for both (a round trip each on PostgreSQL): a minion's row once per grain.
         for minion_id, status, tests, failing, passing, grain, value in conn.execute(
@@ -399,7 +398,7 @@ class _Batch:
     def load_minions(self, minion_ids: list[int]) -> None:
         """Read the stored state of these minions (those not read yet), one statement per 500."""
         wanted = sorted({minion_id for minion_id in minion_ids if minion_id not in self.minions})
-        for chunk in _chunks(wanted, SQL_CHUNK):
+        for chunk in chunks(wanted):
             for row in self.conn.execute(self._MINION_STATE.format(marks=",".join("?" * len(chunk))), chunk).fetchall():
                 self.minions[row[0]] = {
                     "first_seen": row[1],
@@ -439,8 +438,8 @@ class _Batch:
                 rows[test_id] = None
                 wanted.add((minion_id, test_id))
         all_tests = sorted({test_id for _minion_id, test_id in wanted})
-        for minions in _chunks(sorted({minion_id for minion_id, _test_id in wanted}), SQL_CHUNK):
-            for tests in _chunks(all_tests, SQL_CHUNK):
+        for minions in chunks(sorted({minion_id for minion_id, _test_id in wanted})):
+            for tests in chunks(all_tests):
                 rows = self.conn.execute(
                     f"SELECT {', '.join(STATUS_COLUMNS)} FROM test_status "  # noqa: S608 (constant columns)
                     f"WHERE minion_id IN ({','.join('?' * len(minions))}) AND test_id IN ({','.join('?' * len(tests))})",
@@ -474,7 +473,7 @@ class _Batch:
                 ],
             )
             self.new_tests += self.conn.total_changes - before
-            for chunk in _chunks(missing, SQL_CHUNK):
+            for chunk in chunks(missing):
                 marks = ",".join("?" * len(chunk))
                 for test_id, nodeid, file in self.conn.execute(
                     f"SELECT id, nodeid, file FROM tests WHERE nodeid IN ({marks})",  # noqa: S608 (placeholders only)
@@ -487,7 +486,7 @@ class _Batch:
     def load_status(self, minion_id: int, test_ids: list[int]) -> None:
         rows = self.status.setdefault(minion_id, {})
         wanted = [tid for tid in test_ids if tid not in rows]
-        for chunk in _chunks(wanted, SQL_CHUNK):
+        for chunk in chunks(wanted):
             for tid in chunk:
                 rows[tid] = None
             marks = ",".join("?" * len(chunk))
