@@ -232,7 +232,7 @@ def test_fleet_to_failures_to_a_signature_to_a_run_then_triage_and_mute(server, 
         page.goto("/")
         assert page.locator("header nav a").first.text_content() == "Failures"
         for _ in range(50):
-            if page.is_visible("table.matrix >> text=edge-3"):
+            if all(page.is_visible(f"table.matrix >> text={minion}") for minion in ("edge-1", "edge-2", "edge-3")):
                 break
             time.sleep(0.2)
             page.reload()

@@ -158,9 +158,13 @@ def result_document(minion: str, jid: str, started: datetime, tests: list[dict],
 
 
 def write_inbox(inbox: Path, doc: dict) -> Path:
+    """Drop a document as the returner does: a dot-named part file renamed into place, so an ingester that is
+    running (the e2e server's) never reads it half written."""
     target = inbox / doc["minion_id"] / f"{doc['jid']}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(doc))
+    part = target.with_name(f".{target.name}.part")
+    part.write_text(json.dumps(doc))
+    part.rename(target)
     return target
 
 
