@@ -20,7 +20,9 @@ with a batch of runs, :func:`is_muted` whether a failure is muted. Both take a p
 ``sqlite3.Connection``.
 
 Nothing here scans ``results``: open signatures come from ``test_status`` (one row per minion
-and test, the latest outcome), history from the partial index ``results_signature``.
+and test, the latest outcome), a signature's history from its texts (``failure_texts``, whose
+results the partial indexes ``results_text`` and ``results_text_newest`` find: see
+:func:`newest_failures`).
 """
 
 # SQL here is built only from constant column lists and '?' placeholders; values are always bound.
@@ -32,7 +34,7 @@ import asyncio
 import re
 import sqlite3
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -79,7 +81,8 @@ SINCE_LOOKAHEAD = 5  # oldest failing streaks of a test read to find each signat
 HISTORY_LIMIT = 100
 FTS_TEXT_LIMIT = 1000  # newest matching failure texts a text search looks at
 FTS_MATCH_LIMIT = 1000  # newest failures with those texts a search of runs looks at
-FTS_WALK_LIMIT = 5 * FTS_MATCH_LIMIT  # newest failures walked for them before reading per text
+NEWEST_WALK_LIMIT = 5000  # newest failures walked for some texts before reading per text
+HISTORY_TEXTS = 1000  # a signature's newest texts its history is read from
 BACKFILL_CHUNK_IDS = 20_000
 PREVIOUS_RUN_LOOKBACK = 500  # runs of one minion searched for the previous run of the same paths
 STREAK_LOOKBACK = 100  # runs of one minion searched back for the start of a failing streak
@@ -116,9 +119,8 @@ class FailureBatch:
         self.text_ids: dict[bytes, int] = {}
 
     def add_run(self, run_id: int, started_at: str, parts: dict[str, tuple[str, str, str]],
-                signatures: Iterable[str | None]) -> None:
-        """Note a stored run's failures: the signature of each of its result rows (None: not failing)."""
-        occurrences = Counter(signature for signature in signatures if signature)
+                occurrences: Mapping[str, int]) -> None:
+        """Note a stored run's failures: how many of its result rows carry each signature."""
         for signature, count in occurrences.items():
             seen = self.signatures.get(signature)
             if seen is None:
@@ -329,7 +331,7 @@ def backfill_chunk(conn: sqlite3.Connection, chunk_ids: int = BACKFILL_CHUNK_IDS
         conn.executemany("UPDATE results SET signature = ?, text_id = ? WHERE id = ?",
                          [(signature, batch.text_ids[digest], result_id) for signature, digest, result_id in updates])
         for run_id, (started_at, parts, run_signatures) in by_run.items():
-            batch.add_run(run_id, started_at, parts, run_signatures)
+            batch.add_run(run_id, started_at, parts, Counter(run_signatures))
         batch.signatures and conn.executemany(
             _UPSERT_SIGNATURE, [(sig, *values) for sig, values in batch.signatures.items()]
         )
@@ -552,50 +554,74 @@ async def search_signatures(db, q: str) -> set[str]:
 
 
 # The newest failing results with some texts, as two bounded reads: a walk of the newest
-# FTS_WALK_LIMIT failing results (index results_text_newest), enough when the texts are common;
-# when it found fewer than FTS_MATCH_LIMIT, the texts are rare among recent failures and the older
-# ones are read per text (index results_text), at most the number still wanted of each.
+# NEWEST_WALK_LIMIT failing results (index results_text_newest), enough when the texts are common;
+# when it found fewer than wanted, the texts are rare among recent failures and the older ones are
+# read per text (index results_text), at most the number still wanted of each.
 _NEWEST_WALK = {
-    SQLITE: "SELECT w.run_id FROM (SELECT run_id, text_id FROM results INDEXED BY results_text_newest "
+    SQLITE: "SELECT w.run_id, w.id FROM (SELECT run_id, id, text_id FROM results INDEXED BY results_text_newest "
             "WHERE text_id IS NOT NULL ORDER BY run_id DESC LIMIT ?) AS w WHERE w.text_id IN ({marks}) LIMIT ?",
-    POSTGRES: "SELECT w.run_id FROM (SELECT run_id, text_id FROM results WHERE text_id IS NOT NULL "
+    POSTGRES: "SELECT w.run_id, w.id FROM (SELECT run_id, id, text_id FROM results WHERE text_id IS NOT NULL "
               "ORDER BY run_id DESC LIMIT ?) AS w WHERE w.text_id IN ({marks}) LIMIT ?",
 }
 _OLDER_PER_TEXT = {
-    SQLITE: "SELECT run_id FROM results INDEXED BY results_text WHERE text_id = ? AND run_id <= ? "
+    SQLITE: "SELECT run_id, id FROM results INDEXED BY results_text WHERE text_id = ? AND run_id <= ? "
             "ORDER BY run_id DESC LIMIT ?",
-    POSTGRES: "SELECT x.run_id FROM (VALUES {values}) AS t (id) CROSS JOIN LATERAL (SELECT run_id FROM results "
-              "WHERE text_id = t.id AND run_id <= ? ORDER BY run_id DESC LIMIT ?) AS x",
+    POSTGRES: "SELECT x.run_id, x.id FROM (VALUES {values}) AS t (id) CROSS JOIN LATERAL (SELECT run_id, id "
+              "FROM results WHERE text_id = t.id AND run_id <= ? ORDER BY run_id DESC LIMIT ?) AS x",
 }
+
+
+async def newest_failures(db, text_ids: Iterable[int], wanted: int) -> list[tuple[int, int]]:
+    """(run id, result id) of the newest ``wanted`` failing results whose text is one of
+    ``text_ids``, newest first: a search's runs, a signature's history. Never a scan of results:
+    the walk reads at most :data:`NEWEST_WALK_LIMIT` index entries, the per-text reads at most
+    ``wanted`` (and ties) each."""
+    text_ids = sorted(set(text_ids))
+    if not text_ids or wanted <= 0:
+        return []
+    dialect = POSTGRES if getattr(db, "dialect", None) == POSTGRES else SQLITE
+    found = {(row["run_id"], row["id"]) for row in await db.fetchall(
+        _NEWEST_WALK[dialect].format(marks=_marks(text_ids)), (NEWEST_WALK_LIMIT, *text_ids, wanted))}
+    still = wanted - len(found)
+    if still > 0:
+        # The walk found every match among the failures it read (fewer than wanted): the others are
+        # older than its last match, or in that same run (a run may hold several): read again.
+        below = min((run_id for run_id, _ in found), default=INT64_MAX)
+        each = still + sum(1 for run_id, _ in found if run_id == below)
+        if dialect == POSTGRES:
+            found.update((row["run_id"], row["id"]) for row in await db.fetchall(
+                _OLDER_PER_TEXT[POSTGRES].format(values=",".join("(?::bigint)" for _ in text_ids)),
+                (*text_ids, below, each)))
+        else:  # one compound statement per 400 texts (SQLite allows 500 terms)
+            for chunk in chunks(text_ids, 400):
+                sql = " UNION ALL ".join(f"SELECT * FROM ({_OLDER_PER_TEXT[SQLITE]})" for _ in chunk)
+                found.update((row["run_id"], row["id"]) for row in await db.fetchall(
+                    sql, [value for text_id in chunk for value in (text_id, below, each)]))
+    return sorted(found, reverse=True)[:wanted]
 
 
 async def search_run_ids(db, q: str) -> list[int]:
     """Runs whose failures match ``q``, newest first: those of the newest :data:`FTS_MATCH_LIMIT`
     failing results whose text holds every word of ``q``."""
-    text_ids = sorted(row["id"] for row in await _matching_texts(db, q))
-    if not text_ids:
+    text_ids = [row["id"] for row in await _matching_texts(db, q)]
+    return list(dict.fromkeys(run_id for run_id, _ in await newest_failures(db, text_ids, FTS_MATCH_LIMIT)))
+
+
+async def signature_history(db, signature: str, limit: int = HISTORY_LIMIT) -> list[dict]:
+    """The newest ``limit`` failing results with ``signature`` (from its :data:`HISTORY_TEXTS`
+    newest texts: index failure_texts_signature), newest first, with their run, minion and test."""
+    texts = [row["id"] for row in await db.fetchall(
+        "SELECT id FROM failure_texts WHERE signature = ? ORDER BY id DESC LIMIT ?", (signature, HISTORY_TEXTS))]
+    ids = [result_id for _, result_id in await newest_failures(db, texts, limit)]
+    if not ids:
         return []
-    dialect = POSTGRES if getattr(db, "dialect", None) == POSTGRES else SQLITE
-    marks = ",".join("?" * len(text_ids))
-    found = [row["run_id"] for row in await db.fetchall(
-        _NEWEST_WALK[dialect].format(marks=marks), (FTS_WALK_LIMIT, *text_ids, FTS_MATCH_LIMIT))]
-    wanted = FTS_MATCH_LIMIT - len(found)
-    if wanted > 0:
-        # The walk found every match among the failures it read (fewer than wanted): the others are
-        # older than its last match (the same run included: it may hold more than one).
-        below = min(found, default=INT64_MAX)
-        older: list[int] = []
-        if dialect == POSTGRES:
-            older = [row["run_id"] for row in await db.fetchall(
-                _OLDER_PER_TEXT[POSTGRES].format(values=",".join("(?::bigint)" for _ in text_ids)),
-                (*text_ids, below, wanted))]
-        else:  # one compound statement per 400 texts (SQLite allows 500 terms)
-            for chunk in chunks(text_ids, 400):
-                sql = " UNION ALL ".join(f"SELECT * FROM ({_OLDER_PER_TEXT[SQLITE]})" for _ in chunk)
-                older += [row["run_id"] for row in await db.fetchall(
-                    sql, [value for text_id in chunk for value in (text_id, below, wanted)])]
-        found += sorted(older, reverse=True)[:wanted]
-    return list(dict.fromkeys(sorted(found, reverse=True)))
+    history = await db.fetchall(
+        "SELECT x.id, x.run_id, x.phase, x.outcome, x.message, t.nodeid, r.started_at, r.jid, r.code_hash, "
+        "m.name AS minion FROM results x JOIN runs r ON r.id = x.run_id JOIN minions m ON m.id = r.minion_id "
+        f"JOIN tests t ON t.id = x.test_id WHERE x.id IN ({_marks(ids)})",
+        ids,
+    )
+    return sorted(history, key=lambda row: (row["run_id"], row["id"]), reverse=True)
 
 
 def _grain_features(grains: dict[str, Any]) -> set[tuple[str, str]]:
@@ -1435,12 +1461,7 @@ async def get_signature(db, signature: str, *, cursor: str | None = None,
         return None
     open_sigs = await _open_signatures(db, [signature])
     rows = await _verdict_rows(db, open_sigs, await passed_on_rerun(db), await active_mutes(db)) if open_sigs else []
-    history = await db.fetchall(
-        "SELECT x.id, x.run_id, x.phase, x.outcome, x.message, t.nodeid, r.started_at, r.jid, r.code_hash, "
-        "m.name AS minion FROM results x JOIN runs r ON r.id = x.run_id JOIN minions m ON m.id = r.minion_id "
-        "JOIN tests t ON t.id = x.test_id WHERE x.signature = ? ORDER BY x.run_id DESC LIMIT ?",
-        (signature, HISTORY_LIMIT),
-    )
+    history = await signature_history(db, signature)
     sample = None
     if history:
         sample = await db.fetchone(

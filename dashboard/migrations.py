@@ -775,6 +775,12 @@ MIGRATIONS: list[tuple[int, MigrationSQL]] = [
         # (dashboard/failure_texts.py); the stored failures get theirs here.
         FAILURE_TEXTS,
     ),
+    (
+        11,
+        # A signature's history is read through its texts (dashboard/failures.newest_failures): the
+        # text-keyed index of every failed result was the dearest part of storing a failure.
+        ["DROP INDEX results_signature", "CREATE INDEX failure_texts_signature ON failure_texts (signature, id DESC)"],
+    ),
 ]
 
 

@@ -75,6 +75,8 @@ class RunRecord:
     # of its worst failing entry, per signature its (exception, masked message, location).
     test_signatures: dict[str, str] = field(default_factory=dict)
     signature_parts: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    # ... and how many result rows of the run carry each signature.
+    signature_counts: dict[str, int] = field(default_factory=dict)
     # The jid whose failures this run re-ran (pytestrun.run rerun_of=...), else None.
     rerun_of: str | None = None
     # Set by the validation worker for a SQLite store (store.stage_results): (the batch's staged

@@ -573,8 +573,7 @@ class _Batch:
             ids = self.test_ids(record)
             self.results += record.result_count
             if record.signature_parts:
-                self.failures.add_run(run_id, record.started_at, record.signature_parts,
-                                      [row[9] for row in record.rows])
+                self.failures.add_run(run_id, record.started_at, record.signature_parts, record.signature_counts)
             self._update_status(minion_id, run_id, record, ids)
         self._update_minion(minion_id, run_id, record)
         return "ingested"

@@ -127,9 +127,9 @@ def _signature(nodeid: str, message: str | None, longrepr: str | None, file: str
 
 def _flatten(
     tests: list[FastEntry],
-) -> tuple[list[tuple], dict[str, tuple], dict[str, str], dict[str, tuple[str, str, str]]]:
+) -> tuple[list[tuple], dict[str, tuple], dict[str, str], dict[str, tuple[str, str, str]], dict[str, int]]:
     """Result rows (signature and text digest last), per test (worst outcome, duration, file, line),
-    and signatures.
+    and signatures: per test, their parts, how many rows carry each.
 
     Failure signatures and text digests are computed here, in the validation worker when there is
     one: the writer only stores them. Per result on the hot path: locals, attribute reads, and
@@ -140,6 +140,7 @@ def _flatten(
     per_test: dict[str, tuple] = {}
     test_signatures: dict[str, str] = {}
     signature_parts: dict[str, tuple[str, str, str]] = {}
+    signature_counts: dict[str, int] = {}
     for t in tests:
         nodeid, outcome, duration, message, longrepr = t.nodeid, t.outcome, t.duration, t.message, t.longrepr
         markers = t.markers
@@ -147,7 +148,11 @@ def _flatten(
         if outcome in FAIL:
             sig, digest = _signature(nodeid, message, longrepr, t.file)
             signature = sig.signature
-            signature_parts.setdefault(signature, (sig.exception, sig.message, sig.location))
+            if signature in signature_counts:
+                signature_counts[signature] += 1
+            else:
+                signature_counts[signature] = 1
+                signature_parts[signature] = (sig.exception, sig.message, sig.location)
         append((nodeid, t.when, outcome, duration, message, longrepr, t.stdout, t.stderr,
                 markers_json(markers) if markers else "[]", signature, digest))  # fmt: skip
         seen = per_test.get(nodeid)
@@ -161,7 +166,7 @@ def _flatten(
             per_test[nodeid] = (outcome if worse else seen[0], seen[1] + duration, seen[2], seen[3])
             if signature and (worse or nodeid not in test_signatures):
                 test_signatures[nodeid] = signature
-    return rows, per_test, test_signatures, signature_parts
+    return rows, per_test, test_signatures, signature_parts, signature_counts
 
 
 def _grains_json(grains: dict[str, Any]) -> str:
@@ -189,7 +194,7 @@ def _pytest_record(
 ) -> RunRecord:
     """The record of a pytest result, from either path (their documents share attribute names)."""
     result = doc.result
-    rows, per_test, test_signatures, signature_parts = _flatten(tests)
+    rows, per_test, test_signatures, signature_parts, signature_counts = _flatten(tests)
     return RunRecord(
         candidate=candidate,
         minion=doc.minion_id,
@@ -215,6 +220,7 @@ def _pytest_record(
         code_hash=result.code_hash,
         test_signatures=test_signatures,
         signature_parts=signature_parts,
+        signature_counts=signature_counts,
         rerun_of=result.rerun_of,
     )
 

@@ -86,7 +86,7 @@ def test_search_finds_words_joined_by_dots_and_underscores_on_both_engines(tmp_p
 def test_search_of_runs_reads_the_newest_failures_whether_its_words_are_common_or_rare(tmp_path, monkeypatch):
     # Small limits: 3 newest matching failures, a walk of 4 before reading per text.
     monkeypatch.setattr(failures, "FTS_MATCH_LIMIT", 3)
-    monkeypatch.setattr(failures, "FTS_WALK_LIMIT", 4)
+    monkeypatch.setattr(failures, "NEWEST_WALK_LIMIT", 4)
     settings = make_settings(tmp_path)
     common = _failing("tests/test_api.py::test_health", TRACEBACK)
     rare = _failing("tests/test_db.py::test_db", TIMEOUT, "timed out")
@@ -97,6 +97,35 @@ def test_search_of_runs_reads_the_newest_failures_whether_its_words_are_common_o
     assert asyncio.run(_search(settings, "503"))[1] == run_ids[::-1][:3]
     # Rare: only in the two oldest runs, beyond the walk: read per text.
     assert asyncio.run(_search(settings, "talking"))[1] == [run_ids[1], run_ids[0]]
+
+
+def test_a_signature_history_spans_its_texts_newest_first_within_and_beyond_the_walk(tmp_path, monkeypatch):
+    # One signature, a text per run (the count in the message differs: masked in the signature,
+    # not in the text), and another signature failing more recently in between.
+    monkeypatch.setattr(failures, "NEWEST_WALK_LIMIT", 4)
+    settings = make_settings(tmp_path)
+    other = _failing("tests/test_db.py::test_db", TIMEOUT, "timed out")
+    runs = []
+    for i in range(1, 9):
+        counted = _failing("tests/test_dns.py::test_resolve", "E   AssertionError\n\ntests/test_dns.py:8: AssertionError",
+                           f"AssertionError: resolver returned {i} records")
+        runs.append(("web-1", f"202611280700000000{i:02d}", ([counted] if i <= 5 else []) + ([other] if i >= 3 else [])))
+    _ingest_runs(settings, runs)
+    run_ids = [r["id"] for r in rows(settings, "SELECT id FROM runs ORDER BY jid")]
+    [signature] = {r["signature"] for r in rows(settings, "SELECT signature FROM failure_texts WHERE message LIKE ?",
+                                                ("%resolver%",))}
+    assert len(rows(settings, "SELECT id FROM failure_texts WHERE signature = ?", (signature,))) == 5
+
+    async def history(limit: int) -> list[tuple[int, str]]:
+        async with Database(settings.db_path) as db:
+            return [(row["run_id"], row["message"]) for row in await failures.signature_history(db, signature, limit)]
+
+    # The walk of the 4 newest failures holds only the other signature's: the five are read per text.
+    assert asyncio.run(history(100)) == [(run_ids[i - 1], f"AssertionError: resolver returned {i} records")
+                                         for i in (5, 4, 3, 2, 1)]
+    assert [run for run, _ in asyncio.run(history(2))] == [run_ids[4], run_ids[3]]
+    monkeypatch.setattr(failures, "NEWEST_WALK_LIMIT", 5000)  # now all within the walk
+    assert [run for run, _ in asyncio.run(history(3))] == [run_ids[4], run_ids[3], run_ids[2]]
 
 
 def test_prune_keeps_a_text_other_results_still_point_at(tmp_path):
