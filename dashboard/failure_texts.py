@@ -9,9 +9,10 @@ stored on PostgreSQL. So:
   ``digest`` (:func:`text_digest`, 16 bytes of SHA-256: long tracebacks cannot be a unique key
   themselves, a PostgreSQL b-tree entry is limited to ~2.7 KB). The signature is part of the key so
   that a text says which signature it belongs to: the failures view's search reads texts only.
-- ``results.text_id`` points a failed/errored result at its text (NULL for every other row); two
-  partial indexes over the failing rows only: ``results_text`` (text, run) finds a text's results,
-  ``results_text_newest`` (run, text) walks failures newest first.
+- ``results.text_id`` points a failed/errored result at its text (NULL for every other row); one
+  partial index over the failing rows only, ``results_text`` (text, run), finds a text's results
+  newest first (migration 11 dropped the second, ``results_text_newest``, and the signature's
+  ``results_signature``: dashboard/failures.newest_failures merges the texts' newest instead).
 - The full-text index covers the texts only: SQLite an FTS5 table ``failure_text_search`` with
   ``failure_texts`` as its external content, kept by triggers; PostgreSQL a GIN index on the
   stored column ``failure_texts.search`` (:data:`SEARCH_DOCUMENT_SQL`: every run of characters

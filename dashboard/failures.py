@@ -21,8 +21,7 @@ with a batch of runs, :func:`is_muted` whether a failure is muted. Both take a p
 
 Nothing here scans ``results``: open signatures come from ``test_status`` (one row per minion
 and test, the latest outcome), a signature's history from its texts (``failure_texts``, whose
-results the partial indexes ``results_text`` and ``results_text_newest`` find: see
-:func:`newest_failures`).
+results the partial index ``results_text`` finds: see :func:`newest_failures`).
 """
 
 # SQL here is built only from constant column lists and '?' placeholders; values are always bound.
@@ -81,7 +80,6 @@ SINCE_LOOKAHEAD = 5  # oldest failing streaks of a test read to find each signat
 HISTORY_LIMIT = 100
 FTS_TEXT_LIMIT = 1000  # newest matching failure texts a text search looks at
 FTS_MATCH_LIMIT = 1000  # newest failures with those texts a search of runs looks at
-NEWEST_WALK_LIMIT = 5000  # newest failures walked for some texts before reading per text
 HISTORY_TEXTS = 1000  # a signature's newest texts its history is read from
 BACKFILL_CHUNK_IDS = 20_000
 PREVIOUS_RUN_LOOKBACK = 500  # runs of one minion searched for the previous run of the same paths
@@ -553,50 +551,59 @@ async def search_signatures(db, q: str) -> set[str]:
     return {row["signature"] for row in await _matching_texts(db, q)}
 
 
-# The newest failing results with some texts, as two bounded reads: a walk of the newest
-# NEWEST_WALK_LIMIT failing results (index results_text_newest), enough when the texts are common;
-# when it found fewer than wanted, the texts are rare among recent failures and the older ones are
-# read per text (index results_text), at most the number still wanted of each.
-_NEWEST_WALK = {
-    SQLITE: "SELECT w.run_id, w.id FROM (SELECT run_id, id, text_id FROM results INDEXED BY results_text_newest "
-            "WHERE text_id IS NOT NULL ORDER BY run_id DESC LIMIT ?) AS w WHERE w.text_id IN ({marks}) LIMIT ?",
-    POSTGRES: "SELECT w.run_id, w.id FROM (SELECT run_id, id, text_id FROM results WHERE text_id IS NOT NULL "
-              "ORDER BY run_id DESC LIMIT ?) AS w WHERE w.text_id IN ({marks}) LIMIT ?",
+# The newest failing results with some texts, read per text (index results_text: text, run newest
+# first) and merged: each text's newest ``share`` failures at a time, ``share`` doubling, until no
+# text may still hold one newer than the wanted-th newest found so far. A per-text read is cut at
+# a run id (``<=``: a run may hold several failures of one text; rows read twice are counted once).
+_PER_TEXT = {
+    SQLITE: "SELECT * FROM (SELECT ? AS text_id, run_id, id FROM results INDEXED BY results_text "
+            "WHERE text_id = ? AND run_id <= ? ORDER BY run_id DESC LIMIT ?)",
+    POSTGRES: "SELECT t.id AS text_id, x.run_id, x.id FROM (VALUES {values}) AS t (id, below) CROSS JOIN LATERAL "
+              "(SELECT run_id, id FROM results WHERE text_id = t.id AND run_id <= t.below "
+              "ORDER BY run_id DESC LIMIT ?) AS x",
 }
-_OLDER_PER_TEXT = {
-    SQLITE: "SELECT run_id, id FROM results INDEXED BY results_text WHERE text_id = ? AND run_id <= ? "
-            "ORDER BY run_id DESC LIMIT ?",
-    POSTGRES: "SELECT x.run_id, x.id FROM (VALUES {values}) AS t (id) CROSS JOIN LATERAL (SELECT run_id, id "
-              "FROM results WHERE text_id = t.id AND run_id <= ? ORDER BY run_id DESC LIMIT ?) AS x",
-}
+
+
+async def _per_text(db, cuts: list[tuple[int, int]], share: int) -> list[dict]:
+    """(text_id, run_id, id) of the newest ``share`` failures of each text at or below its run cut."""
+    if getattr(db, "dialect", None) == POSTGRES:
+        values = ",".join("(?::bigint, ?::bigint)" for _ in cuts)
+        return await db.fetchall(_PER_TEXT[POSTGRES].format(values=values),
+                                 [*(value for cut in cuts for value in cut), share])
+    rows: list[dict] = []
+    for chunk in chunks(cuts, 400):  # SQLite allows 500 terms in a compound statement
+        rows += await db.fetchall(" UNION ALL ".join(_PER_TEXT[SQLITE] for _ in chunk),
+                                  [value for text_id, below in chunk for value in (text_id, text_id, below, share)])
+    return rows
 
 
 async def newest_failures(db, text_ids: Iterable[int], wanted: int) -> list[tuple[int, int]]:
     """(run id, result id) of the newest ``wanted`` failing results whose text is one of
     ``text_ids``, newest first: a search's runs, a signature's history. Never a scan of results:
-    the walk reads at most :data:`NEWEST_WALK_LIMIT` index entries, the per-text reads at most
-    ``wanted`` (and ties) each."""
+    each round reads at most ``share`` index entries per text still open (see :data:`_PER_TEXT`)."""
     text_ids = sorted(set(text_ids))
     if not text_ids or wanted <= 0:
         return []
-    dialect = POSTGRES if getattr(db, "dialect", None) == POSTGRES else SQLITE
-    found = {(row["run_id"], row["id"]) for row in await db.fetchall(
-        _NEWEST_WALK[dialect].format(marks=_marks(text_ids)), (NEWEST_WALK_LIMIT, *text_ids, wanted))}
-    still = wanted - len(found)
-    if still > 0:
-        # The walk found every match among the failures it read (fewer than wanted): the others are
-        # older than its last match, or in that same run (a run may hold several): read again.
-        below = min((run_id for run_id, _ in found), default=INT64_MAX)
-        each = still + sum(1 for run_id, _ in found if run_id == below)
-        if dialect == POSTGRES:
-            found.update((row["run_id"], row["id"]) for row in await db.fetchall(
-                _OLDER_PER_TEXT[POSTGRES].format(values=",".join("(?::bigint)" for _ in text_ids)),
-                (*text_ids, below, each)))
-        else:  # one compound statement per 400 texts (SQLite allows 500 terms)
-            for chunk in chunks(text_ids, 400):
-                sql = " UNION ALL ".join(f"SELECT * FROM ({_OLDER_PER_TEXT[SQLITE]})" for _ in chunk)
-                found.update((row["run_id"], row["id"]) for row in await db.fetchall(
-                    sql, [value for text_id in chunk for value in (text_id, below, each)]))
+    below = dict.fromkeys(text_ids, INT64_MAX)
+    found: set[tuple[int, int]] = set()
+    share = -(-wanted // len(text_ids))
+    open_texts = text_ids
+    while open_texts:
+        read: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for row in await _per_text(db, [(text_id, below[text_id]) for text_id in open_texts], share):
+            read[row["text_id"]].append((row["run_id"], row["id"]))
+        still = []
+        for text_id in open_texts:
+            rows = read.get(text_id, [])
+            found.update(rows)
+            if len(rows) >= share:  # a full share: it may hold more, at or below its oldest run read
+                below[text_id] = min(run_id for run_id, _ in rows)
+                still.append(text_id)
+        if len(found) >= wanted:
+            # The wanted-th newest so far: a text whose unread failures are all in older runs is done.
+            last_run = sorted(found, reverse=True)[wanted - 1][0]
+            still = [text_id for text_id in still if below[text_id] >= last_run]
+        open_texts, share = still, share * 2
     return sorted(found, reverse=True)[:wanted]
 
 

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from dashboard.db import STAGING_SCHEMA
 from dashboard.dialect import (
+    POSTGRES,
     chunks,
     dialect_of,
     insert_many,
@@ -72,6 +73,17 @@ STATUS_COLUMNS = (
     "first_fail_at", "last_pass_at", "total_duration", "last_code_hash", "code_flips", "last_signature",
 )  # fmt: skip
 _status_values = operator.itemgetter(*STATUS_COLUMNS)  # a test_status row (dict) as its column values
+# The test_status columns no index holds. SQLite rewrites every index holding a column an UPDATE
+# sets, whatever its value: a row whose indexed columns kept their values (a test passing again,
+# failing again the same way: most rows of a batch) is updated in these only, its index entries
+# (flips, failing streak, signature: five indexes for a failing row) left alone.
+STATUS_HOT_COLUMNS = ("last_run_id", "last_outcome", "last_started_at", "runs", "fails", "last_pass_at",
+                      "total_duration", "last_code_hash")  # fmt: skip
+_status_hot_values = operator.itemgetter(*STATUS_HOT_COLUMNS, "minion_id", "test_id")
+_UPDATE_STATUS_HOT = (
+    f"UPDATE test_status SET {', '.join(f'{column} = ?' for column in STATUS_HOT_COLUMNS)} "  # noqa: S608 (constant names)
+    "WHERE minion_id = ? AND test_id = ?"
+)
 _INSERT_RUN = """
     INSERT INTO runs (minion_id, jid, fun, source, status, exitcode, passed, failed, skipped, xfailed,
                       xpassed, errors, started_at, finished_at, duration, returned_at, ingested_at,
@@ -455,7 +467,7 @@ class _Batch:
         self.status[row[0]][row[1]] = stored
         self.baseline[key] = (
             stored["runs"], stored["fails"], stored["flips"], stored["code_flips"], stored["total_duration"],
-            _verdict(stored["last_outcome"]), stored["last_signature"],
+            _verdict(stored["last_outcome"]), stored["last_signature"], stored["first_fail_at"],
         )  # fmt: skip
 
     # tests --------------------------------------------------------------------------------
@@ -688,7 +700,9 @@ class _Batch:
 
     def flush(self) -> None:
         conn = self.conn
-        updates, inserts = [], []
+        updates, inserts, hot = [], [], []
+        # PostgreSQL upserts every changed row whole (and skips unchanged index entries itself).
+        split_hot = dialect_of(conn) != POSTGRES
         totals: dict[int, list] = {}
         files: dict[tuple[int, str], list] = {}
         file_of = self.ids.files
@@ -697,8 +711,12 @@ class _Batch:
             verdict = _verdict(row["last_outcome"])
             baseline = self.baseline.get(key)
             if baseline is not None:
-                updates.append(_status_values(row))
-                runs, fails, flips, code_flips, duration, was, signature = baseline
+                runs, fails, flips, code_flips, duration, was, signature, first_fail_at = baseline
+                if split_hot and row["flips"] == flips and row["code_flips"] == code_flips and (
+                        row["last_signature"] == signature and row["first_fail_at"] == first_fail_at):
+                    hot.append(_status_hot_values(row))
+                else:
+                    updates.append(_status_values(row))
                 new = 0
             else:
                 inserts.append(_status_values(row))
@@ -742,6 +760,8 @@ class _Batch:
                 state["passing"] += passing
         self.flush_results()  # (on PostgreSQL the COPY went on while the loops above ran)
         store_rows(conn, "test_status", STATUS_COLUMNS, ("minion_id", "test_id"), inserts, updates)
+        if hot:
+            conn.executemany(_UPDATE_STATUS_HOT, hot)
         if totals:
             insert_many(
                 conn,
@@ -841,8 +861,9 @@ _INSERT_STAGED = _INSERT_STAGED.format(text_id="NULL")
 
 def stage_results(outcomes: list) -> None:
     """In the validation worker, for a SQLite store: put the result rows of this batch's runs into a
-    serialized in-memory database (``RunRecord.staged``) and keep in ``rows`` only the failed/error
-    rows the writer still reads."""
+    serialized in-memory database (``RunRecord.staged``) and keep in ``rows`` only what the writer
+    still reads of the failed/error rows: node id, phase, outcome, message, and the signature and
+    digest of the text; longrepr once per distinct text of the batch (for a new text's row)."""
     runs = [record for record in outcomes if isinstance(record, RunRecord) and record.rows]
     if not runs:
         return
@@ -856,8 +877,12 @@ def stage_results(outcomes: list) -> None:
     text_keys: dict[bytes, int] = {}
     rowid = 0
     spans = []
+    # The failing rows go back to the writer pickled: each distinct text's strings once a batch
+    # (pickle writes an object seen before as a reference), not once a row.
+    shared: dict[bytes, tuple[str | None, str | None]] = {}
     for record in runs:
         first = rowid + 1
+        failing = []
         for row in record.rows:
             rowid += 1
             nodeid, phase, outcome, duration, message, longrepr, stdout, stderr, markers, signature, digest = row
@@ -874,8 +899,12 @@ def stage_results(outcomes: list) -> None:
                     text_key = text_keys[digest] = len(text_keys) + 1
             add_full((rowid, key, text_key, phase, outcome, duration, message, longrepr, stdout, stderr, markers,
                       signature))  # fmt: skip
+            if outcome in FAIL:  # a signature is only on these
+                if digest is not None:
+                    message, longrepr = shared.setdefault(digest, (message, longrepr))
+                failing.append((nodeid, phase, outcome, None, message, longrepr, None, None, None, signature, digest))
         spans.append((first, rowid - first + 1))
-        record.rows = [row for row in record.rows if row[2] in FAIL]  # a signature is only on these
+        record.rows = failing
     batch = StagedBatch(_staging_database(plain, full), tuple(keys), tuple(text_keys))
     for record, (first, count) in zip(runs, spans, strict=True):
         record.staged = (batch, first, count)

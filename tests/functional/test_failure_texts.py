@@ -84,25 +84,23 @@ def test_search_finds_words_joined_by_dots_and_underscores_on_both_engines(tmp_p
 
 
 def test_search_of_runs_reads_the_newest_failures_whether_its_words_are_common_or_rare(tmp_path, monkeypatch):
-    # Small limits: 3 newest matching failures, a walk of 4 before reading per text.
+    # A small limit: the 3 newest matching failures.
     monkeypatch.setattr(failures, "FTS_MATCH_LIMIT", 3)
-    monkeypatch.setattr(failures, "NEWEST_WALK_LIMIT", 4)
     settings = make_settings(tmp_path)
     common = _failing("tests/test_api.py::test_health", TRACEBACK)
     rare = _failing("tests/test_db.py::test_db", TIMEOUT, "timed out")
     runs = [("web-1", f"202611280700000000{i:02d}", [common] + ([rare] if i in (1, 2) else [])) for i in range(1, 9)]
     _ingest_runs(settings, runs)
     run_ids = [r["id"] for r in rows(settings, "SELECT id FROM runs ORDER BY id")]
-    # Common: the walk of the newest failures finds enough.
+    # Common: in every run, the newest three.
     assert asyncio.run(_search(settings, "503"))[1] == run_ids[::-1][:3]
-    # Rare: only in the two oldest runs, beyond the walk: read per text.
+    # Rare: only in the two oldest runs; found whatever the newer ones hold.
     assert asyncio.run(_search(settings, "talking"))[1] == [run_ids[1], run_ids[0]]
 
 
-def test_a_signature_history_spans_its_texts_newest_first_within_and_beyond_the_walk(tmp_path, monkeypatch):
+def test_a_signature_history_spans_its_texts_newest_first(tmp_path):
     # One signature, a text per run (the count in the message differs: masked in the signature,
     # not in the text), and another signature failing more recently in between.
-    monkeypatch.setattr(failures, "NEWEST_WALK_LIMIT", 4)
     settings = make_settings(tmp_path)
     other = _failing("tests/test_db.py::test_db", TIMEOUT, "timed out")
     runs = []
@@ -120,12 +118,28 @@ def test_a_signature_history_spans_its_texts_newest_first_within_and_beyond_the_
         async with Database(settings.db_path) as db:
             return [(row["run_id"], row["message"]) for row in await failures.signature_history(db, signature, limit)]
 
-    # The walk of the 4 newest failures holds only the other signature's: the five are read per text.
+    # Five texts, newest first, past the newer failures of the other signature.
     assert asyncio.run(history(100)) == [(run_ids[i - 1], f"AssertionError: resolver returned {i} records")
                                          for i in (5, 4, 3, 2, 1)]
+    # Fewer wanted than texts (a share of one each, then cut), and more than one failure per run.
     assert [run for run, _ in asyncio.run(history(2))] == [run_ids[4], run_ids[3]]
-    monkeypatch.setattr(failures, "NEWEST_WALK_LIMIT", 5000)  # now all within the walk
     assert [run for run, _ in asyncio.run(history(3))] == [run_ids[4], run_ids[3], run_ids[2]]
+
+
+def test_newest_failures_of_a_text_failing_several_times_a_run_are_read_past_the_ties(tmp_path):
+    settings = make_settings(tmp_path)
+    params = [_failing(f"tests/test_api.py::test_health[{i}]", TRACEBACK) for i in range(3)]
+    _ingest_runs(settings, [("web-1", f"2026112807000000000{i}", params) for i in range(1, 4)])
+    [text_id] = [r["id"] for r in rows(settings, "SELECT id FROM failure_texts")]
+    stored = [(r["run_id"], r["id"]) for r in rows(settings, "SELECT run_id, id FROM results ORDER BY run_id DESC, id DESC")]
+
+    async def newest(wanted: int) -> list[tuple[int, int]]:
+        async with Database(settings.db_path) as db:
+            return await failures.newest_failures(db, [text_id], wanted)
+
+    # One text, three failures a run: a share of one, then two, then four, each cut at a tied run.
+    for wanted in (1, 2, 4, 9, 20):
+        assert asyncio.run(newest(wanted)) == stored[:wanted], wanted
 
 
 def test_prune_keeps_a_text_other_results_still_point_at(tmp_path):

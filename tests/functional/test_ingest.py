@@ -422,6 +422,48 @@ def test_a_late_run_and_a_newer_one_in_one_pass_count_each_run_once(settings):
     assert late["runs"] == 6
 
 
+def test_statuses_updated_pass_after_pass_keep_their_indexes_and_match_one_pass(settings):
+    # Statuses whose indexed columns (flips, failing streak, signature) stay put are updated in
+    # the other columns only: the indexes must still match the table, and every row what one pass
+    # over the same history gives (PostgreSQL upserts whole rows: the same answer).
+    outcomes = {
+        "tests/test_s.py::test_steady": ["passed"] * 6,
+        "tests/test_s.py::test_broken": ["failed"] * 6,
+        "tests/test_s.py::test_flaky": ["passed", "failed", "failed", "passed", "failed", "passed"],
+        "tests/test_s.py::test_moved": ["failed", "failed", "error", "error", "failed", "skipped"],
+    }
+
+    def entry(nodeid: str, outcome: str) -> dict:
+        if outcome in ("failed", "error"):
+            # test_moved fails at another line from its third run: its signature changes.
+            line = 9 if nodeid.endswith("moved") and outcome == "error" else 7
+            return test_entry(nodeid, outcome, message="AssertionError: boom",
+                              longrepr=f"E   AssertionError: boom\n\ntests/test_s.py:{line}: AssertionError")
+        return test_entry(nodeid, outcome)
+
+    def arrive(settings, groups: list[list[int]]) -> list[dict]:
+        for group in groups:
+            for index in group:
+                for minion in ("web-1", "web-2"):
+                    drop_doc(settings.inbox, make_doc(
+                        minion, f"202611280700000000{index:02d}",
+                        [entry(nodeid, runs[index]) for nodeid, runs in outcomes.items()],
+                        started_at=f"2026-11-28T07:{index:02d}:00Z"))
+            ingest(settings)
+        return rows(settings, "SELECT * FROM test_status ORDER BY minion_id, test_id")
+
+    pass_by_pass = arrive(settings, [[index] for index in range(6)])
+    if not on_postgres():
+        assert rows(settings, "PRAGMA integrity_check") == [{"integrity_check": "ok"}]
+        assert rows(settings, "SELECT COUNT(*) AS n FROM test_status INDEXED BY test_status_failing "
+                              "WHERE first_fail_at IS NOT NULL") == [{"n": 4}]
+    at_once = arrive(make_settings(Path(settings.inbox).parent / "at-once"), [list(range(6))])
+    assert [{k: v for k, v in row.items() if k != "last_run_id"} for row in pass_by_pass] == [
+        {k: v for k, v in row.items() if k != "last_run_id"} for row in at_once]
+    broken = [row for row in pass_by_pass if row["fails"] == 6]
+    assert len(broken) == 2 and all(row["first_fail_at"] == "2026-11-28T07:00:00.000000Z" for row in broken)
+
+
 # -- bad input (issue 8) ----------------------------------------------------------------------
 
 GOOD_JID = "20261128070000000001"
