@@ -551,60 +551,65 @@ async def search_signatures(db, q: str) -> set[str]:
     return {row["signature"] for row in await _matching_texts(db, q)}
 
 
-# The newest failing results with some texts, read per text (index results_text: text, run newest
-# first) and merged: each text's newest ``share`` failures at a time, ``share`` doubling, until no
-# text may still hold one newer than the wanted-th newest found so far. A per-text read is cut at
-# a run id (``<=``: a run may hold several failures of one text; rows read twice are counted once).
+# The newest failing results with some texts, read per text (index results_text: text, then run
+# newest first, then result id: a run's failures in document order) and merged: each text's
+# newest ``share`` failures at a time, ``share`` doubling, until no text can still hold one newer
+# than the wanted-th newest found so far. A text's next read starts right after its last row read.
 _PER_TEXT = {
     SQLITE: "SELECT * FROM (SELECT ? AS text_id, run_id, id FROM results INDEXED BY results_text "
-            "WHERE text_id = ? AND run_id <= ? ORDER BY run_id DESC LIMIT ?)",
-    POSTGRES: "SELECT t.id AS text_id, x.run_id, x.id FROM (VALUES {values}) AS t (id, below) CROSS JOIN LATERAL "
-              "(SELECT run_id, id FROM results WHERE text_id = t.id AND run_id <= t.below "
-              "ORDER BY run_id DESC LIMIT ?) AS x",
+            "WHERE text_id = ? AND run_id <= ? AND (run_id < ? OR id > ?) ORDER BY run_id DESC, id LIMIT ?)",
+    POSTGRES: "SELECT t.id AS text_id, x.run_id, x.id FROM (VALUES {values}) AS t (id, run_id, after) "
+              "CROSS JOIN LATERAL (SELECT run_id, id FROM results WHERE text_id = t.id AND run_id <= t.run_id "
+              "AND (run_id < t.run_id OR id > t.after) ORDER BY run_id DESC, id LIMIT ?) AS x",
 }
 
 
-async def _per_text(db, cuts: list[tuple[int, int]], share: int) -> list[dict]:
-    """(text_id, run_id, id) of the newest ``share`` failures of each text at or below its run cut."""
+def _newest_first(key: tuple[int, int]) -> tuple[int, int]:
+    """Sort key of a (run id, result id): newest run first, a run's failures in document order."""
+    return (-key[0], key[1])
+
+
+async def _per_text(db, cuts: list[tuple[int, tuple[int, int]]], share: int) -> list[dict]:
+    """(text_id, run_id, id) of each text's newest ``share`` failures after its cut (run id, result id)."""
     if getattr(db, "dialect", None) == POSTGRES:
-        values = ",".join("(?::bigint, ?::bigint)" for _ in cuts)
+        values = ",".join("(?::bigint, ?::bigint, ?::bigint)" for _ in cuts)
         return await db.fetchall(_PER_TEXT[POSTGRES].format(values=values),
-                                 [*(value for cut in cuts for value in cut), share])
+                                 [*(v for text_id, (run_id, after) in cuts for v in (text_id, run_id, after)), share])
     rows: list[dict] = []
     for chunk in chunks(cuts, 400):  # SQLite allows 500 terms in a compound statement
-        rows += await db.fetchall(" UNION ALL ".join(_PER_TEXT[SQLITE] for _ in chunk),
-                                  [value for text_id, below in chunk for value in (text_id, text_id, below, share)])
+        rows += await db.fetchall(" UNION ALL ".join(_PER_TEXT[SQLITE] for _ in chunk), [
+            v for text_id, (run_id, after) in chunk for v in (text_id, text_id, run_id, run_id, after, share)])
     return rows
 
 
 async def newest_failures(db, text_ids: Iterable[int], wanted: int) -> list[tuple[int, int]]:
     """(run id, result id) of the newest ``wanted`` failing results whose text is one of
-    ``text_ids``, newest first: a search's runs, a signature's history. Never a scan of results:
-    each round reads at most ``share`` index entries per text still open (see :data:`_PER_TEXT`)."""
+    ``text_ids``, newest run first: a search's runs, a signature's history. Never a scan of
+    results: each round reads at most ``share`` index entries per text still open (:data:`_PER_TEXT`)."""
     text_ids = sorted(set(text_ids))
     if not text_ids or wanted <= 0:
         return []
-    below = dict.fromkeys(text_ids, INT64_MAX)
-    found: set[tuple[int, int]] = set()
+    cut = dict.fromkeys(text_ids, (INT64_MAX, -1))  # (run id, result id) of each text's last row read
+    found: list[tuple[int, int]] = []
     share = -(-wanted // len(text_ids))
     open_texts = text_ids
     while open_texts:
         read: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for row in await _per_text(db, [(text_id, below[text_id]) for text_id in open_texts], share):
+        for row in await _per_text(db, [(text_id, cut[text_id]) for text_id in open_texts], share):
             read[row["text_id"]].append((row["run_id"], row["id"]))
         still = []
         for text_id in open_texts:
             rows = read.get(text_id, [])
-            found.update(rows)
-            if len(rows) >= share:  # a full share: it may hold more, at or below its oldest run read
-                below[text_id] = min(run_id for run_id, _ in rows)
+            found += rows
+            if len(rows) == share:  # a full share: it may hold more, after its last row read
+                cut[text_id] = rows[-1]
                 still.append(text_id)
         if len(found) >= wanted:
-            # The wanted-th newest so far: a text whose unread failures are all in older runs is done.
-            last_run = sorted(found, reverse=True)[wanted - 1][0]
-            still = [text_id for text_id in still if below[text_id] >= last_run]
+            # A text whose last row read is not newer than the wanted-th newest so far is done.
+            last = _newest_first(sorted(found, key=_newest_first)[wanted - 1])
+            still = [text_id for text_id in still if _newest_first(cut[text_id]) < last]
         open_texts, share = still, share * 2
-    return sorted(found, reverse=True)[:wanted]
+    return sorted(found, key=_newest_first)[:wanted]
 
 
 async def search_run_ids(db, q: str) -> list[int]:
@@ -628,7 +633,7 @@ async def signature_history(db, signature: str, limit: int = HISTORY_LIMIT) -> l
         f"JOIN tests t ON t.id = x.test_id WHERE x.id IN ({_marks(ids)})",
         ids,
     )
-    return sorted(history, key=lambda row: (row["run_id"], row["id"]), reverse=True)
+    return sorted(history, key=lambda row: _newest_first((row["run_id"], row["id"])))
 
 
 def _grain_features(grains: dict[str, Any]) -> set[tuple[str, str]]:

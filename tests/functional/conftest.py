@@ -27,6 +27,7 @@ os.environ.setdefault("DISTMON_BCRYPT_ROUNDS", "4")
 from dashboard.app import create_app  # noqa: E402
 from dashboard.config import Settings  # noqa: E402
 from tests.db_backend import database_location  # noqa: E402
+from tests.functional.ingest_support import drop_doc  # noqa: E402
 
 ADMIN = ("admin", "admin-password-1")
 XSS = '<script>alert("x")</script>'
@@ -158,14 +159,9 @@ def result_document(minion: str, jid: str, started: datetime, tests: list[dict],
 
 
 def write_inbox(inbox: Path, doc: dict) -> Path:
-    """Drop a document as the returner does: a dot-named part file renamed into place, so an ingester that is
+    """Drop a document as the returner does (a part file renamed into place): an ingester that is
     running (the e2e server's) never reads it half written."""
-    target = inbox / doc["minion_id"] / f"{doc['jid']}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(f".{target.name}.part")
-    part.write_text(json.dumps(doc))
-    part.rename(target)
-    return target
+    return drop_doc(inbox, doc)
 
 
 def write_job(inbox: Path, jid: str, targeted: list[str], started: datetime) -> None:

@@ -131,15 +131,42 @@ def test_newest_failures_of_a_text_failing_several_times_a_run_are_read_past_the
     params = [_failing(f"tests/test_api.py::test_health[{i}]", TRACEBACK) for i in range(3)]
     _ingest_runs(settings, [("web-1", f"2026112807000000000{i}", params) for i in range(1, 4)])
     [text_id] = [r["id"] for r in rows(settings, "SELECT id FROM failure_texts")]
-    stored = [(r["run_id"], r["id"]) for r in rows(settings, "SELECT run_id, id FROM results ORDER BY run_id DESC, id DESC")]
+    stored = [(r["run_id"], r["id"]) for r in rows(settings, "SELECT run_id, id FROM results ORDER BY run_id DESC, id")]
 
     async def newest(wanted: int) -> list[tuple[int, int]]:
         async with Database(settings.db_path) as db:
             return await failures.newest_failures(db, [text_id], wanted)
 
-    # One text, three failures a run: a share of one, then two, then four, each cut at a tied run.
+    # One text, three failures a run (newest run first, a run's in document order): a share of
+    # one, then two, then four, each read going on right after the last row, inside a run too.
     for wanted in (1, 2, 4, 9, 20):
         assert asyncio.run(newest(wanted)) == stored[:wanted], wanted
+
+
+def test_newest_failures_read_a_common_text_further_and_stop_as_soon_as_none_can_be_newer(tmp_path, monkeypatch):
+    settings = make_settings(tmp_path)
+    common = _failing("tests/test_api.py::test_health", TRACEBACK)
+    rare = _failing("tests/test_db.py::test_db", TIMEOUT, "timed out")
+    _ingest_runs(settings, [("web-1", f"202611280700000000{i:02d}", [common] + ([rare] if i <= 2 else []))
+                            for i in range(1, 9)])
+    run_ids = [r["id"] for r in rows(settings, "SELECT id FROM runs ORDER BY jid")]
+    text_ids = [r["id"] for r in rows(settings, "SELECT id FROM failure_texts")]
+    rounds = []
+    per_text = failures._per_text
+
+    async def counted(db, cuts, share):
+        rounds.append((len(cuts), share))
+        return await per_text(db, cuts, share)
+
+    monkeypatch.setattr(failures, "_per_text", counted)
+
+    async def newest(wanted: int) -> list[int]:
+        async with Database(settings.db_path) as db:
+            return [run_id for run_id, _ in await failures.newest_failures(db, text_ids, wanted)]
+
+    # A share of two each (8, 7 and 2, 1): the rare text cannot hold a newer one, the common may.
+    assert asyncio.run(newest(4)) == run_ids[::-1][:4]
+    assert rounds == [(2, 2), (1, 4)]
 
 
 def test_prune_keeps_a_text_other_results_still_point_at(tmp_path):
